@@ -1,0 +1,382 @@
+//! Generates the jitter tables the classifier reads (see `meshsim_common::jitter`).
+//!
+//! Method, per table:
+//! - `NORMAL`: the standard normal quantile at the centre of each of `NORMAL_LEN` equal
+//!   probability slices (Acklam's rational approximation, relative error < 1.2e-9), rescaled
+//!   so the table's own variance is exactly 1: a uniform index is then a N(0,1) draw.
+//! - `DECAY`: `rho = exp(-k / STEPS_PER_TAU)` and `sqrt(1 - rho²)` for `k` steps.
+//! - `DIST`: for each distribution, `F⁻¹(Φ(z))` at the centre of each z bin, standardised so
+//!   the distribution has mean 0 and standard deviation 1 (uniform: the range [-1, 1], i.e.
+//!   `jitter` is its half-width, as netem has it). Pareto has shape 3 (netem's choice);
+//!   paretonormal is netem's mix `0.25 * normal + 0.75 * pareto`, whose quantiles are found
+//!   by inverting its CDF, computed by numerical convolution on a grid.
+
+use meshsim_common::{
+    JitterDist,
+    jitter::{
+        DECAY_LEN, DIST_BIN_SHIFT, DIST_COUNT, DIST_LEN, DIST_Z_OFFSET, DecayStep, JitterTables,
+        NORMAL_LEN, Q16_ONE, STEPS_PER_TAU_SHIFT,
+    },
+};
+
+/// All three tables, as the classifier's array maps hold them.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    pub normal: Vec<i32>,
+    pub decay: Vec<DecayStep>,
+    /// `DIST_COUNT` tables of `DIST_LEN`, in `JitterDist` order.
+    pub dist: Vec<i32>,
+}
+
+impl Tables {
+    pub fn generate() -> Self {
+        let mut dist = Vec::with_capacity((DIST_COUNT * DIST_LEN) as usize);
+        for d in JitterDist::ALL {
+            dist.extend(dist_table(d));
+        }
+        Tables { normal: normal_table(), decay: decay_table(), dist }
+    }
+}
+
+impl JitterTables for Tables {
+    fn normal(&self, i: u32) -> Option<i32> {
+        self.normal.get(i as usize).copied()
+    }
+    fn decay(&self, steps: u32) -> Option<DecayStep> {
+        self.decay.get(steps as usize).copied()
+    }
+    fn dist(&self, dist: u32, bin: u32) -> Option<i32> {
+        if dist >= DIST_COUNT || bin >= DIST_LEN {
+            return None;
+        }
+        self.dist.get((dist * DIST_LEN + bin) as usize).copied()
+    }
+}
+
+fn to_q16(x: f64) -> i32 {
+    (x * Q16_ONE as f64).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32
+}
+
+fn normal_table() -> Vec<i32> {
+    let n = NORMAL_LEN as usize;
+    let raw: Vec<f64> = (0..n).map(|i| inverse_normal_cdf((i as f64 + 0.5) / n as f64)).collect();
+    // The centre quantiles are a little narrower than N(0,1); the mean is 0 by symmetry.
+    let sd = (raw.iter().map(|x| x * x).sum::<f64>() / n as f64).sqrt();
+    raw.iter().map(|x| to_q16(x / sd)).collect()
+}
+
+fn decay_table() -> Vec<DecayStep> {
+    let per_tau = (1u32 << STEPS_PER_TAU_SHIFT) as f64;
+    (0..DECAY_LEN)
+        .map(|k| {
+            let rho = (-(k as f64) / per_tau).exp();
+            DecayStep {
+                rho_q16: to_q16(rho) as u32,
+                innovation_q16: to_q16((1.0 - rho * rho).sqrt()) as u32,
+            }
+        })
+        .collect()
+}
+
+/// The z value at the centre of DIST bin `bin`.
+pub fn bin_centre(bin: u32) -> f64 {
+    let width = (1u64 << DIST_BIN_SHIFT) as f64 / Q16_ONE as f64;
+    (bin as f64 + 0.5) * width - DIST_Z_OFFSET as f64 / Q16_ONE as f64
+}
+
+fn dist_table(d: JitterDist) -> Vec<i32> {
+    let quantile: Box<dyn Fn(f64) -> f64> = match d {
+        JitterDist::Uniform => Box::new(|u| 2.0 * u - 1.0),
+        JitterDist::Normal => Box::new(inverse_normal_cdf),
+        JitterDist::Pareto => Box::new(pareto_quantile),
+        JitterDist::ParetoNormal => {
+            let cdf = ParetoNormalCdf::new();
+            Box::new(move |u| cdf.quantile(u))
+        }
+    };
+    (0..DIST_LEN)
+        .map(|b| {
+            let z = bin_centre(b);
+            if matches!(d, JitterDist::Normal) {
+                // Exact, and keeps the extreme tails that Φ rounds to 0 or 1.
+                return to_q16(z);
+            }
+            let u = normal_cdf(z).clamp(1e-12, 1.0 - 1e-12);
+            to_q16(quantile(u))
+        })
+        .collect()
+}
+
+const PARETO_SHAPE: f64 = 3.0;
+
+/// Pareto(shape 3, scale 1) has mean 1.5 and standard deviation sqrt(3)/2.
+fn pareto_mean_sd() -> (f64, f64) {
+    let a = PARETO_SHAPE;
+    (a / (a - 1.0), (a / ((a - 1.0) * (a - 1.0) * (a - 2.0))).sqrt())
+}
+
+fn pareto_quantile(u: f64) -> f64 {
+    let (mean, sd) = pareto_mean_sd();
+    ((1.0 - u).powf(-1.0 / PARETO_SHAPE) - mean) / sd
+}
+
+fn pareto_cdf(x: f64) -> f64 {
+    let (mean, sd) = pareto_mean_sd();
+    let raw = x * sd + mean;
+    if raw <= 1.0 { 0.0 } else { 1.0 - raw.powf(-PARETO_SHAPE) }
+}
+
+/// CDF of `(0.25 N + 0.75 P) / sd` on a grid, with P the standardised pareto.
+struct ParetoNormalCdf {
+    xs: Vec<f64>,
+    cdf: Vec<f64>,
+}
+
+impl ParetoNormalCdf {
+    const NORMAL_WEIGHT: f64 = 0.25;
+    const PARETO_WEIGHT: f64 = 0.75;
+
+    fn new() -> Self {
+        let sd = (Self::NORMAL_WEIGHT.powi(2) + Self::PARETO_WEIGHT.powi(2)).sqrt();
+        let (lo, hi, points) = (-6.0, 60.0, 6000);
+        let xs: Vec<f64> = (0..=points).map(|i| lo + (hi - lo) * i as f64 / points as f64).collect();
+        // P(aN + bP <= y) = ∫ φ(n) F_P((y - a n) / b) dn, midpoint rule over n in [-8, 8].
+        let (steps, span) = (800, 16.0);
+        let dn = span / steps as f64;
+        let ns: Vec<(f64, f64)> = (0..steps)
+            .map(|i| {
+                let n = -span / 2.0 + (i as f64 + 0.5) * dn;
+                (n, (-n * n / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * dn)
+            })
+            .collect();
+        let cdf = xs
+            .iter()
+            .map(|&x| {
+                let y = x * sd;
+                ns.iter()
+                    .map(|&(n, w)| w * pareto_cdf((y - Self::NORMAL_WEIGHT * n) / Self::PARETO_WEIGHT))
+                    .sum::<f64>()
+            })
+            .collect();
+        ParetoNormalCdf { xs, cdf }
+    }
+
+    fn quantile(&self, u: f64) -> f64 {
+        let i = self.cdf.partition_point(|&c| c < u);
+        if i == 0 {
+            return self.xs[0];
+        }
+        if i >= self.xs.len() {
+            // Beyond the grid only the pareto tail matters.
+            let sd = (Self::NORMAL_WEIGHT.powi(2) + Self::PARETO_WEIGHT.powi(2)).sqrt();
+            return Self::PARETO_WEIGHT * pareto_quantile(u) / sd;
+        }
+        let (c0, c1) = (self.cdf[i - 1], self.cdf[i]);
+        let t = if c1 > c0 { (u - c0) / (c1 - c0) } else { 0.0 };
+        self.xs[i - 1] + t * (self.xs[i] - self.xs[i - 1])
+    }
+}
+
+/// Φ(z).
+pub fn normal_cdf(z: f64) -> f64 {
+    0.5 * libm::erfc(-z / std::f64::consts::SQRT_2)
+}
+
+/// Φ⁻¹(p) for p in (0, 1): Acklam's rational approximation in three regions.
+pub fn inverse_normal_cdf(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    const LOW: f64 = 0.02425;
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < LOW {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - LOW {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshsim_common::{
+        LINK_F_INDEPENDENT_JITTER, LinkParams, LinkState, Verdict, schedule,
+    };
+
+    use super::*;
+
+    /// Mean and sd of a DIST table under the N(0,1) weight of its z bins.
+    fn weighted_moments(t: &Tables, d: JitterDist) -> (f64, f64) {
+        let (mut w_sum, mut m1, mut m2) = (0.0, 0.0, 0.0);
+        for b in 0..DIST_LEN {
+            let z = bin_centre(b);
+            let w = (-z * z / 2.0).exp();
+            let v = t.dist(d as u32, b).unwrap() as f64 / Q16_ONE as f64;
+            w_sum += w;
+            m1 += w * v;
+            m2 += w * v * v;
+        }
+        let mean = m1 / w_sum;
+        (mean, (m2 / w_sum - mean * mean).sqrt())
+    }
+
+    #[test]
+    fn normal_table_is_standard_normal() {
+        let t = Tables::generate();
+        let n = t.normal.len() as f64;
+        let vals: Vec<f64> = t.normal.iter().map(|&v| v as f64 / Q16_ONE as f64).collect();
+        let mean = vals.iter().sum::<f64>() / n;
+        let sd = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!(mean.abs() < 1e-4, "mean {mean}");
+        assert!((sd - 1.0).abs() < 1e-4, "sd {sd}");
+        assert!(t.normal.windows(2).all(|w| w[0] <= w[1]), "quantiles must be sorted");
+    }
+
+    #[test]
+    fn distribution_tables_have_mean_zero_and_configured_spread() {
+        let t = Tables::generate();
+        for (d, want_sd) in [
+            (JitterDist::Normal, 1.0),
+            (JitterDist::Pareto, 1.0),
+            (JitterDist::ParetoNormal, 1.0),
+            // Uniform on [-1, 1].
+            (JitterDist::Uniform, 1.0 / 3f64.sqrt()),
+        ] {
+            let (mean, sd) = weighted_moments(&t, d);
+            // Pareto's heavy tail is cut where Φ(z) rounds off; its sd converges slowly.
+            let tol = if matches!(d, JitterDist::Pareto | JitterDist::ParetoNormal) { 0.03 } else { 0.002 };
+            assert!(mean.abs() < tol, "{d:?} mean {mean}");
+            assert!((sd - want_sd).abs() < tol * 2.0, "{d:?} sd {sd} want {want_sd}");
+        }
+    }
+
+    #[test]
+    fn inverse_normal_cdf_inverts_normal_cdf() {
+        for p in [1e-9, 0.001, 0.02425, 0.1, 0.5, 0.9, 0.999] {
+            let z = inverse_normal_cdf(p);
+            assert!((normal_cdf(z) - p).abs() / p < 1e-6, "p {p} z {z}");
+        }
+    }
+
+    #[test]
+    fn decay_table_keeps_unit_variance() {
+        let t = Tables::generate();
+        assert_eq!(t.decay[0].rho_q16, 65536);
+        for d in &t.decay {
+            let (r, i) = (d.rho_q16 as f64 / 65536.0, d.innovation_q16 as f64 / 65536.0);
+            assert!((r * r + i * i - 1.0).abs() < 1e-3);
+        }
+    }
+
+    /// A simple deterministic generator, so the statistical tests never flake.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 32) as u32
+        }
+    }
+
+    /// Sends `n` packets `gap_ns` apart over a jitter-only link; returns the one-way delays.
+    fn delays(params: &LinkParams, n: usize, gap_ns: u64) -> Vec<f64> {
+        let t = Tables::generate();
+        let mut s = LinkState::default();
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        (0..n)
+            .map(|i| {
+                let now = 1_000_000_000 + i as u64 * gap_ns;
+                match schedule(&t, params, &mut s, now, 100, rng.next()) {
+                    Verdict::Send { depart_ns } => (depart_ns - now) as f64,
+                    v => panic!("unexpected {v:?}"),
+                }
+            })
+            .collect()
+    }
+
+    fn ks_normal(samples: &[f64], mean: f64, sd: f64) -> f64 {
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len() as f64;
+        s.iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let f = normal_cdf((x - mean) / sd);
+                (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
+            })
+            .fold(0.0, f64::max)
+    }
+
+    fn jitter_link(flags: u32) -> LinkParams {
+        LinkParams {
+            latency_ns: 50_000_000,
+            jitter_ns: 10_000_000,
+            jitter_corr_ns: 50_000_000,
+            jitter_dist: JitterDist::Normal as u32,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn correlated_jitter_keeps_the_configured_distribution_without_reordering() {
+        // 100 packets/s for 2000 s: ~40,000 correlation times, plenty for a tight KS.
+        let d = delays(&jitter_link(0), 200_000, 10_000_000);
+        let ks = ks_normal(&d, 50e6, 10e6);
+        assert!(ks < 0.02, "KS {ks}");
+        let gap = 10_000_000.0;
+        let reordered = d.windows(2).filter(|w| w[1] + gap < w[0]).count();
+        assert_eq!(reordered, 0);
+    }
+
+    #[test]
+    fn independent_jitter_is_netem_like_and_reorders() {
+        let d = delays(&jitter_link(LINK_F_INDEPENDENT_JITTER), 50_000, 10_000_000);
+        let ks = ks_normal(&d, 50e6, 10e6);
+        assert!(ks < 0.02, "KS {ks}");
+        let reordered = d.windows(2).filter(|w| w[1] + 10e6 < w[0]).count();
+        assert!(reordered > 1000, "independent samples 10 ms apart must reorder, got {reordered}");
+    }
+
+    #[test]
+    fn back_to_back_packets_see_nearly_the_same_delay() {
+        // 10,000 packets/s: consecutive delays differ by far less than the 10 ms spread.
+        let d = delays(&jitter_link(0), 20_000, 100_000);
+        let max_step = d.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f64::max);
+        assert!(max_step < 2e6, "largest step {max_step} ns");
+    }
+}
