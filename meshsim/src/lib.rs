@@ -1,0 +1,7 @@
+//! meshsim: a network lab for Matrix homeserver meshes on one Linux host.
+//!
+//! See DESIGN.md for how the pieces fit: `datapath` (the eBPF classifier and its maps) and
+//! `net` (namespaces, links, addresses, routes and qdiscs over rtnetlink).
+
+pub mod datapath;
+pub mod net;
