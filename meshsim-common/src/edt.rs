@@ -22,7 +22,8 @@ pub enum Verdict {
     DropLoss,
 }
 
-/// Decides one packet of `wire_len` bytes arriving at `now` on a link. `draw` is uniform random.
+/// Decides one packet of `wire_len` bytes arriving at `now` on a link. `random` gives uniform
+/// random numbers; it is called once for a packet that reaches the loss check, rarely twice.
 ///
 /// Races: `state` is shared by all CPUs and updated without a lock, as Cilium's EDT does
 /// (`bpf/lib/edt.h`): two packets of one link on two CPUs at the same instant may both see the
@@ -36,7 +37,7 @@ pub fn schedule<T: JitterTables>(
     state: &mut LinkState,
     now: u64,
     wire_len: u32,
-    draw: u32,
+    random: impl Fn() -> u32,
 ) -> Verdict {
     // A link that was idle is free now: its queue does not carry over idle time.
     let start = if state.next_free_ns > now { state.next_free_ns } else { now };
@@ -49,11 +50,12 @@ pub fn schedule<T: JitterTables>(
         return Verdict::DropQueue;
     }
     state.next_free_ns = done;
+    let draw = random();
     // A lost packet still took its time on the wire, as on a real link.
     if is_lost(draw >> (32 - LOSS_DRAW_BITS), params.loss_ppm) {
         return Verdict::DropLoss;
     }
-    let jitter = jitter_offset(tables, params, state, now, draw);
+    let jitter = jitter_offset(tables, params, state, now, draw, random);
     let mut depart = (done + params.latency_ns).saturating_add_signed(jitter);
     // Negative jitter cannot make a packet leave before it has been serialised.
     if depart < done {
@@ -75,7 +77,7 @@ pub fn is_lost(draw: u32, loss_ppm: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jitter::DecayStep;
+    use crate::jitter::Blend;
 
     /// Tables are only read when the link has jitter; these tests have none.
     struct NoTables;
@@ -83,7 +85,7 @@ mod tests {
         fn normal(&self, _: u32) -> Option<i32> {
             None
         }
-        fn decay(&self, _: u32) -> Option<DecayStep> {
+        fn blend(&self, _: u32) -> Option<Blend> {
             None
         }
         fn dist(&self, _: u32, _: u32) -> Option<i32> {
@@ -96,7 +98,7 @@ mod tests {
     const HALF: u32 = 1 << 31;
 
     fn send(p: &LinkParams, s: &mut LinkState, now: u64, len: u32, draw: u32) -> Verdict {
-        schedule(&NoTables, p, s, now, len, draw)
+        schedule(&NoTables, p, s, now, len, || draw)
     }
 
     #[test]

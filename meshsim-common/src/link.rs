@@ -53,7 +53,8 @@ pub struct LinkParams {
     pub jitter_ns: u64,
     /// 0 = unlimited.
     pub rate_bytes_per_s: u64,
-    /// Correlation time of the delay process; 0 behaves like independent jitter.
+    /// Correlation time of the delay process (its segment length, see `jitter`); 0 behaves
+    /// like independent jitter.
     pub jitter_corr_ns: u64,
     /// Packets lost per million.
     pub loss_ppm: u32,
@@ -85,13 +86,15 @@ pub struct LinkState {
     pub next_free_ns: u64,
     /// Departure time of the last packet: departures never go backwards on a link.
     pub last_depart_ns: u64,
-    /// Time up to which the delay process has been advanced.
+    /// Start of the delay process's current segment (0: never used).
     pub jitter_at_ns: u64,
-    /// The delay process as a standard normal value, Q16 fixed point.
-    pub jitter_z: i64,
+    /// The segment's two knots, standard normal values in Q16 (see `jitter`).
+    pub jitter_from: i64,
+    pub jitter_to: i64,
+    pub _pad: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<LinkState>() == 32);
+const _: () = assert!(core::mem::size_of::<LinkState>() == 48);
 
 /// Per-CPU counters of one link (`LINK_COUNTERS`, by index). User space sums the CPUs.
 #[repr(C)]
@@ -123,5 +126,5 @@ mod pod {
     unsafe impl aya::Pod for super::LinkState {}
     unsafe impl aya::Pod for super::LinkCounters {}
     unsafe impl aya::Pod for super::super::config::Config {}
-    unsafe impl aya::Pod for super::super::jitter::DecayStep {}
+    unsafe impl aya::Pod for super::super::jitter::Blend {}
 }

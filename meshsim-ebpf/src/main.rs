@@ -17,7 +17,7 @@ use aya_ebpf::{
 use meshsim_common::{
     CLONE_MARK, CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, LinkCounters, LinkKey, LinkParams,
     LinkState, MAX_LINKS, MAX_NODES, Verdict, global,
-    jitter::{DECAY_LEN, DIST_COUNT, DIST_LEN, DecayStep, JitterTables, NORMAL_LEN},
+    jitter::{BLEND_LEN, Blend, DIST_COUNT, DIST_LEN, JitterTables, NORMAL_LEN},
     schedule,
 };
 
@@ -37,7 +37,7 @@ static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global:
 #[map]
 static JITTER_NORMAL: Array<i32> = Array::with_max_entries(NORMAL_LEN, 0);
 #[map]
-static JITTER_DECAY: Array<DecayStep> = Array::with_max_entries(DECAY_LEN, 0);
+static JITTER_BLEND: Array<Blend> = Array::with_max_entries(BLEND_LEN, 0);
 #[map]
 static JITTER_DIST: Array<i32> = Array::with_max_entries(DIST_COUNT * DIST_LEN, 0);
 
@@ -49,8 +49,8 @@ impl JitterTables for MapTables {
         JITTER_NORMAL.get(i).copied()
     }
     #[inline(always)]
-    fn decay(&self, steps: u32) -> Option<DecayStep> {
-        JITTER_DECAY.get(steps).copied()
+    fn blend(&self, phase: u32) -> Option<Blend> {
+        JITTER_BLEND.get(phase).copied()
     }
     #[inline(always)]
     fn dist(&self, dist: u32, bin: u32) -> Option<i32> {
@@ -116,8 +116,8 @@ unsafe fn shape(ctx: &TcContext, skb: *mut __sk_buff) -> i32 {
         return TC_ACT_OK;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let draw = unsafe { bpf_get_prandom_u32() };
-    match schedule(&MapTables, params, state, now, wire_len, draw) {
+    let random = || unsafe { bpf_get_prandom_u32() };
+    match schedule(&MapTables, params, state, now, wire_len, random) {
         Verdict::DropQueue => {
             counters.dropped_queue += segs;
             TC_ACT_SHOT

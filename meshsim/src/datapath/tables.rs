@@ -4,7 +4,7 @@
 //! - `NORMAL`: the standard normal quantile at the centre of each of `NORMAL_LEN` equal
 //!   probability slices (Acklam's rational approximation, relative error < 1.2e-9), rescaled
 //!   so the table's own variance is exactly 1: a uniform index is then a N(0,1) draw.
-//! - `DECAY`: `rho = exp(-k / STEPS_PER_TAU)` and `sqrt(1 - rho²)` for `k` steps.
+//! - `BLEND`: `cos θ` and `sin θ` for `θ = π/2 · (i + 0.5) / BLEND_LEN`.
 //! - `DIST`: for each distribution, `F⁻¹(Φ(z))` at the centre of each z bin, standardised so
 //!   the distribution has mean 0 and standard deviation 1 (uniform: the range [-1, 1], i.e.
 //!   `jitter` is its half-width, as netem has it). Pareto has shape 3 (netem's choice);
@@ -14,8 +14,8 @@
 use meshsim_common::{
     JitterDist,
     jitter::{
-        DECAY_LEN, DIST_BIN_SHIFT, DIST_COUNT, DIST_LEN, DIST_Z_OFFSET, DecayStep, JitterTables,
-        NORMAL_LEN, Q16_ONE, STEPS_PER_TAU_SHIFT,
+        BLEND_LEN, Blend, DIST_BIN_SHIFT, DIST_COUNT, DIST_LEN, DIST_Z_OFFSET, JitterTables,
+        NORMAL_LEN, Q16_ONE,
     },
 };
 
@@ -23,7 +23,7 @@ use meshsim_common::{
 #[derive(Clone, Debug)]
 pub struct Tables {
     pub normal: Vec<i32>,
-    pub decay: Vec<DecayStep>,
+    pub blend: Vec<Blend>,
     /// `DIST_COUNT` tables of `DIST_LEN`, in `JitterDist` order.
     pub dist: Vec<i32>,
 }
@@ -34,7 +34,7 @@ impl Tables {
         for d in JitterDist::ALL {
             dist.extend(dist_table(d));
         }
-        Tables { normal: normal_table(), decay: decay_table(), dist }
+        Tables { normal: normal_table(), blend: blend_table(), dist }
     }
 }
 
@@ -42,8 +42,8 @@ impl JitterTables for Tables {
     fn normal(&self, i: u32) -> Option<i32> {
         self.normal.get(i as usize).copied()
     }
-    fn decay(&self, steps: u32) -> Option<DecayStep> {
-        self.decay.get(steps as usize).copied()
+    fn blend(&self, phase: u32) -> Option<Blend> {
+        self.blend.get(phase as usize).copied()
     }
     fn dist(&self, dist: u32, bin: u32) -> Option<i32> {
         if dist >= DIST_COUNT || bin >= DIST_LEN {
@@ -65,15 +65,11 @@ fn normal_table() -> Vec<i32> {
     raw.iter().map(|x| to_q16(x / sd)).collect()
 }
 
-fn decay_table() -> Vec<DecayStep> {
-    let per_tau = (1u32 << STEPS_PER_TAU_SHIFT) as f64;
-    (0..DECAY_LEN)
-        .map(|k| {
-            let rho = (-(k as f64) / per_tau).exp();
-            DecayStep {
-                rho_q16: to_q16(rho) as u32,
-                innovation_q16: to_q16((1.0 - rho * rho).sqrt()) as u32,
-            }
+fn blend_table() -> Vec<Blend> {
+    (0..BLEND_LEN)
+        .map(|i| {
+            let theta = std::f64::consts::FRAC_PI_2 * (i as f64 + 0.5) / BLEND_LEN as f64;
+            Blend { cos_q16: to_q16(theta.cos()) as u32, sin_q16: to_q16(theta.sin()) as u32 }
         })
         .collect()
 }
@@ -232,11 +228,12 @@ pub fn inverse_normal_cdf(p: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use meshsim_common::{
-        LINK_F_INDEPENDENT_JITTER, LinkParams, LinkState, Verdict, schedule,
-    };
+    use std::time::Duration;
+
+    use meshsim_common::{LinkParams, LinkState, Verdict, schedule};
 
     use super::*;
+    use crate::datapath::{DEFAULT_JITTER_CORRELATION, LinkShape};
 
     /// Mean and sd of a DIST table under the N(0,1) weight of its z bins.
     fn weighted_moments(t: &Tables, d: JitterDist) -> (f64, f64) {
@@ -292,23 +289,25 @@ mod tests {
     }
 
     #[test]
-    fn decay_table_keeps_unit_variance() {
+    fn blend_weights_keep_unit_variance() {
         let t = Tables::generate();
-        assert_eq!(t.decay[0].rho_q16, 65536);
-        for d in &t.decay {
-            let (r, i) = (d.rho_q16 as f64 / 65536.0, d.innovation_q16 as f64 / 65536.0);
-            assert!((r * r + i * i - 1.0).abs() < 1e-3);
+        for w in &t.blend {
+            let (c, s) = (w.cos_q16 as f64 / 65536.0, w.sin_q16 as f64 / 65536.0);
+            assert!((c * c + s * s - 1.0).abs() < 1e-4);
         }
+        assert!(t.blend.windows(2).all(|w| w[0].cos_q16 >= w[1].cos_q16));
     }
 
     /// A simple deterministic generator, so the statistical tests never flake.
-    struct XorShift(u64);
+    struct XorShift(std::cell::Cell<u64>);
     impl XorShift {
-        fn next(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 32) as u32
+        fn next(&self) -> u32 {
+            let mut x = self.0.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0.set(x);
+            (x >> 32) as u32
         }
     }
 
@@ -316,11 +315,11 @@ mod tests {
     fn delays(params: &LinkParams, n: usize, gap_ns: u64) -> Vec<f64> {
         let t = Tables::generate();
         let mut s = LinkState::default();
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let rng = XorShift(0x9e37_79b9_7f4a_7c15.into());
         (0..n)
             .map(|i| {
                 let now = 1_000_000_000 + i as u64 * gap_ns;
-                match schedule(&t, params, &mut s, now, 100, rng.next()) {
+                match schedule(&t, params, &mut s, now, 100, || rng.next()) {
                     Verdict::Send { depart_ns } => (depart_ns - now) as f64,
                     v => panic!("unexpected {v:?}"),
                 }
@@ -341,42 +340,48 @@ mod tests {
             .fold(0.0, f64::max)
     }
 
-    fn jitter_link(flags: u32) -> LinkParams {
-        LinkParams {
-            latency_ns: 50_000_000,
-            jitter_ns: 10_000_000,
-            jitter_corr_ns: 50_000_000,
-            jitter_dist: JitterDist::Normal as u32,
-            flags,
+    /// N(50 ms, 10 ms) with the default correlation, or independent samples.
+    fn jitter_link(correlated: bool) -> LinkParams {
+        LinkShape {
+            latency: Duration::from_millis(50),
+            jitter: Duration::from_millis(10),
+            jitter_correlation: correlated.then_some(DEFAULT_JITTER_CORRELATION),
             ..Default::default()
         }
+        .to_params(0)
+    }
+
+    /// Departures that the per-link clamp had to hold back (a reordering avoided by force).
+    fn clamped(delays: &[f64], gap_ns: f64) -> usize {
+        delays.windows(2).filter(|w| w[1] + gap_ns <= w[0]).count()
     }
 
     #[test]
     fn correlated_jitter_keeps_the_configured_distribution_without_reordering() {
-        // 100 packets/s for 2000 s: ~40,000 correlation times, plenty for a tight KS.
-        let d = delays(&jitter_link(0), 200_000, 10_000_000);
+        // 100 packets/s for 2000 s: 40,000 correlation times, plenty for a tight KS.
+        let d = delays(&jitter_link(true), 200_000, 10_000_000);
         let ks = ks_normal(&d, 50e6, 10e6);
-        assert!(ks < 0.02, "KS {ks}");
-        let gap = 10_000_000.0;
-        let reordered = d.windows(2).filter(|w| w[1] + gap < w[0]).count();
-        assert_eq!(reordered, 0);
+        assert!(ks < 0.01, "KS {ks}");
+        let held = clamped(&d, 10e6);
+        assert!(held < 5, "the clamp acted {held} times in 200,000");
+    }
+
+    #[test]
+    fn correlated_jitter_holds_its_shape_at_high_packet_rates() {
+        // 10,000 packets/s: consecutive delays differ by far less than the gap.
+        let d = delays(&jitter_link(true), 1_000_000, 100_000);
+        let ks = ks_normal(&d, 50e6, 10e6);
+        assert!(ks < 0.03, "KS {ks}");
+        let held = clamped(&d, 1e5);
+        assert!(held < 1000, "the clamp acted {held} times in 1,000,000");
     }
 
     #[test]
     fn independent_jitter_is_netem_like_and_reorders() {
-        let d = delays(&jitter_link(LINK_F_INDEPENDENT_JITTER), 50_000, 10_000_000);
+        let d = delays(&jitter_link(false), 50_000, 10_000_000);
         let ks = ks_normal(&d, 50e6, 10e6);
         assert!(ks < 0.02, "KS {ks}");
         let reordered = d.windows(2).filter(|w| w[1] + 10e6 < w[0]).count();
         assert!(reordered > 1000, "independent samples 10 ms apart must reorder, got {reordered}");
-    }
-
-    #[test]
-    fn back_to_back_packets_see_nearly_the_same_delay() {
-        // 10,000 packets/s: consecutive delays differ by far less than the 10 ms spread.
-        let d = delays(&jitter_link(0), 20_000, 100_000);
-        let max_step = d.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f64::max);
-        assert!(max_step < 2e6, "largest step {max_step} ns");
     }
 }

@@ -1,0 +1,315 @@
+//! The eBPF datapath: loads the classifier once, attaches it at egress of node veths, and owns
+//! its maps. Links and nodes change by single map operations, never by re-attaching.
+
+mod skb;
+mod shape;
+mod slots;
+pub mod tables;
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    Ebpf, TestRun as _, TestRunOptions,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, SchedClassifier, TcAttach, TcAttachType, tc::SchedClassifierLinkId, LinkOrder},
+    util::nr_cpus,
+};
+use meshsim_common::{
+    CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, LinkCounters, LinkKey, LinkParams, LinkState,
+    MAX_LINKS, global,
+};
+
+pub use self::{
+    shape::{DEFAULT_JITTER_CORRELATION, DEFAULT_QUEUE, LinkShape},
+    skb::SkBuffCtx,
+    tables::Tables,
+};
+
+/// The classifier object, built by build.rs from `meshsim-ebpf`.
+static CLASSIFIER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshsim"));
+
+const EGRESS_PROGRAM: &str = "meshsim_egress";
+const EMPTY_PROGRAM: &str = "meshsim_empty";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "this meshsim was built without its eBPF classifier (AYA_BUILD_SKIP was set): rebuild without it"
+    )]
+    NoClassifier,
+    #[error("loading the eBPF classifier failed (are you root? does the kernel have BTF?): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the classifier object has no {0}: it does not match this meshsim")]
+    Missing(&'static str),
+    #[error("eBPF program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("eBPF map: {0}")]
+    Map(#[from] MapError),
+    #[error("cannot tell how many CPUs this machine has: {0}")]
+    Cpus(std::io::Error),
+    #[error("all {MAX_LINKS} link slots are in use: remove links or links per node")]
+    LinksFull,
+    #[error("no link {0:?}")]
+    NoSuchLink(LinkKey),
+    #[error("the classifier is not attached to interface {0}")]
+    NotAttached(u32),
+}
+
+pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// Program-wide switches.
+#[derive(Clone, Copy, Debug)]
+pub struct DatapathOptions {
+    /// Drop frames between known nodes that are not linked.
+    pub strict: bool,
+    /// Hand shaped packets to fq as socket-less clones (see the classifier). Off only to
+    /// measure the shaping arithmetic alone.
+    pub orphan: bool,
+}
+
+impl Default for DatapathOptions {
+    fn default() -> Self {
+        DatapathOptions { strict: true, orphan: true }
+    }
+}
+
+/// Counters that belong to no link, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    pub unmatched_packets: u64,
+    pub unmatched_bytes: u64,
+    pub unlinked_packets: u64,
+    pub unlinked_bytes: u64,
+    pub clone_failed: u64,
+}
+
+/// Which classifier a test run exercises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Classifier {
+    Egress,
+    /// Does nothing: the test-run harness's own cost.
+    Empty,
+}
+
+/// What one `BPF_PROG_TEST_RUN` gave back.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRunOutcome {
+    /// The tc verdict (`TC_ACT_*`).
+    pub verdict: i32,
+    /// The context after the run: `tstamp` holds the departure time.
+    pub ctx: SkBuffCtx,
+    /// Average time per run, as the kernel measured it.
+    pub duration: std::time::Duration,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    links: HashMap<MapData, LinkKey, LinkParams>,
+    link_state: Array<MapData, LinkState>,
+    link_counters: PerCpuArray<MapData, LinkCounters>,
+    nodes: HashMap<MapData, [u8; 6], u32>,
+    config: Array<MapData, Config>,
+    global_counters: PerCpuArray<MapData, u64>,
+    slots: slots::Slots,
+    installed: StdHashMap<LinkKey, u32>,
+    attached: StdHashMap<u32, SchedClassifierLinkId>,
+    cpus: usize,
+}
+
+impl Datapath {
+    /// Loads the classifier, fills its jitter tables and sets its switches. Needs root.
+    pub fn load(options: DatapathOptions) -> Result<Self> {
+        if CLASSIFIER_OBJECT.is_empty() {
+            return Err(DatapathError::NoClassifier);
+        }
+        let mut ebpf = Ebpf::load(CLASSIFIER_OBJECT)?;
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
+        let links = take("LINKS")?.try_into()?;
+        let link_state = take("LINK_STATE")?.try_into()?;
+        let link_counters = take("LINK_COUNTERS")?.try_into()?;
+        let nodes = take("NODES")?.try_into()?;
+        let config = take("CONFIG")?.try_into()?;
+        let global_counters = take("GLOBAL_COUNTERS")?.try_into()?;
+        let mut normal: Array<MapData, i32> = take("JITTER_NORMAL")?.try_into()?;
+        let mut blend: Array<MapData, _> = take("JITTER_BLEND")?.try_into()?;
+        let mut dist: Array<MapData, i32> = take("JITTER_DIST")?.try_into()?;
+        let tables = Tables::generate();
+        for (i, v) in tables.normal.iter().enumerate() {
+            normal.set(i as u32, v, 0)?;
+        }
+        for (i, v) in tables.blend.iter().enumerate() {
+            blend.set(i as u32, v, 0)?;
+        }
+        for (i, v) in tables.dist.iter().enumerate() {
+            dist.set(i as u32, v, 0)?;
+        }
+        for name in [EGRESS_PROGRAM, EMPTY_PROGRAM] {
+            classifier(&mut ebpf, name)?.load()?;
+        }
+        let mut dp = Datapath {
+            ebpf,
+            links,
+            link_state,
+            link_counters,
+            nodes,
+            config,
+            global_counters,
+            slots: slots::Slots::new(MAX_LINKS),
+            installed: StdHashMap::new(),
+            attached: StdHashMap::new(),
+            cpus: nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?.get() as usize,
+        };
+        dp.set_options(options)?;
+        Ok(dp)
+    }
+
+    pub fn set_options(&mut self, options: DatapathOptions) -> Result<()> {
+        let mut flags = 0;
+        if options.strict {
+            flags |= CONFIG_F_STRICT;
+        }
+        if options.orphan {
+            flags |= CONFIG_F_ORPHAN;
+        }
+        self.config.set(0, &Config { flags, _pad: 0 }, 0)?;
+        Ok(())
+    }
+
+    /// Attaches the classifier at egress of `ifindex` (TCX where the kernel has it).
+    pub fn attach_egress(&mut self, ifindex: u32) -> Result<()> {
+        if self.attached.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let prog = classifier(&mut self.ebpf, EGRESS_PROGRAM)?;
+        let id = prog.attach(ifindex, TcAttach::Tcx { attach_type: TcAttachType::Egress, order: LinkOrder::default() })
+            .or_else(|e| match e {
+                // Kernels before 6.6 have no TCX: use a clsact filter.
+                ProgramError::SyscallError(_) => prog.attach(ifindex, TcAttachType::Egress),
+                e => Err(e),
+            })?;
+        self.attached.insert(ifindex, id);
+        Ok(())
+    }
+
+    pub fn detach_egress(&mut self, ifindex: u32) -> Result<()> {
+        let id = self.attached.remove(&ifindex).ok_or(DatapathError::NotAttached(ifindex))?;
+        classifier(&mut self.ebpf, EGRESS_PROGRAM)?.detach(id)?;
+        Ok(())
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
+        self.attached.keys().copied()
+    }
+
+    /// Adds a link or changes it in place (one map update: its queue and timing carry on).
+    pub fn upsert_link(&mut self, key: LinkKey, shape: &LinkShape) -> Result<u32> {
+        let (index, fresh) = match self.installed.get(&key) {
+            Some(&i) => (i, false),
+            None => (self.slots.take().ok_or(DatapathError::LinksFull)?, true),
+        };
+        if fresh {
+            // The slot may have served a removed link: start from a clean state.
+            self.link_state.set(index, &LinkState::default(), 0)?;
+            self.link_counters.set(index, self.zero_counters()?, 0)?;
+        }
+        if let Err(e) = self.links.insert(&key, &shape.to_params(index), 0) {
+            if fresh {
+                self.slots.give_back(index);
+            }
+            return Err(e.into());
+        }
+        self.installed.insert(key, index);
+        Ok(index)
+    }
+
+    /// Removes a link with its state; its frames become unmatched (or unlinked, if strict).
+    pub fn remove_link(&mut self, key: &LinkKey) -> Result<()> {
+        let index = self.installed.remove(key).ok_or(DatapathError::NoSuchLink(*key))?;
+        self.links.remove(key)?;
+        self.link_state.set(index, &LinkState::default(), 0)?;
+        self.slots.give_back(index);
+        Ok(())
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = (&LinkKey, &u32)> {
+        self.installed.iter()
+    }
+
+    pub fn link_params(&self, key: &LinkKey) -> Result<LinkParams> {
+        Ok(self.links.get(key, 0)?)
+    }
+
+    pub fn upsert_node(&mut self, mac: [u8; 6], index: u32) -> Result<()> {
+        Ok(self.nodes.insert(&mac, &index, 0)?)
+    }
+
+    pub fn remove_node(&mut self, mac: &[u8; 6]) -> Result<()> {
+        match self.nodes.remove(mac) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A link's counters, summed over CPUs.
+    pub fn link_counters(&self, key: &LinkKey) -> Result<LinkCounters> {
+        let index = *self.installed.get(key).ok_or(DatapathError::NoSuchLink(*key))?;
+        self.counters_at(index)
+    }
+
+    pub fn all_link_counters(&self) -> Result<Vec<(LinkKey, LinkCounters)>> {
+        self.installed.iter().map(|(k, &i)| Ok((*k, self.counters_at(i)?))).collect()
+    }
+
+    fn counters_at(&self, index: u32) -> Result<LinkCounters> {
+        let mut sum = LinkCounters::default();
+        for c in self.link_counters.get(&index, 0)?.iter() {
+            sum.add(c);
+        }
+        Ok(sum)
+    }
+
+    pub fn global_counters(&self) -> Result<GlobalCounters> {
+        let slot = |i: u32| -> Result<u64> { Ok(self.global_counters.get(&i, 0)?.iter().sum()) };
+        Ok(GlobalCounters {
+            unmatched_packets: slot(global::UNMATCHED_PACKETS)?,
+            unmatched_bytes: slot(global::UNMATCHED_BYTES)?,
+            unlinked_packets: slot(global::UNLINKED_PACKETS)?,
+            unlinked_bytes: slot(global::UNLINKED_BYTES)?,
+            clone_failed: slot(global::CLONE_FAILED)?,
+        })
+    }
+
+    fn zero_counters(&self) -> Result<PerCpuValues<LinkCounters>> {
+        PerCpuValues::try_from(vec![LinkCounters::default(); self.cpus]).map_err(DatapathError::Cpus)
+    }
+
+    /// Runs a classifier once per `repeat` on `frame` through `BPF_PROG_TEST_RUN`: no device,
+    /// no qdisc, but the real maps. With `orphan` on, the clone is really sent on `ctx.ifindex`
+    /// (loopback when 0).
+    pub fn test_run(&self, which: Classifier, frame: &[u8], ctx: &SkBuffCtx, repeat: u32) -> Result<TestRunOutcome> {
+        let name = match which {
+            Classifier::Egress => EGRESS_PROGRAM,
+            Classifier::Empty => EMPTY_PROGRAM,
+        };
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::Missing(name))?
+            .try_into()?;
+        let mut out = SkBuffCtx::default();
+        let mut data_out = vec![0u8; frame.len() + 256];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            ctx_in: Some(ctx.as_bytes()),
+            ctx_out: Some(out.as_bytes_mut()),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok(TestRunOutcome { verdict: r.return_value as i32, ctx: out, duration: r.duration })
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    Ok(ebpf.program_mut(name).ok_or(DatapathError::Missing(name))?.try_into()?)
+}

@@ -1,0 +1,128 @@
+//! What a user configures for a link, turned into the classifier's `LinkParams`.
+
+use std::time::Duration;
+
+use meshsim_common::{JitterDist, LINK_F_INDEPENDENT_JITTER, LinkParams};
+
+/// Default correlation time of the jitter process: short enough that a few seconds of traffic
+/// see the whole distribution, long enough that packets a few ms apart are not reordered.
+pub const DEFAULT_JITTER_CORRELATION: Duration = Duration::from_millis(50);
+/// The correlation time is at least this many times the jitter. The delay's slope is
+/// `π/2 · jitter / T · R` with `R² = z_k² + z_{k+1}²` (chi-squared, 2 degrees of freedom), so
+/// at 8 it outruns real time (and the clamp must act) only where `R > 5.1`: in 2 of a million
+/// segments, at any packet rate.
+pub const MIN_CORRELATION_PER_JITTER: u32 = 8;
+
+/// The queue a link has when none is configured: 200 ms of data, but never less than ten
+/// full-size frames (so slow links still carry TCP), and never more than `queue_ns` can hold.
+pub const DEFAULT_QUEUE: Duration = Duration::from_millis(200);
+const MIN_QUEUE_FRAMES: u64 = 10;
+const FULL_FRAME_BYTES: u64 = 1514;
+
+/// One directed link's shaping, in user units.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkShape {
+    pub latency: Duration,
+    /// Standard deviation (normal, pareto, paretonormal) or half-width (uniform).
+    pub jitter: Duration,
+    pub jitter_dist: JitterDist,
+    /// `None`: independent samples per packet (netem-like, reorders).
+    pub jitter_correlation: Option<Duration>,
+    /// Bytes per second; 0 = unlimited.
+    pub rate_bytes_per_s: u64,
+    /// Fraction of packets lost, 0.0 ..= 1.0.
+    pub loss: f64,
+    /// How long a packet may wait for the link; `None` = [`DEFAULT_QUEUE`] rules.
+    pub queue: Option<Duration>,
+}
+
+impl Default for LinkShape {
+    fn default() -> Self {
+        LinkShape {
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            jitter_dist: JitterDist::Normal,
+            jitter_correlation: Some(DEFAULT_JITTER_CORRELATION),
+            rate_bytes_per_s: 0,
+            loss: 0.0,
+            queue: None,
+        }
+    }
+}
+
+impl LinkShape {
+    /// The queue this link gets, in ns.
+    pub fn queue_ns(&self) -> u32 {
+        let ns = match self.queue {
+            Some(q) => q.as_nanos(),
+            None if self.rate_bytes_per_s == 0 => DEFAULT_QUEUE.as_nanos(),
+            None => {
+                let frames = MIN_QUEUE_FRAMES * FULL_FRAME_BYTES * 1_000_000_000 / self.rate_bytes_per_s;
+                DEFAULT_QUEUE.as_nanos().max(frames as u128)
+            }
+        };
+        ns.min(u32::MAX as u128) as u32
+    }
+
+    pub fn to_params(&self, index: u32) -> LinkParams {
+        let (flags, corr) = match self.jitter_correlation {
+            Some(c) if !c.is_zero() => (0, c.max(self.jitter * MIN_CORRELATION_PER_JITTER).as_nanos() as u64),
+            _ => (LINK_F_INDEPENDENT_JITTER, 0),
+        };
+        LinkParams {
+            latency_ns: self.latency.as_nanos() as u64,
+            jitter_ns: self.jitter.as_nanos() as u64,
+            rate_bytes_per_s: self.rate_bytes_per_s,
+            jitter_corr_ns: corr,
+            loss_ppm: (self.loss.clamp(0.0, 1.0) * 1_000_000.0).round() as u32,
+            queue_ns: self.queue_ns(),
+            index,
+            jitter_dist: self.jitter_dist as u32,
+            flags,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_queue_is_200ms_or_ten_frames() {
+        let fast = LinkShape { rate_bytes_per_s: 12_500_000, ..Default::default() };
+        assert_eq!(fast.queue_ns(), 200_000_000);
+        // 64 kbit/s = 8000 B/s: ten 1514-byte frames take 1.8925 s.
+        let slow = LinkShape { rate_bytes_per_s: 8_000, ..Default::default() };
+        assert_eq!(slow.queue_ns(), 1_892_500_000);
+        let crawl = LinkShape { rate_bytes_per_s: 1, ..Default::default() };
+        assert_eq!(crawl.queue_ns(), u32::MAX);
+    }
+
+    #[test]
+    fn params_carry_every_field() {
+        let s = LinkShape {
+            latency: Duration::from_millis(50),
+            jitter: Duration::from_millis(10),
+            jitter_dist: JitterDist::Pareto,
+            jitter_correlation: None,
+            rate_bytes_per_s: 125_000,
+            loss: 0.1,
+            queue: Some(Duration::from_millis(30)),
+        };
+        let p = s.to_params(7);
+        assert_eq!(p.latency_ns, 50_000_000);
+        assert_eq!(p.jitter_ns, 10_000_000);
+        assert_eq!(p.jitter_dist, JitterDist::Pareto as u32);
+        assert_eq!(p.flags, LINK_F_INDEPENDENT_JITTER);
+        assert_eq!(p.rate_bytes_per_s, 125_000);
+        assert_eq!(p.loss_ppm, 100_000);
+        assert_eq!(p.queue_ns, 30_000_000);
+        assert_eq!(p.index, 7);
+        let correlated = LinkShape::default().to_params(0);
+        assert_eq!(correlated.flags, 0);
+        assert_eq!(correlated.jitter_corr_ns, DEFAULT_JITTER_CORRELATION.as_nanos() as u64);
+        let wide = LinkShape { jitter: Duration::from_millis(100), ..Default::default() }.to_params(0);
+        assert_eq!(wide.jitter_corr_ns, 800_000_000);
+    }
+}
