@@ -95,7 +95,7 @@ pub fn jitter_offset<T: JitterTables>(
             state.jitter_at_ns += segment_ns;
         }
         let into = now.saturating_sub(state.jitter_at_ns);
-        let phase = ((into << BLEND_SHIFT) / segment_ns) as u32;
+        let phase = ((into * params.jitter_phase_q32) >> 32) as u32;
         let Some(w) = tables.blend(phase) else {
             return 0;
         };

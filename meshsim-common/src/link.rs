@@ -56,6 +56,11 @@ pub struct LinkParams {
     /// Correlation time of the delay process (its segment length, see `jitter`); 0 behaves
     /// like independent jitter.
     pub jitter_corr_ns: u64,
+    /// `NSEC_PER_SEC / rate_bytes_per_s` in Q20, so serialisation is a multiply, not a
+    /// division (see [`ns_per_byte_q20`]).
+    pub ns_per_byte_q20: u64,
+    /// `BLEND_LEN / jitter_corr_ns` in Q32: the phase within a segment, again without dividing.
+    pub jitter_phase_q32: u64,
     /// Packets lost per million.
     pub loss_ppm: u32,
     /// The longest a packet may wait for the link before it is dropped as "queue full".
@@ -69,12 +74,40 @@ pub struct LinkParams {
     pub _pad: [u32; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<LinkParams>() == 64);
+const _: () = assert!(core::mem::size_of::<LinkParams>() == 80);
+
+/// The slowest rate a link can have: below it `ns_per_byte_q20` times a 64 KiB frame overflows.
+pub const MIN_RATE_BYTES_PER_S: u64 = 8;
+
+/// Serialisation time per byte at `rate_bytes_per_s`, in Q20 nanoseconds (0 for unlimited).
+/// At 100 Gbit/s the rounding error is 1e-6, far below what a link could show.
+pub const fn ns_per_byte_q20(rate_bytes_per_s: u64) -> u64 {
+    if rate_bytes_per_s == 0 {
+        return 0;
+    }
+    let rate = if rate_bytes_per_s < MIN_RATE_BYTES_PER_S {
+        MIN_RATE_BYTES_PER_S
+    } else {
+        rate_bytes_per_s
+    };
+    (1_000_000_000u64 << 20) / rate
+}
+
+/// The multiplier that turns a time into a segment into a `BLEND` phase (0 for no segment).
+pub const fn jitter_phase_q32(jitter_corr_ns: u64) -> u64 {
+    if jitter_corr_ns == 0 {
+        return 0;
+    }
+    ((crate::jitter::BLEND_LEN as u64) << 32) / jitter_corr_ns
+}
 
 impl LinkParams {
     /// A link that only counts: no delay, no rate, no loss. Such packets are never held.
     pub const fn is_transparent(&self) -> bool {
-        self.latency_ns == 0 && self.jitter_ns == 0 && self.rate_bytes_per_s == 0 && self.loss_ppm == 0
+        self.latency_ns == 0
+            && self.jitter_ns == 0
+            && self.rate_bytes_per_s == 0
+            && self.loss_ppm == 0
     }
 }
 

@@ -27,7 +27,11 @@ fn frame(src: [u8; 6], dst: [u8; 6], len: usize) -> Vec<u8> {
 }
 
 fn load(strict: bool) -> Datapath {
-    Datapath::load(DatapathOptions { strict, orphan: true }).expect("load the classifier (run as root)")
+    Datapath::load(DatapathOptions {
+        strict,
+        orphan: true,
+    })
+    .expect("load the classifier (run as root)")
 }
 
 fn monotonic_ns() -> u64 {
@@ -38,7 +42,9 @@ fn monotonic_ns() -> u64 {
 /// Sends one frame; returns (verdict, tstamp, clock before, clock after).
 fn send(dp: &Datapath, f: &[u8]) -> (i32, u64, u64, u64) {
     let before = monotonic_ns();
-    let out = dp.test_run(Classifier::Egress, f, &SkBuffCtx::default(), 1).unwrap();
+    let out = dp
+        .test_run(Classifier::Egress, f, &SkBuffCtx::default(), 1)
+        .unwrap();
     let after = monotonic_ns();
     (out.verdict, out.ctx.tstamp, before, after)
 }
@@ -47,11 +53,21 @@ fn send(dp: &Datapath, f: &[u8]) -> (i32, u64, u64, u64) {
 #[ignore = "needs root: run with cargo xtask test"]
 fn latency_only_departs_after_the_latency() {
     let mut dp = load(true);
-    dp.upsert_link(AB, &LinkShape { latency: Duration::from_millis(50), ..Default::default() }).unwrap();
+    dp.upsert_link(
+        AB,
+        &LinkShape {
+            latency: Duration::from_millis(50),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (verdict, tstamp, before, after) = send(&dp, &frame(A, B, 100));
     // The original is stolen; fq gets a socket-less clone.
     assert_eq!(verdict, TC_ACT_STOLEN);
-    assert!(tstamp >= before + 50_000_000 && tstamp <= after + 50_000_000, "tstamp {tstamp} not in [{before}, {after}] + 50 ms");
+    assert!(
+        tstamp >= before + 50_000_000 && tstamp <= after + 50_000_000,
+        "tstamp {tstamp} not in [{before}, {after}] + 50 ms"
+    );
     assert_eq!(dp.global_counters().unwrap().clone_failed, 0);
 }
 
@@ -60,8 +76,15 @@ fn latency_only_departs_after_the_latency() {
 fn rate_only_spaces_departures_by_serialisation_time() {
     let mut dp = load(true);
     // 1 Mbit/s: a 1250-byte frame takes exactly 10 ms.
-    dp.upsert_link(AB, &LinkShape { rate_bytes_per_s: 125_000, queue: Some(Duration::from_secs(1)), ..Default::default() })
-        .unwrap();
+    dp.upsert_link(
+        AB,
+        &LinkShape {
+            rate_bytes_per_s: 125_000,
+            queue: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let f = frame(A, B, 1250);
     let (_, first, before, _) = send(&dp, &f);
     assert!(first >= before + 10_000_000);
@@ -69,7 +92,11 @@ fn rate_only_spaces_departures_by_serialisation_time() {
     for _ in 0..9 {
         let (verdict, t, _, _) = send(&dp, &f);
         assert_eq!(verdict, TC_ACT_STOLEN);
-        assert_eq!(t - last, 10_000_000, "the queue builds up one serialisation time per frame");
+        assert_eq!(
+            t - last,
+            10_000_000,
+            "the queue builds up one serialisation time per frame"
+        );
         last = t;
     }
 }
@@ -79,13 +106,28 @@ fn rate_only_spaces_departures_by_serialisation_time() {
 fn full_queue_drops_and_counts() {
     let mut dp = load(true);
     // Room for 25 ms: two 10 ms frames fit, the third does not.
-    dp.upsert_link(AB, &LinkShape { rate_bytes_per_s: 125_000, queue: Some(Duration::from_millis(25)), ..Default::default() })
-        .unwrap();
+    dp.upsert_link(
+        AB,
+        &LinkShape {
+            rate_bytes_per_s: 125_000,
+            queue: Some(Duration::from_millis(25)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let f = frame(A, B, 1250);
     let verdicts: Vec<i32> = (0..3).map(|_| send(&dp, &f).0).collect();
     assert_eq!(verdicts, [TC_ACT_STOLEN, TC_ACT_STOLEN, TC_ACT_SHOT]);
     let c = dp.link_counters(&AB).unwrap();
-    assert_eq!(c, LinkCounters { packets: 2, bytes: 2500, dropped_loss: 0, dropped_queue: 1 });
+    assert_eq!(
+        c,
+        LinkCounters {
+            packets: 2,
+            bytes: 2500,
+            dropped_loss: 0,
+            dropped_queue: 1
+        }
+    );
 }
 
 #[test]
@@ -93,13 +135,36 @@ fn full_queue_drops_and_counts() {
 fn full_loss_drops_everything_and_no_loss_drops_nothing() {
     let mut dp = load(true);
     let f = frame(A, B, 200);
-    dp.upsert_link(AB, &LinkShape { loss: 1.0, ..Default::default() }).unwrap();
+    dp.upsert_link(
+        AB,
+        &LinkShape {
+            loss: 1.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!((0..500).all(|_| send(&dp, &f).0 == TC_ACT_SHOT));
     assert_eq!(dp.link_counters(&AB).unwrap().dropped_loss, 500);
     // Changing the link keeps its counters: one map update, same slot.
-    dp.upsert_link(AB, &LinkShape { loss: 0.0, latency: Duration::from_millis(1), ..Default::default() }).unwrap();
+    dp.upsert_link(
+        AB,
+        &LinkShape {
+            loss: 0.0,
+            latency: Duration::from_millis(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!((0..500).all(|_| send(&dp, &f).0 == TC_ACT_STOLEN));
-    assert_eq!(dp.link_counters(&AB).unwrap(), LinkCounters { packets: 500, bytes: 100_000, dropped_loss: 500, dropped_queue: 0 });
+    assert_eq!(
+        dp.link_counters(&AB).unwrap(),
+        LinkCounters {
+            packets: 500,
+            bytes: 100_000,
+            dropped_loss: 500,
+            dropped_queue: 0
+        }
+    );
 }
 
 #[test]
@@ -107,14 +172,24 @@ fn full_loss_drops_everything_and_no_loss_drops_nothing() {
 fn unmatched_frames_pass_untouched() {
     let mut dp = load(true);
     dp.upsert_node(A, 1).unwrap();
-    dp.upsert_link(AB, &LinkShape { latency: Duration::from_millis(5), ..Default::default() }).unwrap();
+    dp.upsert_link(
+        AB,
+        &LinkShape {
+            latency: Duration::from_millis(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // Host to node, and a broadcast: no link, not both nodes.
     for f in [frame(HOST, A, 60), frame(A, [0xff; 6], 42)] {
         let (verdict, tstamp, _, _) = send(&dp, &f);
         assert_eq!((verdict, tstamp), (TC_ACT_OK, 0));
     }
     let g = dp.global_counters().unwrap();
-    assert_eq!((g.unmatched_packets, g.unmatched_bytes, g.unlinked_packets), (2, 102, 0));
+    assert_eq!(
+        (g.unmatched_packets, g.unmatched_bytes, g.unlinked_packets),
+        (2, 102, 0)
+    );
     assert_eq!(dp.link_counters(&AB).unwrap(), LinkCounters::default());
 }
 
@@ -127,9 +202,16 @@ fn strict_mode_drops_frames_between_unlinked_nodes() {
     let (verdict, _, _, _) = send(&dp, &frame(B, A, 80));
     assert_eq!(verdict, TC_ACT_SHOT);
     let g = dp.global_counters().unwrap();
-    assert_eq!((g.unlinked_packets, g.unlinked_bytes, g.unmatched_packets), (1, 80, 0));
+    assert_eq!(
+        (g.unlinked_packets, g.unlinked_bytes, g.unmatched_packets),
+        (1, 80, 0)
+    );
     // Not strict: the same frame passes, counted as unmatched.
-    dp.set_options(DatapathOptions { strict: false, orphan: true }).unwrap();
+    dp.set_options(DatapathOptions {
+        strict: false,
+        orphan: true,
+    })
+    .unwrap();
     assert_eq!(send(&dp, &frame(B, A, 80)).0, TC_ACT_OK);
     assert_eq!(dp.global_counters().unwrap().unmatched_packets, 1);
 }
@@ -140,7 +222,14 @@ fn counters_match_what_was_sent_exactly() {
     let mut dp = load(true);
     let ba = LinkKey { src: B, dst: A };
     dp.upsert_link(AB, &LinkShape::default()).unwrap();
-    dp.upsert_link(ba, &LinkShape { latency: Duration::from_micros(10), ..Default::default() }).unwrap();
+    dp.upsert_link(
+        ba,
+        &LinkShape {
+            latency: Duration::from_micros(10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for i in 0..300 {
         send(&dp, &frame(A, B, 60 + i));
     }
@@ -148,8 +237,22 @@ fn counters_match_what_was_sent_exactly() {
         send(&dp, &frame(B, A, 1000));
     }
     let sum_ab: u64 = (0..300).map(|i| 60 + i as u64).sum();
-    assert_eq!(dp.link_counters(&AB).unwrap(), LinkCounters { packets: 300, bytes: sum_ab, ..Default::default() });
-    assert_eq!(dp.link_counters(&ba).unwrap(), LinkCounters { packets: 77, bytes: 77_000, ..Default::default() });
+    assert_eq!(
+        dp.link_counters(&AB).unwrap(),
+        LinkCounters {
+            packets: 300,
+            bytes: sum_ab,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        dp.link_counters(&ba).unwrap(),
+        LinkCounters {
+            packets: 77,
+            bytes: 77_000,
+            ..Default::default()
+        }
+    );
     // A removed link's slot starts clean when reused.
     dp.remove_link(&AB).unwrap();
     dp.upsert_link(AB, &LinkShape::default()).unwrap();
@@ -159,7 +262,10 @@ fn counters_match_what_was_sent_exactly() {
 fn sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
-    (mean, (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt())
+    (
+        mean,
+        (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt(),
+    )
 }
 
 #[test]
@@ -190,11 +296,18 @@ fn independent_normal_jitter_has_the_configured_spread_in_the_kernel() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn correlated_jitter_never_departs_out_of_order() {
     let mut dp = load(true);
-    let shape = LinkShape { latency: Duration::from_millis(50), jitter: Duration::from_millis(10), ..Default::default() };
+    let shape = LinkShape {
+        latency: Duration::from_millis(50),
+        jitter: Duration::from_millis(10),
+        ..Default::default()
+    };
     dp.upsert_link(AB, &shape).unwrap();
     let f = frame(A, B, 100);
     let stamps: Vec<u64> = (0..2000).map(|_| send(&dp, &f).1).collect();
-    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "departures went backwards");
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "departures went backwards"
+    );
     // The jitter is really applied: departures are not just now + 50 ms.
     assert!(stamps.iter().any(|&t| t != stamps[0]));
 }

@@ -1,8 +1,8 @@
 //! The eBPF datapath: loads the classifier once, attaches it at egress of node veths, and owns
 //! its maps. Links and nodes change by single map operations, never by re-attaching.
 
-mod skb;
 mod shape;
+mod skb;
 mod slots;
 pub mod tables;
 
@@ -11,7 +11,9 @@ use std::collections::HashMap as StdHashMap;
 use aya::{
     Ebpf, TestRun as _, TestRunOptions,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, SchedClassifier, TcAttach, TcAttachType, tc::SchedClassifierLinkId, LinkOrder},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType, tc::SchedClassifierLinkId,
+    },
     util::nr_cpus,
 };
 use meshsim_common::{
@@ -30,6 +32,7 @@ static CLASSIFIER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_
 
 const EGRESS_PROGRAM: &str = "meshsim_egress";
 const EMPTY_PROGRAM: &str = "meshsim_empty";
+const CLOCK_PROGRAM: &str = "meshsim_clock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -69,7 +72,10 @@ pub struct DatapathOptions {
 
 impl Default for DatapathOptions {
     fn default() -> Self {
-        DatapathOptions { strict: true, orphan: true }
+        DatapathOptions {
+            strict: true,
+            orphan: true,
+        }
     }
 }
 
@@ -89,6 +95,8 @@ pub enum Classifier {
     Egress,
     /// Does nothing: the test-run harness's own cost.
     Empty,
+    /// Only reads the clock: the floor under any shaped packet's cost.
+    Clock,
 }
 
 /// What one `BPF_PROG_TEST_RUN` gave back.
@@ -143,7 +151,7 @@ impl Datapath {
         for (i, v) in tables.dist.iter().enumerate() {
             dist.set(i as u32, v, 0)?;
         }
-        for name in [EGRESS_PROGRAM, EMPTY_PROGRAM] {
+        for name in [EGRESS_PROGRAM, EMPTY_PROGRAM, CLOCK_PROGRAM] {
             classifier(&mut ebpf, name)?.load()?;
         }
         let mut dp = Datapath {
@@ -181,7 +189,14 @@ impl Datapath {
             return Ok(());
         }
         let prog = classifier(&mut self.ebpf, EGRESS_PROGRAM)?;
-        let id = prog.attach(ifindex, TcAttach::Tcx { attach_type: TcAttachType::Egress, order: LinkOrder::default() })
+        let id = prog
+            .attach(
+                ifindex,
+                TcAttach::Tcx {
+                    attach_type: TcAttachType::Egress,
+                    order: LinkOrder::default(),
+                },
+            )
             .or_else(|e| match e {
                 // Kernels before 6.6 have no TCX: use a clsact filter.
                 ProgramError::SyscallError(_) => prog.attach(ifindex, TcAttachType::Egress),
@@ -192,7 +207,10 @@ impl Datapath {
     }
 
     pub fn detach_egress(&mut self, ifindex: u32) -> Result<()> {
-        let id = self.attached.remove(&ifindex).ok_or(DatapathError::NotAttached(ifindex))?;
+        let id = self
+            .attached
+            .remove(&ifindex)
+            .ok_or(DatapathError::NotAttached(ifindex))?;
         classifier(&mut self.ebpf, EGRESS_PROGRAM)?.detach(id)?;
         Ok(())
     }
@@ -224,7 +242,10 @@ impl Datapath {
 
     /// Removes a link with its state; its frames become unmatched (or unlinked, if strict).
     pub fn remove_link(&mut self, key: &LinkKey) -> Result<()> {
-        let index = self.installed.remove(key).ok_or(DatapathError::NoSuchLink(*key))?;
+        let index = self
+            .installed
+            .remove(key)
+            .ok_or(DatapathError::NoSuchLink(*key))?;
         self.links.remove(key)?;
         self.link_state.set(index, &LinkState::default(), 0)?;
         self.slots.give_back(index);
@@ -252,12 +273,18 @@ impl Datapath {
 
     /// A link's counters, summed over CPUs.
     pub fn link_counters(&self, key: &LinkKey) -> Result<LinkCounters> {
-        let index = *self.installed.get(key).ok_or(DatapathError::NoSuchLink(*key))?;
+        let index = *self
+            .installed
+            .get(key)
+            .ok_or(DatapathError::NoSuchLink(*key))?;
         self.counters_at(index)
     }
 
     pub fn all_link_counters(&self) -> Result<Vec<(LinkKey, LinkCounters)>> {
-        self.installed.iter().map(|(k, &i)| Ok((*k, self.counters_at(i)?))).collect()
+        self.installed
+            .iter()
+            .map(|(k, &i)| Ok((*k, self.counters_at(i)?)))
+            .collect()
     }
 
     fn counters_at(&self, index: u32) -> Result<LinkCounters> {
@@ -280,16 +307,24 @@ impl Datapath {
     }
 
     fn zero_counters(&self) -> Result<PerCpuValues<LinkCounters>> {
-        PerCpuValues::try_from(vec![LinkCounters::default(); self.cpus]).map_err(DatapathError::Cpus)
+        PerCpuValues::try_from(vec![LinkCounters::default(); self.cpus])
+            .map_err(DatapathError::Cpus)
     }
 
     /// Runs a classifier once per `repeat` on `frame` through `BPF_PROG_TEST_RUN`: no device,
     /// no qdisc, but the real maps. With `orphan` on, the clone is really sent on `ctx.ifindex`
     /// (loopback when 0).
-    pub fn test_run(&self, which: Classifier, frame: &[u8], ctx: &SkBuffCtx, repeat: u32) -> Result<TestRunOutcome> {
+    pub fn test_run(
+        &self,
+        which: Classifier,
+        frame: &[u8],
+        ctx: &SkBuffCtx,
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
         let name = match which {
             Classifier::Egress => EGRESS_PROGRAM,
             Classifier::Empty => EMPTY_PROGRAM,
+            Classifier::Clock => CLOCK_PROGRAM,
         };
         let prog: &SchedClassifier = self
             .ebpf
@@ -306,10 +341,17 @@ impl Datapath {
             repeat,
             ..Default::default()
         })?;
-        Ok(TestRunOutcome { verdict: r.return_value as i32, ctx: out, duration: r.duration })
+        Ok(TestRunOutcome {
+            verdict: r.return_value as i32,
+            ctx: out,
+            duration: r.duration,
+        })
     }
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
-    Ok(ebpf.program_mut(name).ok_or(DatapathError::Missing(name))?.try_into()?)
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Missing(name))?
+        .try_into()?)
 }

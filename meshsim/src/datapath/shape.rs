@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use meshsim_common::{JitterDist, LINK_F_INDEPENDENT_JITTER, LinkParams};
+use meshsim_common::{
+    JitterDist, LINK_F_INDEPENDENT_JITTER, LinkParams, jitter_phase_q32, ns_per_byte_q20,
+};
 
 /// Default correlation time of the jitter process: short enough that a few seconds of traffic
 /// see the whole distribution, long enough that packets a few ms apart are not reordered.
@@ -57,7 +59,8 @@ impl LinkShape {
             Some(q) => q.as_nanos(),
             None if self.rate_bytes_per_s == 0 => DEFAULT_QUEUE.as_nanos(),
             None => {
-                let frames = MIN_QUEUE_FRAMES * FULL_FRAME_BYTES * 1_000_000_000 / self.rate_bytes_per_s;
+                let frames =
+                    MIN_QUEUE_FRAMES * FULL_FRAME_BYTES * 1_000_000_000 / self.rate_bytes_per_s;
                 DEFAULT_QUEUE.as_nanos().max(frames as u128)
             }
         };
@@ -66,7 +69,10 @@ impl LinkShape {
 
     pub fn to_params(&self, index: u32) -> LinkParams {
         let (flags, corr) = match self.jitter_correlation {
-            Some(c) if !c.is_zero() => (0, c.max(self.jitter * MIN_CORRELATION_PER_JITTER).as_nanos() as u64),
+            Some(c) if !c.is_zero() => (
+                0,
+                c.max(self.jitter * MIN_CORRELATION_PER_JITTER).as_nanos() as u64,
+            ),
             _ => (LINK_F_INDEPENDENT_JITTER, 0),
         };
         LinkParams {
@@ -74,6 +80,8 @@ impl LinkShape {
             jitter_ns: self.jitter.as_nanos() as u64,
             rate_bytes_per_s: self.rate_bytes_per_s,
             jitter_corr_ns: corr,
+            ns_per_byte_q20: ns_per_byte_q20(self.rate_bytes_per_s),
+            jitter_phase_q32: jitter_phase_q32(corr),
             loss_ppm: (self.loss.clamp(0.0, 1.0) * 1_000_000.0).round() as u32,
             queue_ns: self.queue_ns(),
             index,
@@ -90,12 +98,21 @@ mod tests {
 
     #[test]
     fn default_queue_is_200ms_or_ten_frames() {
-        let fast = LinkShape { rate_bytes_per_s: 12_500_000, ..Default::default() };
+        let fast = LinkShape {
+            rate_bytes_per_s: 12_500_000,
+            ..Default::default()
+        };
         assert_eq!(fast.queue_ns(), 200_000_000);
         // 64 kbit/s = 8000 B/s: ten 1514-byte frames take 1.8925 s.
-        let slow = LinkShape { rate_bytes_per_s: 8_000, ..Default::default() };
+        let slow = LinkShape {
+            rate_bytes_per_s: 8_000,
+            ..Default::default()
+        };
         assert_eq!(slow.queue_ns(), 1_892_500_000);
-        let crawl = LinkShape { rate_bytes_per_s: 1, ..Default::default() };
+        let crawl = LinkShape {
+            rate_bytes_per_s: 1,
+            ..Default::default()
+        };
         assert_eq!(crawl.queue_ns(), u32::MAX);
     }
 
@@ -121,8 +138,15 @@ mod tests {
         assert_eq!(p.index, 7);
         let correlated = LinkShape::default().to_params(0);
         assert_eq!(correlated.flags, 0);
-        assert_eq!(correlated.jitter_corr_ns, DEFAULT_JITTER_CORRELATION.as_nanos() as u64);
-        let wide = LinkShape { jitter: Duration::from_millis(100), ..Default::default() }.to_params(0);
+        assert_eq!(
+            correlated.jitter_corr_ns,
+            DEFAULT_JITTER_CORRELATION.as_nanos() as u64
+        );
+        let wide = LinkShape {
+            jitter: Duration::from_millis(100),
+            ..Default::default()
+        }
+        .to_params(0);
         assert_eq!(wide.jitter_corr_ns, 800_000_000);
     }
 }

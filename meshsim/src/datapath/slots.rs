@@ -10,7 +10,11 @@ pub struct Slots {
 
 impl Slots {
     pub fn new(capacity: u32) -> Self {
-        Slots { capacity, next_unused: 0, free: Default::default() }
+        Slots {
+            capacity,
+            next_unused: 0,
+            free: Default::default(),
+        }
     }
 
     pub fn take(&mut self) -> Option<u32> {

@@ -34,7 +34,11 @@ impl Tables {
         for d in JitterDist::ALL {
             dist.extend(dist_table(d));
         }
-        Tables { normal: normal_table(), blend: blend_table(), dist }
+        Tables {
+            normal: normal_table(),
+            blend: blend_table(),
+            dist,
+        }
     }
 }
 
@@ -54,12 +58,16 @@ impl JitterTables for Tables {
 }
 
 fn to_q16(x: f64) -> i32 {
-    (x * Q16_ONE as f64).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32
+    (x * Q16_ONE as f64)
+        .round()
+        .clamp(i32::MIN as f64, i32::MAX as f64) as i32
 }
 
 fn normal_table() -> Vec<i32> {
     let n = NORMAL_LEN as usize;
-    let raw: Vec<f64> = (0..n).map(|i| inverse_normal_cdf((i as f64 + 0.5) / n as f64)).collect();
+    let raw: Vec<f64> = (0..n)
+        .map(|i| inverse_normal_cdf((i as f64 + 0.5) / n as f64))
+        .collect();
     // The centre quantiles are a little narrower than N(0,1); the mean is 0 by symmetry.
     let sd = (raw.iter().map(|x| x * x).sum::<f64>() / n as f64).sqrt();
     raw.iter().map(|x| to_q16(x / sd)).collect()
@@ -69,7 +77,10 @@ fn blend_table() -> Vec<Blend> {
     (0..BLEND_LEN)
         .map(|i| {
             let theta = std::f64::consts::FRAC_PI_2 * (i as f64 + 0.5) / BLEND_LEN as f64;
-            Blend { cos_q16: to_q16(theta.cos()) as u32, sin_q16: to_q16(theta.sin()) as u32 }
+            Blend {
+                cos_q16: to_q16(theta.cos()) as u32,
+                sin_q16: to_q16(theta.sin()) as u32,
+            }
         })
         .collect()
 }
@@ -108,7 +119,10 @@ const PARETO_SHAPE: f64 = 3.0;
 /// Pareto(shape 3, scale 1) has mean 1.5 and standard deviation sqrt(3)/2.
 fn pareto_mean_sd() -> (f64, f64) {
     let a = PARETO_SHAPE;
-    (a / (a - 1.0), (a / ((a - 1.0) * (a - 1.0) * (a - 2.0))).sqrt())
+    (
+        a / (a - 1.0),
+        (a / ((a - 1.0) * (a - 1.0) * (a - 2.0))).sqrt(),
+    )
 }
 
 fn pareto_quantile(u: f64) -> f64 {
@@ -119,7 +133,11 @@ fn pareto_quantile(u: f64) -> f64 {
 fn pareto_cdf(x: f64) -> f64 {
     let (mean, sd) = pareto_mean_sd();
     let raw = x * sd + mean;
-    if raw <= 1.0 { 0.0 } else { 1.0 - raw.powf(-PARETO_SHAPE) }
+    if raw <= 1.0 {
+        0.0
+    } else {
+        1.0 - raw.powf(-PARETO_SHAPE)
+    }
 }
 
 /// CDF of `(0.25 N + 0.75 P) / sd` on a grid, with P the standardised pareto.
@@ -135,14 +153,19 @@ impl ParetoNormalCdf {
     fn new() -> Self {
         let sd = (Self::NORMAL_WEIGHT.powi(2) + Self::PARETO_WEIGHT.powi(2)).sqrt();
         let (lo, hi, points) = (-6.0, 60.0, 6000);
-        let xs: Vec<f64> = (0..=points).map(|i| lo + (hi - lo) * i as f64 / points as f64).collect();
+        let xs: Vec<f64> = (0..=points)
+            .map(|i| lo + (hi - lo) * i as f64 / points as f64)
+            .collect();
         // P(aN + bP <= y) = ∫ φ(n) F_P((y - a n) / b) dn, midpoint rule over n in [-8, 8].
         let (steps, span) = (800, 16.0);
         let dn = span / steps as f64;
         let ns: Vec<(f64, f64)> = (0..steps)
             .map(|i| {
                 let n = -span / 2.0 + (i as f64 + 0.5) * dn;
-                (n, (-n * n / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * dn)
+                (
+                    n,
+                    (-n * n / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * dn,
+                )
             })
             .collect();
         let cdf = xs
@@ -150,7 +173,9 @@ impl ParetoNormalCdf {
             .map(|&x| {
                 let y = x * sd;
                 ns.iter()
-                    .map(|&(n, w)| w * pareto_cdf((y - Self::NORMAL_WEIGHT * n) / Self::PARETO_WEIGHT))
+                    .map(|&(n, w)| {
+                        w * pareto_cdf((y - Self::NORMAL_WEIGHT * n) / Self::PARETO_WEIGHT)
+                    })
                     .sum::<f64>()
             })
             .collect();
@@ -179,6 +204,10 @@ pub fn normal_cdf(z: f64) -> f64 {
 }
 
 /// Φ⁻¹(p) for p in (0, 1): Acklam's rational approximation in three regions.
+#[expect(
+    clippy::excessive_precision,
+    reason = "the published coefficients, digit for digit"
+)]
 pub fn inverse_normal_cdf(p: f64) -> f64 {
     const A: [f64; 6] = [
         -3.969683028665376e1,
@@ -254,12 +283,19 @@ mod tests {
     fn normal_table_is_standard_normal() {
         let t = Tables::generate();
         let n = t.normal.len() as f64;
-        let vals: Vec<f64> = t.normal.iter().map(|&v| v as f64 / Q16_ONE as f64).collect();
+        let vals: Vec<f64> = t
+            .normal
+            .iter()
+            .map(|&v| v as f64 / Q16_ONE as f64)
+            .collect();
         let mean = vals.iter().sum::<f64>() / n;
         let sd = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
         assert!(mean.abs() < 1e-4, "mean {mean}");
         assert!((sd - 1.0).abs() < 1e-4, "sd {sd}");
-        assert!(t.normal.windows(2).all(|w| w[0] <= w[1]), "quantiles must be sorted");
+        assert!(
+            t.normal.windows(2).all(|w| w[0] <= w[1]),
+            "quantiles must be sorted"
+        );
     }
 
     #[test]
@@ -274,9 +310,16 @@ mod tests {
         ] {
             let (mean, sd) = weighted_moments(&t, d);
             // Pareto's heavy tail is cut where Φ(z) rounds off; its sd converges slowly.
-            let tol = if matches!(d, JitterDist::Pareto | JitterDist::ParetoNormal) { 0.03 } else { 0.002 };
+            let tol = if matches!(d, JitterDist::Pareto | JitterDist::ParetoNormal) {
+                0.03
+            } else {
+                0.002
+            };
             assert!(mean.abs() < tol, "{d:?} mean {mean}");
-            assert!((sd - want_sd).abs() < tol * 2.0, "{d:?} sd {sd} want {want_sd}");
+            assert!(
+                (sd - want_sd).abs() < tol * 2.0,
+                "{d:?} sd {sd} want {want_sd}"
+            );
         }
     }
 
@@ -382,6 +425,9 @@ mod tests {
         let ks = ks_normal(&d, 50e6, 10e6);
         assert!(ks < 0.02, "KS {ks}");
         let reordered = d.windows(2).filter(|w| w[1] + 10e6 < w[0]).count();
-        assert!(reordered > 1000, "independent samples 10 ms apart must reorder, got {reordered}");
+        assert!(
+            reordered > 1000,
+            "independent samples 10 ms apart must reorder, got {reordered}"
+        );
     }
 }
