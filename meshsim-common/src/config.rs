@@ -25,7 +25,11 @@ pub mod global {
     pub const UNLINKED_BYTES: u32 = 3;
     /// Shaped packets the kernel refused to clone; they were sent still charged to their socket.
     pub const CLONE_FAILED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Copies of a node-to-node frame at a port that is not its destination's: the bridge
+    /// flooded it before learning where the destination is. Dropped, as the node behind
+    /// that port would drop it, and so counted on no link.
+    pub const FLOODED_PACKETS: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Capacity of the link maps; a 500-node mesh with 5 neighbours uses about 2,500 directed links.

@@ -71,7 +71,11 @@ pub struct LinkParams {
     pub jitter_dist: u32,
     /// `LINK_F_*` bits.
     pub flags: u32,
-    pub _pad: [u32; 3],
+    /// The bridge port (host-side veth) of the link's destination node: the only device
+    /// where this link's frames are shaped. A copy of the frame leaving any other port is a
+    /// bridge flood (the bridge has not learnt the destination yet) and is dropped.
+    pub port_ifindex: u32,
+    pub _pad: [u32; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<LinkParams>() == 80);
@@ -110,6 +114,17 @@ impl LinkParams {
             && self.loss_ppm == 0
     }
 }
+
+/// A node, as the classifier knows it (`NODES`, by MAC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub index: u32,
+    /// The node's bridge port (host-side veth).
+    pub port_ifindex: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<NodeInfo>() == 8);
 
 /// What the classifier remembers about a link between packets (`LINK_STATE`, by index).
 #[repr(C)]
@@ -158,6 +173,7 @@ mod pod {
     unsafe impl aya::Pod for super::LinkParams {}
     unsafe impl aya::Pod for super::LinkState {}
     unsafe impl aya::Pod for super::LinkCounters {}
+    unsafe impl aya::Pod for super::NodeInfo {}
     unsafe impl aya::Pod for super::super::config::Config {}
     unsafe impl aya::Pod for super::super::jitter::Blend {}
 }

@@ -10,7 +10,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_STOLEN},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_clone_redirect, bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray},
@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use meshsim_common::{
     CLONE_MARK, CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, LinkCounters, LinkKey, LinkParams,
-    LinkState, MAX_LINKS, MAX_NODES, Verdict, global,
+    LinkState, MAX_LINKS, MAX_NODES, NodeInfo, Verdict, global,
     jitter::{BLEND_LEN, Blend, DIST_COUNT, DIST_LEN, JitterTables, NORMAL_LEN},
     schedule,
 };
@@ -31,7 +31,7 @@ static LINK_STATE: Array<LinkState> = Array::with_max_entries(MAX_LINKS, 0);
 static LINK_COUNTERS: PerCpuArray<LinkCounters> = PerCpuArray::with_max_entries(MAX_LINKS, 0);
 /// MAC -> node index: tells node frames from the host's and from broadcasts.
 #[map]
-static NODES: HashMap<[u8; 6], u32> = HashMap::with_max_entries(MAX_NODES, 0);
+static NODES: HashMap<[u8; 6], NodeInfo> = HashMap::with_max_entries(MAX_NODES, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
@@ -104,8 +104,12 @@ unsafe fn shape(ctx: &TcContext, skb: *mut __sk_buff) -> i32 {
     let wire_len = unsafe { (*skb).wire_len };
     // SAFETY: map values are only read or written through these pointers for this packet.
     let Some(params) = (unsafe { LINKS.get(&key) }) else {
-        return unsafe { unmatched(&key, wire_len) };
+        return unsafe { unmatched(skb, &key, wire_len) };
     };
+    if params.port_ifindex != unsafe { (*skb).ifindex } {
+        count_global(global::FLOODED_PACKETS, 1);
+        return TC_ACT_SHOT;
+    }
     let (Some(state), Some(counters)) = (
         LINK_STATE.get_ptr_mut(params.index),
         LINK_COUNTERS.get_ptr_mut(params.index),
@@ -146,7 +150,7 @@ unsafe fn shape(ctx: &TcContext, skb: *mut __sk_buff) -> i32 {
 /// its socket (on the veth + bridge path nothing orphans it), so TCP small queues and UDP send
 /// buffers would throttle the sender to a fraction of the link (DESIGN.md, trap 1). netem
 /// orphans on enqueue; fq does not. So the packet goes to fq as a clone, which carries no
-/// socket, and the original is stolen (freed, which releases the socket's charge). The
+/// socket, and the original is dropped (freed, which releases the socket's charge). The
 /// redirect clears `tstamp`, so the clone carries its departure time in `cb` and gets it back
 /// on its second pass through this program (`release_clone`).
 #[inline(always)]
@@ -169,7 +173,10 @@ unsafe fn hand_to_fq(skb: *mut __sk_buff, depart_ns: u64) -> i32 {
         (*skb).mark = mark;
         (*skb).cb[3] = 0;
         if ret == 0 {
-            return TC_ACT_STOLEN;
+            // The original must not leave too. TCX knows no "stolen" verdict (anything but
+            // pass, drop or redirect means "next program", then pass), so drop it: its
+            // caller is the bridge, which ignores the result, never the sending socket.
+            return TC_ACT_SHOT;
         }
         count_global(global::CLONE_FAILED, 1);
         TC_ACT_OK
@@ -189,14 +196,20 @@ unsafe fn release_clone(skb: *mut __sk_buff) -> i32 {
 /// A frame that is no link: pass it, unless it is between two nodes that are not linked and
 /// the topology is strict.
 #[inline(always)]
-unsafe fn unmatched(key: &LinkKey, wire_len: u32) -> i32 {
+unsafe fn unmatched(skb: *mut __sk_buff, key: &LinkKey, wire_len: u32) -> i32 {
     let strict = CONFIG
         .get(0)
         .is_some_and(|c| c.flags & CONFIG_F_STRICT != 0);
-    if strict && unsafe { NODES.get(&key.src).is_some() && NODES.get(&key.dst).is_some() } {
-        count_global(global::UNLINKED_PACKETS, 1);
-        count_global(global::UNLINKED_BYTES, wire_len as u64);
-        return TC_ACT_SHOT;
+    if strict && unsafe { NODES.get(&key.src).is_some() } {
+        if let Some(dst) = unsafe { NODES.get(&key.dst) } {
+            if dst.port_ifindex != unsafe { (*skb).ifindex } {
+                count_global(global::FLOODED_PACKETS, 1);
+            } else {
+                count_global(global::UNLINKED_PACKETS, 1);
+                count_global(global::UNLINKED_BYTES, wire_len as u64);
+            }
+            return TC_ACT_SHOT;
+        }
     }
     count_global(global::UNMATCHED_PACKETS, 1);
     count_global(global::UNMATCHED_BYTES, wire_len as u64);

@@ -13,6 +13,8 @@ const ROUNDS: usize = 5;
 /// Target for a link hit minus the empty classifier, on the development machine.
 const TARGET_NS: f64 = 50.0;
 
+/// Test runs without a device happen on loopback: links shaped there have it as their port.
+const LOOPBACK: u32 = 1;
 const A: [u8; 6] = [0x02, 0x6d, 0, 0, 0, 0x01];
 const B: [u8; 6] = [0x02, 0x6d, 0, 0, 0, 0x02];
 const C: [u8; 6] = [0x02, 0x6d, 0, 0, 0, 0x03];
@@ -51,9 +53,10 @@ fn main() -> anyhow::Result<()> {
         queue: Some(Duration::from_secs(4)),
         ..Default::default()
     };
-    dp.upsert_link(LinkKey { src: A, dst: B }, &full)?;
+    dp.upsert_link(LinkKey { src: A, dst: B }, LOOPBACK, &full)?;
     dp.upsert_link(
         LinkKey { src: A, dst: C },
+        LOOPBACK,
         &LinkShape {
             latency: Duration::from_millis(50),
             ..Default::default()
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
                 src: [0x02, 0x6e, 0, 0, hi, lo],
                 dst: B,
             },
+            LOOPBACK,
             &full,
         )?;
     }

@@ -10,8 +10,11 @@ use meshsim_common::{JitterDist, LinkCounters, LinkKey};
 
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_STOLEN: i32 = 4;
+/// A shaped packet leaves as a clone; the original is dropped (see the classifier).
+const TC_ACT_CLONED: i32 = TC_ACT_SHOT;
 
+/// Test runs without a device happen on loopback: links shaped there have it as their port.
+const LOOPBACK: u32 = 1;
 const A: [u8; 6] = [0x02, 0x6d, 0, 0, 0, 0x01];
 const B: [u8; 6] = [0x02, 0x6d, 0, 0, 0, 0x02];
 const HOST: [u8; 6] = [0x02, 0x6d, 0, 0, 0, 0xfe];
@@ -55,6 +58,7 @@ fn latency_only_departs_after_the_latency() {
     let mut dp = load(true);
     dp.upsert_link(
         AB,
+        LOOPBACK,
         &LinkShape {
             latency: Duration::from_millis(50),
             ..Default::default()
@@ -62,8 +66,8 @@ fn latency_only_departs_after_the_latency() {
     )
     .unwrap();
     let (verdict, tstamp, before, after) = send(&dp, &frame(A, B, 100));
-    // The original is stolen; fq gets a socket-less clone.
-    assert_eq!(verdict, TC_ACT_STOLEN);
+    // The original is dropped; fq gets a socket-less clone.
+    assert_eq!(verdict, TC_ACT_CLONED);
     assert!(
         tstamp >= before + 50_000_000 && tstamp <= after + 50_000_000,
         "tstamp {tstamp} not in [{before}, {after}] + 50 ms"
@@ -78,6 +82,7 @@ fn rate_only_spaces_departures_by_serialisation_time() {
     // 1 Mbit/s: a 1250-byte frame takes exactly 10 ms.
     dp.upsert_link(
         AB,
+        LOOPBACK,
         &LinkShape {
             rate_bytes_per_s: 125_000,
             queue: Some(Duration::from_secs(1)),
@@ -91,7 +96,7 @@ fn rate_only_spaces_departures_by_serialisation_time() {
     let mut last = first;
     for _ in 0..9 {
         let (verdict, t, _, _) = send(&dp, &f);
-        assert_eq!(verdict, TC_ACT_STOLEN);
+        assert_eq!(verdict, TC_ACT_CLONED);
         assert_eq!(
             t - last,
             10_000_000,
@@ -108,6 +113,7 @@ fn full_queue_drops_and_counts() {
     // Room for 25 ms: two 10 ms frames fit, the third does not.
     dp.upsert_link(
         AB,
+        LOOPBACK,
         &LinkShape {
             rate_bytes_per_s: 125_000,
             queue: Some(Duration::from_millis(25)),
@@ -117,7 +123,7 @@ fn full_queue_drops_and_counts() {
     .unwrap();
     let f = frame(A, B, 1250);
     let verdicts: Vec<i32> = (0..3).map(|_| send(&dp, &f).0).collect();
-    assert_eq!(verdicts, [TC_ACT_STOLEN, TC_ACT_STOLEN, TC_ACT_SHOT]);
+    assert_eq!(verdicts, [TC_ACT_CLONED, TC_ACT_CLONED, TC_ACT_SHOT]);
     let c = dp.link_counters(&AB).unwrap();
     assert_eq!(
         c,
@@ -137,6 +143,7 @@ fn full_loss_drops_everything_and_no_loss_drops_nothing() {
     let f = frame(A, B, 200);
     dp.upsert_link(
         AB,
+        LOOPBACK,
         &LinkShape {
             loss: 1.0,
             ..Default::default()
@@ -148,6 +155,7 @@ fn full_loss_drops_everything_and_no_loss_drops_nothing() {
     // Changing the link keeps its counters: one map update, same slot.
     dp.upsert_link(
         AB,
+        LOOPBACK,
         &LinkShape {
             loss: 0.0,
             latency: Duration::from_millis(1),
@@ -155,7 +163,7 @@ fn full_loss_drops_everything_and_no_loss_drops_nothing() {
         },
     )
     .unwrap();
-    assert!((0..500).all(|_| send(&dp, &f).0 == TC_ACT_STOLEN));
+    assert!((0..500).all(|_| send(&dp, &f).0 == TC_ACT_CLONED));
     assert_eq!(
         dp.link_counters(&AB).unwrap(),
         LinkCounters {
@@ -171,9 +179,10 @@ fn full_loss_drops_everything_and_no_loss_drops_nothing() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn unmatched_frames_pass_untouched() {
     let mut dp = load(true);
-    dp.upsert_node(A, 1).unwrap();
+    dp.upsert_node(A, 1, LOOPBACK).unwrap();
     dp.upsert_link(
         AB,
+        LOOPBACK,
         &LinkShape {
             latency: Duration::from_millis(5),
             ..Default::default()
@@ -197,8 +206,8 @@ fn unmatched_frames_pass_untouched() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn strict_mode_drops_frames_between_unlinked_nodes() {
     let mut dp = load(true);
-    dp.upsert_node(A, 1).unwrap();
-    dp.upsert_node(B, 2).unwrap();
+    dp.upsert_node(A, 1, LOOPBACK).unwrap();
+    dp.upsert_node(B, 2, LOOPBACK).unwrap();
     let (verdict, _, _, _) = send(&dp, &frame(B, A, 80));
     assert_eq!(verdict, TC_ACT_SHOT);
     let g = dp.global_counters().unwrap();
@@ -221,9 +230,10 @@ fn strict_mode_drops_frames_between_unlinked_nodes() {
 fn counters_match_what_was_sent_exactly() {
     let mut dp = load(true);
     let ba = LinkKey { src: B, dst: A };
-    dp.upsert_link(AB, &LinkShape::default()).unwrap();
+    dp.upsert_link(AB, LOOPBACK, &LinkShape::default()).unwrap();
     dp.upsert_link(
         ba,
+        LOOPBACK,
         &LinkShape {
             latency: Duration::from_micros(10),
             ..Default::default()
@@ -255,7 +265,7 @@ fn counters_match_what_was_sent_exactly() {
     );
     // A removed link's slot starts clean when reused.
     dp.remove_link(&AB).unwrap();
-    dp.upsert_link(AB, &LinkShape::default()).unwrap();
+    dp.upsert_link(AB, LOOPBACK, &LinkShape::default()).unwrap();
     assert_eq!(dp.link_counters(&AB).unwrap(), LinkCounters::default());
 }
 
@@ -279,7 +289,7 @@ fn independent_normal_jitter_has_the_configured_spread_in_the_kernel() {
         jitter_correlation: None,
         ..Default::default()
     };
-    dp.upsert_link(AB, &shape).unwrap();
+    dp.upsert_link(AB, LOOPBACK, &shape).unwrap();
     let f = frame(A, B, 100);
     let delays: Vec<f64> = (0..4000)
         .map(|_| {
@@ -301,7 +311,7 @@ fn correlated_jitter_never_departs_out_of_order() {
         jitter: Duration::from_millis(10),
         ..Default::default()
     };
-    dp.upsert_link(AB, &shape).unwrap();
+    dp.upsert_link(AB, LOOPBACK, &shape).unwrap();
     let f = frame(A, B, 100);
     let stamps: Vec<u64> = (0..2000).map(|_| send(&dp, &f).1).collect();
     assert!(
@@ -310,4 +320,20 @@ fn correlated_jitter_never_departs_out_of_order() {
     );
     // The jitter is really applied: departures are not just now + 50 ms.
     assert!(stamps.iter().any(|&t| t != stamps[0]));
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn copies_flooded_to_other_ports_are_dropped_and_counted_on_no_link() {
+    let mut dp = load(true);
+    // The link's destination sits behind another port than the one this copy leaves by.
+    dp.upsert_link(AB, 99, &LinkShape::default()).unwrap();
+    dp.upsert_node(A, 1, 98).unwrap();
+    dp.upsert_node(B, 2, 99).unwrap();
+    assert_eq!(send(&dp, &frame(A, B, 100)).0, TC_ACT_SHOT);
+    // Unlinked in the other direction, and also not this port's: a flood copy too.
+    assert_eq!(send(&dp, &frame(B, A, 100)).0, TC_ACT_SHOT);
+    let g = dp.global_counters().unwrap();
+    assert_eq!((g.flooded_packets, g.unlinked_packets), (2, 0));
+    assert_eq!(dp.link_counters(&AB).unwrap(), LinkCounters::default());
 }

@@ -11,14 +11,12 @@ use std::collections::HashMap as StdHashMap;
 use aya::{
     Ebpf, TestRun as _, TestRunOptions,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType, tc::SchedClassifierLinkId,
-    },
+    programs::{ProgramError, SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
     util::nr_cpus,
 };
 use meshsim_common::{
     CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, LinkCounters, LinkKey, LinkParams, LinkState,
-    MAX_LINKS, global,
+    MAX_LINKS, NodeInfo, global,
 };
 
 pub use self::{
@@ -87,6 +85,7 @@ pub struct GlobalCounters {
     pub unlinked_packets: u64,
     pub unlinked_bytes: u64,
     pub clone_failed: u64,
+    pub flooded_packets: u64,
 }
 
 /// Which classifier a test run exercises.
@@ -115,7 +114,7 @@ pub struct Datapath {
     links: HashMap<MapData, LinkKey, LinkParams>,
     link_state: Array<MapData, LinkState>,
     link_counters: PerCpuArray<MapData, LinkCounters>,
-    nodes: HashMap<MapData, [u8; 6], u32>,
+    nodes: HashMap<MapData, [u8; 6], NodeInfo>,
     config: Array<MapData, Config>,
     global_counters: PerCpuArray<MapData, u64>,
     slots: slots::Slots,
@@ -189,19 +188,15 @@ impl Datapath {
             return Ok(());
         }
         let prog = classifier(&mut self.ebpf, EGRESS_PROGRAM)?;
-        let id = prog
-            .attach(
-                ifindex,
-                TcAttach::Tcx {
-                    attach_type: TcAttachType::Egress,
-                    order: LinkOrder::default(),
-                },
-            )
-            .or_else(|e| match e {
-                // Kernels before 6.6 have no TCX: use a clsact filter.
-                ProgramError::SyscallError(_) => prog.attach(ifindex, TcAttachType::Egress),
-                e => Err(e),
-            })?;
+        // aya uses TCX where the kernel has it (6.6+); older kernels hang tc programs off a
+        // clsact qdisc, which must exist first (it may already: then adding it fails, fine).
+        let id = match prog.attach(ifindex, TcAttachType::Egress) {
+            Ok(id) => id,
+            Err(_) => {
+                let _ = tc::qdisc_add_clsact(ifindex);
+                prog.attach(ifindex, TcAttachType::Egress)?
+            }
+        };
         self.attached.insert(ifindex, id);
         Ok(())
     }
@@ -220,7 +215,8 @@ impl Datapath {
     }
 
     /// Adds a link or changes it in place (one map update: its queue and timing carry on).
-    pub fn upsert_link(&mut self, key: LinkKey, shape: &LinkShape) -> Result<u32> {
+    /// `port` is the destination node's bridge port, where the link's frames leave the bridge.
+    pub fn upsert_link(&mut self, key: LinkKey, port: u32, shape: &LinkShape) -> Result<u32> {
         let (index, fresh) = match self.installed.get(&key) {
             Some(&i) => (i, false),
             None => (self.slots.take().ok_or(DatapathError::LinksFull)?, true),
@@ -230,7 +226,11 @@ impl Datapath {
             self.link_state.set(index, &LinkState::default(), 0)?;
             self.link_counters.set(index, self.zero_counters()?, 0)?;
         }
-        if let Err(e) = self.links.insert(&key, &shape.to_params(index), 0) {
+        let params = LinkParams {
+            port_ifindex: port,
+            ..shape.to_params(index)
+        };
+        if let Err(e) = self.links.insert(&key, &params, 0) {
             if fresh {
                 self.slots.give_back(index);
             }
@@ -260,8 +260,13 @@ impl Datapath {
         Ok(self.links.get(key, 0)?)
     }
 
-    pub fn upsert_node(&mut self, mac: [u8; 6], index: u32) -> Result<()> {
-        Ok(self.nodes.insert(&mac, &index, 0)?)
+    /// Makes `mac` a node: `port` is its bridge port (host-side veth).
+    pub fn upsert_node(&mut self, mac: [u8; 6], index: u32, port: u32) -> Result<()> {
+        let info = NodeInfo {
+            index,
+            port_ifindex: port,
+        };
+        Ok(self.nodes.insert(&mac, &info, 0)?)
     }
 
     pub fn remove_node(&mut self, mac: &[u8; 6]) -> Result<()> {
@@ -303,6 +308,7 @@ impl Datapath {
             unlinked_packets: slot(global::UNLINKED_PACKETS)?,
             unlinked_bytes: slot(global::UNLINKED_BYTES)?,
             clone_failed: slot(global::CLONE_FAILED)?,
+            flooded_packets: slot(global::FLOODED_PACKETS)?,
         })
     }
 

@@ -87,7 +87,8 @@ impl LinkShape {
             index,
             jitter_dist: self.jitter_dist as u32,
             flags,
-            _pad: [0; 3],
+            port_ifindex: 0,
+            _pad: [0; 2],
         }
     }
 }

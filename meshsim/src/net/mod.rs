@@ -11,6 +11,7 @@
 mod addr;
 mod link;
 mod names;
+mod neigh;
 mod netns;
 mod probe;
 mod qdisc;

@@ -95,6 +95,19 @@ pub fn disable_redirects(ns: &NetNs, ifnames: &[&str]) -> Result<(), SysctlError
     write_ipv4_all(ns, &writes)
 }
 
+/// Turns IPv6 off in `ns` (all, default and lo). Nodes talk IPv4; IPv6 would add router
+/// solicitations and neighbour discovery that nobody asked to see on the links.
+pub fn disable_ipv6(ns: &NetNs) -> Result<(), SysctlError> {
+    ns.run(|| {
+        for scope in ["all", "default", "lo"] {
+            let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"));
+            fs::write(&path, "1")
+                .map_err(|e| SysctlError::io("write 1 to".to_owned(), path.clone(), ns, e))?;
+        }
+        Ok(())
+    })?
+}
+
 /// Writes `value` to `/proc/sys/net/ipv4/KEY` in `ns`.
 pub fn write_ipv4(ns: &NetNs, key: &str, value: &str) -> Result<(), SysctlError> {
     write_ipv4_all(ns, &[(key.to_owned(), value)])
