@@ -4,4 +4,5 @@
 //! `net` (namespaces, links, addresses, routes and qdiscs over rtnetlink).
 
 pub mod datapath;
+pub mod model;
 pub mod net;

@@ -1,0 +1,1 @@
+//! The mesh model (pure): see model/ files.
