@@ -1,1 +1,84 @@
-fn main() {}
+//! `cargo xtask`: the commands README names, so a fresh machine and CI run the same steps.
+
+mod cargo;
+mod vm;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "meshsim's build, test and benchmark helpers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole test suite: unit, BPF_PROG_TEST_RUN, network-namespace and VM tiers.
+    Test {
+        /// Skip the VM tier (which boots Debian's kernel under qemu, ~1-3 minutes).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Only the VM tier: tests that need sch_fq, in Debian's kernel under qemu.
+    VmTest,
+    /// Lints: rustfmt and clippy (-D warnings) for the workspace and, apart, the classifier.
+    Lint,
+    /// Benchmarks that print figures: the classifier's cost per packet, and more.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Test { no_vm } => {
+            require_root("the tests load eBPF programs and create network namespaces")?;
+            cargo::run(&[
+                "test",
+                "--workspace",
+                "--exclude",
+                "meshsim-ebpf",
+                "--",
+                "--include-ignored",
+                "--test-threads=1",
+            ])?;
+            if !no_vm {
+                vm::test()?;
+            }
+            Ok(())
+        }
+        Command::VmTest => {
+            require_root("the VM tests load eBPF programs")?;
+            vm::test()
+        }
+        Command::Lint => {
+            cargo::run(&["fmt", "--all", "--check"])?;
+            cargo::run(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            cargo::run(&[
+                "clippy",
+                "-p",
+                "meshsim-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        }
+        Command::Bench => {
+            require_root("the benchmarks load eBPF programs")?;
+            cargo::run(&["bench", "-p", "meshsim", "--bench", "classifier"])
+        }
+    }
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run as root ({why}): sudo -E cargo xtask ...");
+    }
+    Ok(())
+}

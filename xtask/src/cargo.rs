@@ -1,0 +1,45 @@
+//! Running cargo from xtask.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use cargo_metadata::Message;
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs `cargo ARGS`, failing if it fails.
+pub fn run(args: &[&str]) -> Result<()> {
+    let status = cargo()
+        .args(args)
+        .status()
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Builds test targets with `cargo ARGS --no-run` and returns their executables.
+pub fn test_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut child = cargo()
+        .args(args)
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cargo test --no-run")?;
+    let stdout = std::io::BufReader::new(child.stdout.take().context("cargo's stdout")?);
+    let mut executables = Vec::new();
+    for message in Message::parse_stream(stdout) {
+        if let Message::CompilerArtifact(artifact) = message? {
+            if artifact.profile.test {
+                executables.extend(artifact.executable.map(PathBuf::from));
+            }
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("building the tests failed: cargo {}", args.join(" "));
+    }
+    Ok(executables)
+}
