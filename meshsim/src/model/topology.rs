@@ -1,0 +1,334 @@
+//! The topology document: what `GET/PUT /api/topology` and `meshsim up <file>` exchange.
+//!
+//! It holds the inputs of the model only (settings, nodes, pins); links and routes follow
+//! from them. Every struct refuses unknown fields, so a misspelt key is an error rather than
+//! a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{LinkPins, ModelError, Node, NodeId, Pair, Settings};
+
+/// A whole mesh: settings, nodes with positions, and pinned link parameters.
+///
+/// ```toml
+/// [settings]
+/// neighbours = 3
+///
+/// [[nodes]]
+/// name = "n1"
+/// x = 100
+/// y = 100
+///
+/// [[pins]]
+/// a = "n1"
+/// b = "n2"
+/// latency_ms = 20
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default)]
+    pub nodes: Vec<NodeDoc>,
+    /// Pins of pairs that are not linked are kept: they apply once the pair links again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<PinDoc>,
+}
+
+/// A node in a document. Give its `id`, its `name` (`n<id>`) or both; saving writes both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<NodeId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub x: f64,
+    pub y: f64,
+}
+
+/// Pinned parameters of the pair of nodes named `a` and `b` (in either order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinDoc {
+    pub a: String,
+    pub b: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_pct: Option<f64>,
+}
+
+impl PinDoc {
+    pub(crate) fn new(pair: Pair, pins: &LinkPins) -> Self {
+        Self {
+            a: pair.a().name(),
+            b: pair.b().name(),
+            latency_ms: pins.latency_ms,
+            jitter_ms: pins.jitter_ms,
+            bandwidth_bps: pins.bandwidth_bps,
+            loss_pct: pins.loss_pct,
+        }
+    }
+
+    fn pins(&self) -> LinkPins {
+        LinkPins {
+            latency_ms: self.latency_ms,
+            jitter_ms: self.jitter_ms,
+            bandwidth_bps: self.bandwidth_bps,
+            loss_pct: self.loss_pct,
+        }
+    }
+}
+
+/// A document that passed every check, in the model's own terms.
+pub(crate) struct Checked {
+    pub(crate) settings: Settings,
+    pub(crate) nodes: BTreeMap<NodeId, Node>,
+    pub(crate) pins: BTreeMap<Pair, LinkPins>,
+}
+
+impl Topology {
+    /// Checks the document without loading it; the error names the first bad field, as a
+    /// path such as `nodes[3].x` or `pins[0].b`.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        self.check().map(drop)
+    }
+
+    pub(crate) fn check(&self) -> Result<Checked, ModelError> {
+        self.settings.validate().map_err(|e| e.within("settings"))?;
+
+        let mut nodes = BTreeMap::new();
+        let mut seen_at: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (i, doc) in self.nodes.iter().enumerate() {
+            let at = format!("nodes[{i}]");
+            let id = doc.id(&at)?;
+            if let Some(first) = seen_at.insert(id, i) {
+                let (field, what) = match doc.name {
+                    Some(_) => ("name", "name"),
+                    None => ("id", "id"),
+                };
+                return Err(ModelError::invalid(
+                    format!("{at}.{field}"),
+                    format!("duplicate {what} {id} (also nodes[{first}])"),
+                ));
+            }
+            let node = Node::new(id, doc.x, doc.y).map_err(|e| e.within(&at))?;
+            nodes.insert(id, node);
+        }
+
+        let mut pins = BTreeMap::new();
+        let mut pinned_at: BTreeMap<Pair, usize> = BTreeMap::new();
+        for (i, doc) in self.pins.iter().enumerate() {
+            let at = format!("pins[{i}]");
+            let known = |field: &str, name: &str| -> Result<NodeId, ModelError> {
+                let field = format!("{at}.{field}");
+                let id: NodeId = name.parse().map_err(|e: super::NodeNameError| {
+                    ModelError::invalid(&field, e.to_string())
+                })?;
+                if !nodes.contains_key(&id) {
+                    return Err(ModelError::invalid(field, format!("unknown node {id}")));
+                }
+                Ok(id)
+            };
+            let (a, b) = (known("a", &doc.a)?, known("b", &doc.b)?);
+            let pair = Pair::new(a, b).map_err(|_| {
+                ModelError::invalid(format!("{at}.b"), format!("same node as a ({a})"))
+            })?;
+            let link_pins = doc.pins();
+            link_pins.validate().map_err(|e| e.within(&at))?;
+            if link_pins.is_empty() {
+                return Err(ModelError::invalid(
+                    at,
+                    "pins no field: give latency_ms, jitter_ms, bandwidth_bps or loss_pct",
+                ));
+            }
+            if let Some(first) = pinned_at.insert(pair, i) {
+                return Err(ModelError::invalid(
+                    at,
+                    format!("{pair} is pinned already by pins[{first}]"),
+                ));
+            }
+            pins.insert(pair, link_pins);
+        }
+
+        Ok(Checked {
+            settings: self.settings.clone(),
+            nodes,
+            pins,
+        })
+    }
+}
+
+impl NodeDoc {
+    /// The node's id from `id`, `name`, or both if they agree.
+    fn id(&self, at: &str) -> Result<NodeId, ModelError> {
+        let from_name = self
+            .name
+            .as_deref()
+            .map(|name| {
+                name.parse::<NodeId>()
+                    .map_err(|e| ModelError::invalid(format!("{at}.name"), e.to_string()))
+            })
+            .transpose()?;
+        match (self.id, from_name) {
+            (None, None) => Err(ModelError::invalid(
+                format!("{at}.id"),
+                "a node needs an id or a name",
+            )),
+            (Some(NodeId(0)), _) => Err(ModelError::invalid(format!("{at}.id"), "ids start at 1")),
+            (Some(id), Some(named)) if id != named => Err(ModelError::invalid(
+                format!("{at}.name"),
+                format!("{named} does not match id {} (names are n<id>)", id.0),
+            )),
+            (Some(id), _) | (None, Some(id)) => Ok(id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u32, x: f64, y: f64) -> NodeDoc {
+        NodeDoc {
+            id: Some(NodeId(id)),
+            name: Some(NodeId(id).name()),
+            x,
+            y,
+        }
+    }
+
+    fn pin(a: &str, b: &str) -> PinDoc {
+        PinDoc {
+            a: a.into(),
+            b: b.into(),
+            latency_ms: Some(10.0),
+            jitter_ms: None,
+            bandwidth_bps: None,
+            loss_pct: None,
+        }
+    }
+
+    fn valid() -> Topology {
+        Topology {
+            settings: Settings::default(),
+            nodes: vec![node(1, 0.0, 0.0), node(2, 100.0, 0.0), node(5, 200.0, 0.0)],
+            pins: vec![pin("n1", "n2")],
+        }
+    }
+
+    fn error_field(spoil: impl FnOnce(&mut Topology)) -> String {
+        let mut topology = valid();
+        spoil(&mut topology);
+        let err = topology.validate().unwrap_err();
+        err.field()
+            .unwrap_or_else(|| panic!("{err} names no field"))
+            .to_owned()
+    }
+
+    #[test]
+    fn a_valid_document_passes() {
+        let checked = valid().check().unwrap();
+        assert_eq!(checked.nodes.len(), 3);
+        assert_eq!(checked.pins.len(), 1);
+    }
+
+    #[test]
+    fn nodes_may_give_only_a_name_or_only_an_id() {
+        let mut topology = valid();
+        topology.nodes[0].id = None;
+        topology.nodes[1].name = None;
+        let checked = topology.check().unwrap();
+        assert_eq!(
+            checked.nodes.keys().copied().collect::<Vec<_>>(),
+            [NodeId(1), NodeId(2), NodeId(5)]
+        );
+    }
+
+    #[test]
+    fn bad_documents_name_the_field() {
+        let cases: Vec<(&str, Box<dyn FnOnce(&mut Topology)>)> = vec![
+            (
+                "settings.loss_pct",
+                Box::new(|t| t.settings.loss_pct = -1.0),
+            ),
+            ("nodes[1].x", Box::new(|t| t.nodes[1].x = f64::NAN)),
+            ("nodes[2].y", Box::new(|t| t.nodes[2].y = 1e9)),
+            (
+                "nodes[2].name",
+                Box::new(|t| t.nodes[2] = node(1, 5.0, 5.0)),
+            ),
+            (
+                "nodes[2].id",
+                Box::new(|t| {
+                    t.nodes[2] = NodeDoc {
+                        name: None,
+                        ..node(2, 5.0, 5.0)
+                    }
+                }),
+            ),
+            (
+                "nodes[0].name",
+                Box::new(|t| t.nodes[0].name = Some("n7".into())),
+            ),
+            (
+                "nodes[0].name",
+                Box::new(|t| t.nodes[0].name = Some("alice".into())),
+            ),
+            (
+                "nodes[0].id",
+                Box::new(|t| {
+                    t.nodes[0] = NodeDoc {
+                        id: None,
+                        name: None,
+                        x: 0.0,
+                        y: 0.0,
+                    }
+                }),
+            ),
+            (
+                "nodes[0].id",
+                Box::new(|t| {
+                    t.nodes[0] = NodeDoc {
+                        name: None,
+                        ..node(0, 0.0, 0.0)
+                    }
+                }),
+            ),
+            ("pins[0].b", Box::new(|t| t.pins[0].b = "n9".into())),
+            ("pins[0].a", Box::new(|t| t.pins[0].a = "1".into())),
+            ("pins[0].b", Box::new(|t| t.pins[0].b = "n1".into())),
+            (
+                "pins[0].latency_ms",
+                Box::new(|t| t.pins[0].latency_ms = Some(-5.0)),
+            ),
+            (
+                "pins[0].loss_pct",
+                Box::new(|t| t.pins[0].loss_pct = Some(f64::INFINITY)),
+            ),
+            ("pins[0]", Box::new(|t| t.pins[0].latency_ms = None)),
+            ("pins[1]", Box::new(|t| t.pins.push(pin("n2", "n1")))),
+        ];
+        for (field, spoil) in cases {
+            assert_eq!(error_field(spoil), field);
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_refused() {
+        use serde::de::{IntoDeserializer, value::MapDeserializer};
+        let fields = [("nodez", 1u32)];
+        let de: MapDeserializer<'_, _, serde::de::value::Error> =
+            MapDeserializer::new(fields.into_iter().map(|(k, v)| (k, v.into_deserializer())));
+        let err = Topology::deserialize(de).unwrap_err();
+        assert!(err.to_string().contains("unknown field `nodez`"), "{err}");
+    }
+}
