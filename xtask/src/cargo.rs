@@ -32,10 +32,10 @@ pub fn test_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
     let stdout = std::io::BufReader::new(child.stdout.take().context("cargo's stdout")?);
     let mut executables = Vec::new();
     for message in Message::parse_stream(stdout) {
-        if let Message::CompilerArtifact(artifact) = message? {
-            if artifact.profile.test {
-                executables.extend(artifact.executable.map(PathBuf::from));
-            }
+        if let Message::CompilerArtifact(artifact) = message?
+            && artifact.profile.test
+        {
+            executables.extend(artifact.executable.map(PathBuf::from));
         }
     }
     if !child.wait()?.success() {
