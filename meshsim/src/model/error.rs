@@ -68,6 +68,13 @@ pub(crate) fn check_pct(field: &str, value: f64) -> Result<(), ModelError> {
     check_range(field, value, 0.0, 100.0)
 }
 
+/// Checks a finite number that is not negative and has no upper bound of its own.
+pub(crate) fn check_non_negative(field: &str, value: f64) -> Result<(), ModelError> {
+    check_range(field, value, 0.0, f64::MAX).map_err(|_| {
+        ModelError::invalid(field, format!("must be a finite number >= 0, got {value}"))
+    })
+}
+
 /// Checks that `value` is a finite number within `min..=max`.
 pub(crate) fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result<(), ModelError> {
     if !value.is_finite() {

@@ -1,12 +1,7 @@
 //! The link rule: which pairs are linked, and the parameters geometry gives them.
 //!
-//! The rule, exactly (k = `neighbours`):
-//!
-//! 1. A pair (a, b) is a *candidate* iff its distance latency
-//!    (`distance * latency_scale_pct / 100`) is at most `max_latency_ms`.
-//! 2. Each node ranks its candidates by distance, nearer first, equal distances by lower node
-//!    id; its *nearest* are the first k of that ranking (all of them if it has fewer).
-//! 3. a and b are linked iff b is among a's nearest **and** a is among b's nearest.
+//! The rule is stated in the model's module docs: candidates within `max_latency_ms`, each
+//! node's k nearest by (distance, id), linked iff each is among the other's nearest.
 //!
 //! Requiring both sides ("mutual nearest") is what makes links symmetric without any node
 //! exceeding k links: a one-sided rule (link if either side chose the other) lets a node in

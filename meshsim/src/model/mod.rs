@@ -5,9 +5,25 @@
 //! derives links and routes from them after every change, then compares before with after:
 //! each operation returns a [`Diff`] that the Sim applies to runtime, datapath and routes.
 //!
-//! - [`linkrule`](self::linkrule): which pairs are linked (mutual nearest within reach).
-//! - [`routing`](self::routing): next hops by Dijkstra from every node.
-//! - [`Topology`]: the save/load document.
+//! # The link rule
+//!
+//! With k = [`Settings::neighbours`]:
+//!
+//! 1. A pair (a, b) is a *candidate* iff its distance latency
+//!    (`distance * latency_scale_pct / 100`) is at most `max_latency_ms`.
+//! 2. Each node ranks its candidates by distance, nearer first, equal distances by lower node
+//!    id; its *nearest* are the first k of that ranking (all of them if it has fewer).
+//! 3. a and b are linked iff b is among a's nearest **and** a is among b's nearest.
+//!
+//! So links are symmetric and no node has more than k of them. A link's parameters are the
+//! derived ones ([`Settings`]) with the pair's pins ([`LinkPins`]) winning field by field.
+//!
+//! # Routing
+//!
+//! Dijkstra from every node over the links, cost = latency, or 1/bandwidth with
+//! [`CostMetric::Bandwidth`] (see [`link_cost`]). Paths compare by cost, then hop count; the
+//! next hop is the lowest-id neighbour that begins a best path. Following next hops never
+//! loops. A pair with no route is unreachable.
 
 mod diff;
 mod error;

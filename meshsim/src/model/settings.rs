@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{ModelError, check_ms, check_pct, check_range};
+use super::error::{ModelError, check_ms, check_non_negative, check_pct};
 
 /// How a derived link's bandwidth depends on its length.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +74,7 @@ impl Settings {
             ));
         }
         check_ms("max_latency_ms", self.max_latency_ms)?;
-        check_range("latency_scale_pct", self.latency_scale_pct, 0.0, f64::MAX)?;
+        check_non_negative("latency_scale_pct", self.latency_scale_pct)?;
         check_ms("jitter_ms", self.jitter_ms)?;
         check_pct("loss_pct", self.loss_pct)
     }
@@ -118,7 +118,8 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_field() {
-        let cases: [(&str, fn(&mut Settings)); 7] = [
+        type Spoil = fn(&mut Settings);
+        let cases: [(&str, Spoil); 7] = [
             ("neighbours", |s| s.neighbours = 0),
             ("max_latency_ms", |s| s.max_latency_ms = -1.0),
             ("max_latency_ms", |s| s.max_latency_ms = f64::NAN),

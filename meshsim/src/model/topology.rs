@@ -255,7 +255,8 @@ mod tests {
 
     #[test]
     fn bad_documents_name_the_field() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut Topology)>)> = vec![
+        type Spoil = Box<dyn FnOnce(&mut Topology)>;
+        let cases: Vec<(&str, Spoil)> = vec![
             (
                 "settings.loss_pct",
                 Box::new(|t| t.settings.loss_pct = -1.0),
