@@ -200,16 +200,17 @@ unsafe fn unmatched(skb: *mut __sk_buff, key: &LinkKey, wire_len: u32) -> i32 {
     let strict = CONFIG
         .get(0)
         .is_some_and(|c| c.flags & CONFIG_F_STRICT != 0);
-    if strict && unsafe { NODES.get(&key.src).is_some() } {
-        if let Some(dst) = unsafe { NODES.get(&key.dst) } {
-            if dst.port_ifindex != unsafe { (*skb).ifindex } {
-                count_global(global::FLOODED_PACKETS, 1);
-            } else {
-                count_global(global::UNLINKED_PACKETS, 1);
-                count_global(global::UNLINKED_BYTES, wire_len as u64);
-            }
-            return TC_ACT_SHOT;
+    if strict
+        && unsafe { NODES.get(&key.src).is_some() }
+        && let Some(dst) = unsafe { NODES.get(&key.dst) }
+    {
+        if dst.port_ifindex != unsafe { (*skb).ifindex } {
+            count_global(global::FLOODED_PACKETS, 1);
+        } else {
+            count_global(global::UNLINKED_PACKETS, 1);
+            count_global(global::UNLINKED_BYTES, wire_len as u64);
         }
+        return TC_ACT_SHOT;
     }
     count_global(global::UNMATCHED_PACKETS, 1);
     count_global(global::UNMATCHED_BYTES, wire_len as u64);
