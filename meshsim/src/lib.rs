@@ -6,3 +6,6 @@
 pub mod datapath;
 pub mod model;
 pub mod net;
+pub mod runtime;
+pub mod sim;
+pub mod topology_file;

@@ -1,9 +1,14 @@
 //! The meshsim command.
 
 mod check;
+mod exec;
+mod mesh;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use meshsim::runtime::Addressing;
 
 #[derive(Parser)]
 #[command(
@@ -17,11 +22,58 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an empty mesh until Ctrl-C (the default). The canvas will be served from here.
+    Serve(RunOptions),
+    /// Start the topology in FILE (TOML, see examples/) and run it until Ctrl-C.
+    Up {
+        file: PathBuf,
+        #[command(flatten)]
+        options: RunOptions,
+    },
+    /// Remove everything a previous run left behind: namespaces, veths, the bridge (with their
+    /// qdiscs and programs), and processes still running in those namespaces.
+    Down,
     /// Check that this machine can run meshsim: privileges, BTF, the classifier, sch_fq.
     Check,
+    /// Run a command inside a node: meshsim exec n1 -- ping 10.77.0.3
+    Exec {
+        node: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
+struct RunOptions {
+    /// The mesh subnet; the host is .1 on the bridge, node nK is address K + 1.
+    #[arg(long, default_value = "10.77.0.0/16")]
+    subnet: Addressing,
+    /// A command to run in every node, with {name} and {ip} filled in; output goes to
+    /// LOG_DIR/<name>.log and it stops with the node.
+    #[arg(long)]
+    node_cmd: Option<String>,
+    /// Where per-node logs go.
+    #[arg(long, default_value = "/tmp/meshsim/logs")]
+    log_dir: PathBuf,
+    /// Let frames between nodes that are not linked pass (routes still follow links).
+    #[arg(long)]
+    loose: bool,
 }
 
 fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // `exec` replaces this process: no runtime, no threads (setns needs a single thread).
+    if let Some(Command::Exec { node, command }) = &cli.command {
+        let e = exec::run(node, command);
+        eprintln!("meshsim: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -29,7 +81,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshsim: {e:#}");
@@ -38,14 +90,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Some(Command::Check) | None => check::run().await,
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => mesh::run(None, default_options()).await,
+        Some(Command::Serve(options)) => mesh::run(None, options).await,
+        Some(Command::Up { file, options }) => mesh::run(Some(file), options).await,
+        Some(Command::Down) => mesh::down().await,
+        Some(Command::Check) => check::run().await,
+        Some(Command::Exec { .. }) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn default_options() -> RunOptions {
+    RunOptions {
+        subnet: Addressing::default(),
+        node_cmd: None,
+        log_dir: "/tmp/meshsim/logs".into(),
+        loose: false,
     }
 }

@@ -1,0 +1,29 @@
+//! `meshsim exec <node> -- <command>`: run a command inside a node's namespace.
+
+use std::os::unix::process::CommandExt as _;
+
+use anyhow::anyhow;
+use meshsim::{net::NetNs, runtime::netns::PREFIX};
+
+/// Replaces this process with `command` inside node `node`; returns only on failure.
+pub fn run(node: &str, command: &[String]) -> anyhow::Error {
+    let ns = match NetNs::open(&format!("{PREFIX}{node}")) {
+        Ok(ns) => ns,
+        Err(e) => {
+            let running = NetNs::list_with_prefix(PREFIX).unwrap_or_default();
+            let nodes: Vec<&str> = running
+                .iter()
+                .filter_map(|n| n.strip_prefix(PREFIX))
+                .filter(|n| n.starts_with('n'))
+                .collect();
+            return anyhow!(e).context(if nodes.is_empty() {
+                format!("no node {node}: is a meshsim running?")
+            } else {
+                format!("no node {node}; running nodes: {}", nodes.join(" "))
+            });
+        }
+    };
+    let (program, args) = command.split_first().expect("clap requires a command");
+    let err = ns.command(program).args(args).exec();
+    anyhow!(err).context(format!("running {program} in {node}"))
+}

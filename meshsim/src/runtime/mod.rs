@@ -1,0 +1,84 @@
+//! Where nodes live. Both backends hand back the same facts, so the Sim, the datapath and the
+//! routes do not care which one made a node. `netns` (the default: needs nothing but the
+//! kernel) is here; `docker` comes with the Synapse work.
+
+mod addressing;
+pub mod cleanup;
+pub mod lock;
+pub mod netns;
+mod workload;
+
+use std::{future::Future, net::Ipv4Addr};
+
+pub use addressing::{Addressing, AddressingError};
+
+use crate::{
+    model::NodeId,
+    net::{NetNsError, NetlinkError, SysctlError},
+};
+
+/// What the rest of meshsim needs to know about a running node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub id: NodeId,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// The node's bridge port (host-side veth) in the root namespace: the classifier's place.
+    pub port: u32,
+}
+
+/// One change to a node's routing table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Reach `dst` (a /32) through the neighbour `via`.
+    Replace {
+        dst: Ipv4Addr,
+        via: Ipv4Addr,
+    },
+    Delete {
+        dst: Ipv4Addr,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    NetNs(#[from] NetNsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    Addressing(#[from] AddressingError),
+    #[error("node {0} does not exist in the runtime")]
+    UnknownNode(NodeId),
+    #[error(
+        "{0} already exists: another meshsim is running, or one crashed; stop it, or run `meshsim down`"
+    )]
+    Leftover(String),
+    #[error("starting the workload of {node} failed: {source}")]
+    Workload {
+        node: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A backend that creates and removes nodes and sets their routes.
+pub trait Runtime: Send {
+    /// The host's address on the mesh bridge.
+    fn host_ip(&self) -> Ipv4Addr;
+    fn create_node(
+        &mut self,
+        id: NodeId,
+    ) -> impl Future<Output = Result<NodeFacts, RuntimeError>> + Send;
+    fn remove_node(&mut self, id: NodeId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn set_routes(
+        &mut self,
+        id: NodeId,
+        changes: Vec<RouteChange>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes every node and what the runtime made for them.
+    fn shutdown(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+}
