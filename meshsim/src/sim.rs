@@ -12,7 +12,7 @@ use meshsim_common::{LinkCounters, LinkKey};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    datapath::{Datapath, DatapathError, GlobalCounters, LinkShape},
+    datapath::{CounterReader, Datapath, DatapathError, GlobalCounters, LinkShape},
     model::{
         self, Diff, Link, LinkField, LinkPins, Model, ModelError, Node, NodeId, Settings, Snapshot,
         Topology,
@@ -32,6 +32,8 @@ pub struct MeshState {
     pub delays_enforced: bool,
     /// Where the time of the last change went.
     pub last_apply: ApplyTimings,
+    /// The counter slot of every directed link, by (from, to), for a [`CounterReader`].
+    pub link_slots: BTreeMap<(NodeId, NodeId), u32>,
 }
 
 /// Wall time of one applied change, by part.
@@ -112,6 +114,9 @@ enum Command {
     },
     Counters {
         reply: Reply<Counters>,
+    },
+    CounterReader {
+        reply: Reply<CounterReader>,
     },
     Shutdown {
         reply: Reply<()>,
@@ -198,6 +203,11 @@ impl SimHandle {
         self.ask(|reply| Command::Counters { reply }).await
     }
 
+    /// A reader of the counter maps that works without the Sim (see `MeshState::link_slots`).
+    pub async fn counter_reader(&self) -> Result<CounterReader, SimError> {
+        self.ask(|reply| Command::CounterReader { reply }).await
+    }
+
     /// Removes every node; the Sim's task ends after answering.
     pub async fn shutdown(&self) -> Result<(), SimError> {
         self.ask(|reply| Command::Shutdown { reply }).await
@@ -240,6 +250,7 @@ impl<R: Runtime + 'static> Sim<R> {
             nodes: BTreeMap::new(),
             delays_enforced: fq,
             last_apply: ApplyTimings::default(),
+            link_slots: BTreeMap::new(),
         };
         let (state, state_rx) = watch::channel(Arc::new(initial));
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -345,6 +356,9 @@ impl<R: Runtime + 'static> Sim<R> {
             }
             Command::Counters { reply } => {
                 let _ = reply.send(self.counters());
+            }
+            Command::CounterReader { reply } => {
+                let _ = reply.send(self.dp.counter_reader().map_err(SimError::from));
             }
             Command::Shutdown { .. } => unreachable!("handled by run"),
         }
@@ -461,6 +475,17 @@ impl<R: Runtime + 'static> Sim<R> {
         Ok(written)
     }
 
+    fn link_slots(&self) -> BTreeMap<(NodeId, NodeId), u32> {
+        let by_mac: BTreeMap<[u8; 6], NodeId> =
+            self.facts.values().map(|f| (f.mac, f.id)).collect();
+        self.dp
+            .slots()
+            .filter_map(|(key, slot)| {
+                Some(((*by_mac.get(&key.src)?, *by_mac.get(&key.dst)?), slot))
+            })
+            .collect()
+    }
+
     fn counters(&self) -> Result<Counters, SimError> {
         let by_mac: BTreeMap<[u8; 6], NodeId> =
             self.facts.values().map(|f| (f.mac, f.id)).collect();
@@ -497,6 +522,7 @@ impl<R: Runtime + 'static> Sim<R> {
             nodes: self.facts.clone(),
             delays_enforced: self.fq,
             last_apply: self.last_apply,
+            link_slots: self.link_slots(),
         };
         self.state.send_replace(Arc::new(state));
     }

@@ -1,6 +1,7 @@
 //! The eBPF datapath: loads the classifier once, attaches it at egress of node veths, and owns
 //! its maps. Links and nodes change by single map operations, never by re-attaching.
 
+mod counters;
 mod shape;
 mod skb;
 mod slots;
@@ -16,10 +17,11 @@ use aya::{
 };
 use meshsim_common::{
     CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, LinkCounters, LinkKey, LinkParams, LinkState,
-    MAX_LINKS, NodeInfo, global,
+    MAX_LINKS, NodeInfo,
 };
 
 pub use self::{
+    counters::CounterReader,
     shape::{DEFAULT_JITTER_CORRELATION, DEFAULT_QUEUE, LinkShape},
     skb::SkBuffCtx,
     tables::Tables,
@@ -113,10 +115,11 @@ pub struct Datapath {
     ebpf: Ebpf,
     links: HashMap<MapData, LinkKey, LinkParams>,
     link_state: Array<MapData, LinkState>,
+    /// Zeroing a reused slot's counters needs write access; reading goes through `counters`.
     link_counters: PerCpuArray<MapData, LinkCounters>,
+    counters: CounterReader,
     nodes: HashMap<MapData, [u8; 6], NodeInfo>,
     config: Array<MapData, Config>,
-    global_counters: PerCpuArray<MapData, u64>,
     slots: slots::Slots,
     installed: StdHashMap<LinkKey, u32>,
     attached: StdHashMap<u32, SchedClassifierLinkId>,
@@ -133,10 +136,14 @@ impl Datapath {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
         let links = take("LINKS")?.try_into()?;
         let link_state = take("LINK_STATE")?.try_into()?;
-        let link_counters = take("LINK_COUNTERS")?.try_into()?;
+        let link_counters: PerCpuArray<MapData, LinkCounters> =
+            take("LINK_COUNTERS")?.try_into()?;
         let nodes = take("NODES")?.try_into()?;
         let config = take("CONFIG")?.try_into()?;
-        let global_counters = take("GLOBAL_COUNTERS")?.try_into()?;
+        let counters = CounterReader::new(
+            counters::reopen(aya::maps::IterableMap::map(&link_counters))?,
+            take("GLOBAL_COUNTERS")?.try_into()?,
+        );
         let mut normal: Array<MapData, i32> = take("JITTER_NORMAL")?.try_into()?;
         let mut blend: Array<MapData, _> = take("JITTER_BLEND")?.try_into()?;
         let mut dist: Array<MapData, i32> = take("JITTER_DIST")?.try_into()?;
@@ -158,9 +165,9 @@ impl Datapath {
             links,
             link_state,
             link_counters,
+            counters,
             nodes,
             config,
-            global_counters,
             slots: slots::Slots::new(MAX_LINKS),
             installed: StdHashMap::new(),
             attached: StdHashMap::new(),
@@ -293,23 +300,21 @@ impl Datapath {
     }
 
     fn counters_at(&self, index: u32) -> Result<LinkCounters> {
-        let mut sum = LinkCounters::default();
-        for c in self.link_counters.get(&index, 0)?.iter() {
-            sum.add(c);
-        }
-        Ok(sum)
+        self.counters.link(index)
     }
 
     pub fn global_counters(&self) -> Result<GlobalCounters> {
-        let slot = |i: u32| -> Result<u64> { Ok(self.global_counters.get(&i, 0)?.iter().sum()) };
-        Ok(GlobalCounters {
-            unmatched_packets: slot(global::UNMATCHED_PACKETS)?,
-            unmatched_bytes: slot(global::UNMATCHED_BYTES)?,
-            unlinked_packets: slot(global::UNLINKED_PACKETS)?,
-            unlinked_bytes: slot(global::UNLINKED_BYTES)?,
-            clone_failed: slot(global::CLONE_FAILED)?,
-            flooded_packets: slot(global::FLOODED_PACKETS)?,
-        })
+        self.counters.global()
+    }
+
+    /// A reader of the counters for another task (telemetry).
+    pub fn counter_reader(&self) -> Result<CounterReader> {
+        self.counters.try_clone()
+    }
+
+    /// The counter slot of every installed link.
+    pub fn slots(&self) -> impl Iterator<Item = (LinkKey, u32)> + '_ {
+        self.installed.iter().map(|(k, &i)| (*k, i))
     }
 
     fn zero_counters(&self) -> Result<PerCpuValues<LinkCounters>> {
