@@ -81,6 +81,18 @@ pub async fn run() -> Result<()> {
         },
         FqSupport::Unknown(why) => Line { ok: false, soft: true, what: "sch_fq", detail: format!("unknown: {why}") },
     });
+    let docker = std::os::unix::net::UnixStream::connect("/var/run/docker.sock");
+    lines.push(Line {
+        ok: docker.is_ok(),
+        soft: true,
+        what: "Docker",
+        detail: match docker {
+            Ok(_) => "reachable at /var/run/docker.sock".into(),
+            Err(e) => format!(
+                "not reachable ({e}): only the docker backend needs it; install docker.io and start dockerd"
+            ),
+        },
+    });
     for l in &lines {
         let status = match (l.ok, l.soft) {
             (true, _) => "ok",
