@@ -5,6 +5,8 @@ use aya_build::Toolchain;
 const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
 
 fn main() -> anyhow::Result<()> {
+    // The canvas is embedded (rust-embed): a new file under web/ must rebuild us too.
+    println!("cargo:rerun-if-changed=../web");
     // aya-build writes nothing when asked to skip, but `include_bytes_aligned!` needs a file:
     // an empty one makes a quick `cargo check` work and loading fail with a clear error.
     if std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {

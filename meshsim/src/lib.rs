@@ -7,5 +7,7 @@ pub mod datapath;
 pub mod model;
 pub mod net;
 pub mod runtime;
+pub mod server;
 pub mod sim;
 pub mod topology_file;
+pub mod workload;

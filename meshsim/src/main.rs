@@ -4,7 +4,7 @@ mod check;
 mod exec;
 mod mesh;
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -22,9 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an empty mesh until Ctrl-C (the default). The canvas will be served from here.
+    /// Run an empty mesh until Ctrl-C (the default), with the canvas on http://127.0.0.1:3000.
     Serve(RunOptions),
-    /// Start the topology in FILE (TOML, see examples/) and run it until Ctrl-C.
+    /// Start the topology in FILE (TOML, see examples/) and run it until Ctrl-C, with the
+    /// canvas served as by `serve`.
     Up {
         file: PathBuf,
         #[command(flatten)]
@@ -58,6 +59,13 @@ struct RunOptions {
     /// Let frames between nodes that are not linked pass (routes still follow links).
     #[arg(long)]
     loose: bool,
+    /// Where the canvas, the API and /metrics are served. Anything but loopback lets others
+    /// reshape this host's mesh: set --token then.
+    #[arg(long, default_value = meshsim::server::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Require this bearer token on /api, /ws and /metrics (in the canvas: open /?token=...).
+    #[arg(long, env = "MESHSIM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -107,5 +115,9 @@ fn default_options() -> RunOptions {
         node_cmd: None,
         log_dir: "/tmp/meshsim/logs".into(),
         loose: false,
+        listen: meshsim::server::DEFAULT_LISTEN
+            .parse()
+            .expect("the default listen address parses"),
+        token: std::env::var("MESHSIM_TOKEN").ok(),
     }
 }

@@ -1,8 +1,8 @@
 //! Running a mesh (`meshsim`, `meshsim serve`, `meshsim up FILE`) and `meshsim down`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use meshsim::{
     datapath::{Datapath, DatapathOptions},
     model::Settings,
@@ -12,12 +12,14 @@ use meshsim::{
         lock,
         netns::{NetnsConfig, NetnsRuntime},
     },
+    server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
     topology_file,
 };
 use tokio::{
+    net::TcpListener,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
 };
 
 use crate::RunOptions;
@@ -26,6 +28,8 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     // A bad file stops here, before anything is created.
     let topology = file.as_deref().map(topology_file::read).transpose()?;
     let _lock = lock::acquire()?;
+    // A taken port stops here too, before anything is created.
+    let listener = server::bind(options.listen).await?;
     let removed = remove_leftovers()
         .await
         .context("removing what a previous run left")?;
@@ -67,22 +71,88 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
         .context("creating the mesh bridge")?;
     let (sim, task) = Sim::spawn(runtime, dp, Settings::default(), fq)?;
 
-    let result = tokio::select! {
-        r = start(&sim, topology) => match r {
-            Ok(()) => {
-                tracing::info!("running: Ctrl-C (or SIGTERM) stops the mesh and removes everything it made");
-                wait_for_stop().await
-            }
-            Err(e) => Err(e),
-        },
-        r = wait_for_stop() => r,
-    };
+    let result = serve_and_run(&sim, listener, topology, &options).await;
     eprintln!("meshsim: stopping, removing the nodes");
     if let Err(e) = sim.shutdown().await {
         tracing::error!("stopping: {e}");
     }
     let _ = task.await;
     result
+}
+
+/// Serves the canvas and the API while the mesh runs; the server stops first on the way
+/// out, so no client changes the mesh while it is being removed.
+async fn serve_and_run(
+    sim: &SimHandle,
+    listener: TcpListener,
+    topology: Option<meshsim::model::Topology>,
+    options: &RunOptions,
+) -> Result<()> {
+    let server_options = ServerOptions {
+        token: options.token.clone(),
+        ..ServerOptions::default()
+    };
+    let server = Server::new(listener, sim.clone(), server_options)
+        .await
+        .context("starting the server")?;
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut serving = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    // A wildcard address is no place to browse to; this host's loopback is one of its names.
+    let shown = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    eprintln!(
+        "meshsim: the canvas is on http://{shown}/{}",
+        if options.token.is_some() {
+            "?token=<your token>"
+        } else {
+            ""
+        }
+    );
+
+    let result = tokio::select! {
+        r = start(sim, topology) => match r {
+            Ok(()) => {
+                tracing::info!("running: Ctrl-C (or SIGTERM) stops the mesh and removes everything it made");
+                tokio::select! {
+                    r = wait_for_stop() => r,
+                    r = &mut serving => server_ended(r),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        r = wait_for_stop() => r,
+        r = &mut serving => server_ended(r),
+    };
+    let _ = stop.send(());
+    if !serving.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(5), &mut serving).await {
+            Ok(r) => {
+                if let Err(e) = server_ended(r) {
+                    tracing::warn!("stopping the server: {e:#}");
+                }
+            }
+            Err(_) => {
+                tracing::warn!("the server did not stop within 5 s; closing it");
+                serving.abort();
+            }
+        }
+    }
+    result
+}
+
+/// The server task ends only when asked to, or when serving failed.
+fn server_ended(r: Result<Result<(), server::ServerError>, tokio::task::JoinError>) -> Result<()> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).context("the HTTP server stopped"),
+        Err(e) => Err(anyhow!("the HTTP server task failed: {e}")),
+    }
 }
 
 async fn start(sim: &SimHandle, topology: Option<meshsim::model::Topology>) -> Result<()> {

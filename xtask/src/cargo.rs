@@ -43,3 +43,26 @@ pub fn test_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
     }
     Ok(executables)
 }
+
+/// Builds bench targets with `cargo ARGS --no-run` and returns their executables.
+pub fn bench_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut child = cargo()
+        .args(args)
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cargo bench --no-run")?;
+    let stdout = std::io::BufReader::new(child.stdout.take().context("cargo's stdout")?);
+    let mut executables = Vec::new();
+    for message in Message::parse_stream(stdout) {
+        if let Message::CompilerArtifact(artifact) = message?
+            && artifact.target.is_bench()
+        {
+            executables.extend(artifact.executable.map(PathBuf::from));
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("building the benches failed: cargo {}", args.join(" "));
+    }
+    Ok(executables)
+}

@@ -42,6 +42,18 @@ pub fn test() -> Result<()> {
     run(&[&exe, "--include-ignored", "--test-threads=1", "--nocapture"])
 }
 
+/// Builds meshsim's bench `name` and runs it in the VM with `args`.
+pub fn bench(name: &str, args: &[&str]) -> Result<()> {
+    let exes = cargo::bench_executables(&["bench", "-p", "meshsim", "--bench", name])?;
+    let [exe] = exes.as_slice() else {
+        bail!("expected one {name} bench binary, cargo built {exes:?}")
+    };
+    let exe = exe.display().to_string();
+    let mut command = vec![exe.as_str()];
+    command.extend_from_slice(args);
+    run(&command)
+}
+
 /// Runs `command` inside the VM as root, streaming nothing: its output is printed when it
 /// ends, and its exit code is the result.
 pub fn run(command: &[&str]) -> Result<()> {

@@ -57,6 +57,10 @@ pub enum RuntimeError {
         "{0} already exists: another meshsim is running, or one crashed; stop it, or run `meshsim down`"
     )]
     Leftover(String),
+    #[error(transparent)]
+    WorkloadSetup(#[from] crate::workload::WorkloadError),
+    #[error(transparent)]
+    NodeDns(#[from] crate::workload::dns::DnsError),
     #[error("starting the workload of {node} failed: {source}")]
     Workload {
         node: String,

@@ -1,0 +1,216 @@
+//! The HTTP side: the JSON API under `/api`, the WebSocket `/ws`, Prometheus `/metrics`, and
+//! the canvas at `/`, all on one listener.
+//!
+//! Every change goes through the [`SimHandle`], and every read comes from the state the Sim
+//! published, so the canvas, the API and `meshsim up` can never disagree. One resource per
+//! module, each with its own router; [`ApiError`] is the one error answer; [`security`]
+//! guards every request before any handler runs.
+
+mod assets;
+mod error;
+mod extract;
+mod links;
+mod metrics;
+mod nodes;
+mod security;
+mod settings;
+mod state;
+mod telemetry;
+mod topology;
+mod ws;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, extract::DefaultBodyLimit, http::Method, response::IntoResponse};
+pub use error::ApiError;
+pub use metrics::to_classic as metrics_to_classic;
+pub use security::Security;
+pub use telemetry::{LinkTraffic, NodeTraffic, TrafficFrame};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, watch},
+    task::JoinHandle,
+};
+
+use crate::sim::{SimError, SimHandle};
+
+/// The largest request body taken (413 above it). A topology document of a few thousand
+/// nodes is far below it.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// Where the canvas is served unless `--listen` says otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the telemetry: {0}")]
+    Sim(#[from] SimError),
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Required as a bearer token on `/api`, `/ws` and `/metrics` when set.
+    pub token: Option<String>,
+    /// Time between traffic frames.
+    pub traffic_interval: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            token: None,
+            // 20 Hz: smooth dots on the canvas, and the cost of a poll stays small.
+            traffic_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    sim: SimHandle,
+    /// Serialised traffic frames from the telemetry task.
+    traffic: broadcast::Sender<axum::extract::ws::Utf8Bytes>,
+    metrics: Arc<metrics::Metrics>,
+    /// Turns true when the server stops, so WebSocket sessions end and the graceful shutdown
+    /// does not wait for them forever.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Binds `addr`, before anything else is started, so a taken port fails fast.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// A server ready to serve on its listener.
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+    telemetry: AbortOnDrop,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The telemetry task lives as long as its server, also one that is dropped unserved.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Server {
+    /// Builds the routes and starts the telemetry task for `sim`.
+    pub async fn new(
+        listener: TcpListener,
+        sim: SimHandle,
+        options: ServerOptions,
+    ) -> Result<Self, ServerError> {
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "listening on {addr}, which is not loopback: anyone who can reach it can reshape \
+                 this host's mesh{}",
+                if options.token.is_some() {
+                    " if they have the token"
+                } else {
+                    " (set --token)"
+                }
+            );
+        }
+        let (traffic, _) = broadcast::channel(telemetry::BACKLOG);
+        let telemetry = telemetry::spawn(
+            sim.counter_reader().await?,
+            sim.state(),
+            traffic.clone(),
+            options.traffic_interval,
+        );
+        let metrics = Arc::new(metrics::Metrics::new(
+            sim.state(),
+            sim.counter_reader().await?,
+        ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let app = AppState {
+            sim,
+            traffic,
+            metrics,
+            shutdown: shutdown_rx,
+        };
+        let security = Arc::new(Security::new(addr, options.token));
+        Ok(Self {
+            listener,
+            addr,
+            router: router(app, security),
+            telemetry: AbortOnDrop(telemetry),
+            shutdown,
+        })
+    }
+
+    /// The address it answers on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `stop` completes, then closes WebSocket sessions and waits for requests
+    /// in flight.
+    pub async fn serve(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            router,
+            telemetry,
+            shutdown,
+            ..
+        } = self;
+        let stopping = async move {
+            stop.await;
+            let _ = shutdown.send(true);
+        };
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(stopping)
+            .await
+            .map_err(ServerError::Serve);
+        drop(telemetry);
+        result
+    }
+}
+
+fn router(app: AppState, security: Arc<Security>) -> Router {
+    let api = Router::new()
+        .merge(state::router())
+        .merge(nodes::router())
+        .merge(links::router())
+        .merge(settings::router())
+        .merge(topology::router())
+        .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_owned()) });
+    Router::new()
+        .nest("/api", api)
+        .merge(ws::router())
+        .merge(metrics::router())
+        .fallback(assets::serve)
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::MethodNotAllowed(method.to_string()).into_response()
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            security,
+            security::guard,
+        ))
+        .with_state(app)
+}

@@ -1,0 +1,145 @@
+//! `/api/nodes`: create at (x, y), read one with its neighbours and routes, move, delete.
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ApiError, AppState,
+    extract::{Json, NodePath},
+    state::NodeBody,
+    topology::model_of,
+};
+use crate::{model::NodeId, sim::MeshState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/nodes", post(create))
+        .route("/nodes/{id}", get(read).patch(move_to).delete(remove))
+}
+
+/// A position on the canvas. Both coordinates are required: a `null` (what a browser sends
+/// for NaN) is refused rather than taken as "keep the old one".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Position {
+    x: f64,
+    y: f64,
+}
+
+async fn create(
+    State(app): State<AppState>,
+    Json(at): Json<Position>,
+) -> Result<Response, ApiError> {
+    let node = app.sim.add_node(at.x, at.y).await?;
+    // The Sim publishes before it answers, so the new state has the node's addresses.
+    let body = found(&app, node.id)?;
+    let location = format!("/api/nodes/{}", node.id.0);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        axum::Json(body),
+    )
+        .into_response())
+}
+
+/// `GET /api/nodes/{id}`: what the canvas's node panel shows.
+#[derive(Debug, Serialize)]
+struct NodeDetail {
+    node: NodeBody,
+    /// The nodes it is linked to, by ascending id.
+    neighbours: Vec<NodeId>,
+    /// Where it sends packets for every node it can reach, by ascending destination.
+    routes: Vec<RouteBody>,
+}
+
+#[derive(Debug, Serialize)]
+struct RouteBody {
+    dst: NodeId,
+    next_hop: NodeId,
+}
+
+async fn read(
+    State(app): State<AppState>,
+    NodePath(id): NodePath,
+) -> Result<axum::Json<NodeDetail>, ApiError> {
+    let state = app.sim.state().borrow().clone();
+    let node = NodeBody::find(id, &state).ok_or_else(|| unknown(id))?;
+    let neighbours = state
+        .snapshot
+        .links
+        .iter()
+        .filter(|l| l.pair.contains(id))
+        .map(|l| {
+            if l.pair.a() == id {
+                l.pair.b()
+            } else {
+                l.pair.a()
+            }
+        })
+        .collect();
+    // All-pairs Dijkstra on a large mesh takes a while: keep it off the async workers.
+    let routes = tokio::task::spawn_blocking(move || routes_from(&state, id))
+        .await
+        .map_err(|e| ApiError::Internal(format!("computing routes: {e}")))??;
+    Ok(axum::Json(NodeDetail {
+        node,
+        neighbours,
+        routes,
+    }))
+}
+
+/// The routing table of `id` in `state`. The published state carries links but not routes,
+/// so this derives them again from the same inputs with the same (pure, deterministic) model
+/// the Sim runs: the answer is the table the Sim installed.
+fn routes_from(state: &MeshState, id: NodeId) -> Result<Vec<RouteBody>, ApiError> {
+    let model = model_of(&state.snapshot)?;
+    Ok(model
+        .routes()
+        .filter(|r| r.src == id)
+        .map(|r| RouteBody {
+            dst: r.dst,
+            next_hop: r.next_hop,
+        })
+        .collect())
+}
+
+async fn move_to(
+    State(app): State<AppState>,
+    NodePath(id): NodePath,
+    Json(at): Json<Position>,
+) -> Result<axum::Json<NodeBody>, ApiError> {
+    app.sim
+        .move_node(id, at.x, at.y)
+        .await
+        .map_err(|e| ApiError::from_sim(e, &[("id", id)]))?;
+    Ok(axum::Json(found(&app, id)?))
+}
+
+async fn remove(
+    State(app): State<AppState>,
+    NodePath(id): NodePath,
+) -> Result<StatusCode, ApiError> {
+    app.sim
+        .remove_node(id)
+        .await
+        .map_err(|e| ApiError::from_sim(e, &[("id", id)]))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The node as the latest state shows it; gone already if another client removed it since.
+fn found(app: &AppState, id: NodeId) -> Result<NodeBody, ApiError> {
+    NodeBody::find(id, &app.sim.state().borrow()).ok_or_else(|| unknown(id))
+}
+
+fn unknown(id: NodeId) -> ApiError {
+    ApiError::UnknownNode {
+        id: id.0.to_string(),
+        field: Some("id".into()),
+    }
+}

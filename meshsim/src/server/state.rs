@@ -1,0 +1,107 @@
+//! `GET /api/state`: the whole mesh as the canvas draws it, and the JSON forms of nodes that
+//! the other resources answer with. The WebSocket's `state` message is the same body.
+
+use std::net::Ipv4Addr;
+
+use axum::{Json, Router, extract::State, routing::get};
+use serde::Serialize;
+
+use super::AppState;
+use crate::{
+    model::{Link, Node, NodeId, Settings},
+    sim::MeshState,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/state", get(get_state))
+}
+
+async fn get_state(State(app): State<AppState>) -> Json<StateBody> {
+    let state = app.sim.state().borrow().clone();
+    Json(StateBody::new(&state))
+}
+
+/// `{settings, nodes, links, delays_enforced}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateBody {
+    pub settings: Settings,
+    pub nodes: Vec<NodeBody>,
+    pub links: Vec<Link>,
+    /// False when the kernel has no sch_fq: links are counted but not delayed, and the canvas
+    /// must say so.
+    pub delays_enforced: bool,
+}
+
+impl StateBody {
+    pub fn new(state: &MeshState) -> Self {
+        Self {
+            settings: state.snapshot.settings.clone(),
+            nodes: state
+                .snapshot
+                .nodes
+                .iter()
+                .map(|n| NodeBody::new(n, state))
+                .collect(),
+            links: state.snapshot.links.clone(),
+            delays_enforced: state.delays_enforced,
+        }
+    }
+}
+
+/// A node with its addresses: `{id, name, x, y, ip, mac}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeBody {
+    pub id: NodeId,
+    pub name: String,
+    pub x: f64,
+    pub y: f64,
+    /// Null only for a node the runtime has not made yet, which the published state never
+    /// holds (the Sim publishes after creating nodes).
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<String>,
+}
+
+impl NodeBody {
+    pub fn new(node: &Node, state: &MeshState) -> Self {
+        let facts = state.nodes.get(&node.id);
+        Self {
+            id: node.id,
+            name: node.name.clone(),
+            x: node.x,
+            y: node.y,
+            ip: facts.map(|f| f.ip),
+            mac: facts.map(|f| format_mac(&f.mac)),
+        }
+    }
+
+    /// The node `id` of `state`, if it exists there.
+    pub fn find(id: NodeId, state: &MeshState) -> Option<Self> {
+        state
+            .snapshot
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| Self::new(n, state))
+    }
+}
+
+/// `02:6d:00:00:00:01`, as `ip link` shows it.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_look_like_ip_link_shows_them() {
+        assert_eq!(
+            format_mac(&[0x02, 0x6d, 0, 0, 0x1a, 0xff]),
+            "02:6d:00:00:1a:ff"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! `/ws`: the canvas's live feed. On connect a full `state`; a new full `state` after every
+//! change; `traffic` frames from the telemetry task in between (see README, "WebSocket
+//! protocol").
+//!
+//! Each client has its own task, and nothing it does reaches the Sim or the telemetry: state
+//! comes from a watch channel (a slow client skips to the latest state), traffic from a
+//! broadcast channel (a slow client skips frames), and a client that does not take a
+//! message within [`SEND_TIMEOUT`] is dropped.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{
+        State, WebSocketUpgrade,
+        ws::{
+            CloseFrame, Message, Utf8Bytes, WebSocket, close_code,
+            rejection::WebSocketUpgradeRejection,
+        },
+    },
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{ApiError, AppState, state::StateBody};
+use crate::sim::MeshState;
+
+/// How long one message may take to go out before the client counts as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients only say small things (close, ping); anything bigger is not ours.
+const MAX_INCOMING: usize = 64 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws", get(upgrade))
+}
+
+async fn upgrade(
+    State(app): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => ws
+            .max_message_size(MAX_INCOMING)
+            .on_upgrade(move |socket| session(socket, app)),
+        Err(e) => {
+            ApiError::BadRequest(format!("expected a WebSocket upgrade: {e}")).into_response()
+        }
+    }
+}
+
+/// `{"type":"state","version":N, ...GET /api/state}`.
+#[derive(Serialize)]
+struct StateMessage {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    version: u64,
+    #[serde(flatten)]
+    body: StateBody,
+}
+
+fn state_message(state: &Arc<MeshState>) -> Option<Utf8Bytes> {
+    let message = StateMessage {
+        kind: "state",
+        version: state.version,
+        body: StateBody::new(state),
+    };
+    match serde_json::to_string(&message) {
+        Ok(text) => Some(text.into()),
+        Err(e) => {
+            tracing::error!("serialising a state message: {e}");
+            None
+        }
+    }
+}
+
+async fn session(socket: WebSocket, app: AppState) {
+    let (mut tx, mut rx) = socket.split();
+    let mut state = app.sim.state();
+    let mut traffic = app.traffic.subscribe();
+    let mut shutdown = app.shutdown.clone();
+    let first = state_message(&state.borrow_and_update().clone());
+    if send(&mut tx, first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = state.changed() => {
+                if changed.is_err() {
+                    // The Sim has stopped.
+                    close(&mut tx, close_code::AWAY, "meshsim stopped").await;
+                    return;
+                }
+                let latest = state.borrow_and_update().clone();
+                if send(&mut tx, state_message(&latest)).await.is_err() {
+                    return;
+                }
+            }
+            frame = traffic.recv() => match frame {
+                Ok(text) => {
+                    if send(&mut tx, Some(text)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(skipped)) => {
+                    tracing::debug!(skipped, "a slow WebSocket client skipped traffic frames");
+                }
+                Err(RecvError::Closed) => return,
+            },
+            incoming = rx.next() => match incoming {
+                // Pings are answered by the WebSocket layer; the API is read-only here.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => {
+                close(&mut tx, close_code::AWAY, "meshsim is shutting down").await;
+                return;
+            }
+        }
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Sends one text message; `Err` means the client is gone or too slow, and is dropped.
+async fn send(tx: &mut Sink, text: Option<Utf8Bytes>) -> Result<(), ()> {
+    let Some(text) = text else {
+        return Ok(());
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            tracing::info!("dropping a WebSocket client that stopped reading");
+            Err(())
+        }
+    }
+}
+
+async fn close(tx: &mut Sink, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+}

@@ -1,0 +1,184 @@
+//! What runs on every node: nothing, a command of the user's, or a Synapse homeserver.
+//!
+//! The kind is chosen once per run. The backend (see `runtime::netns`) starts it with each
+//! node and stops it with the node; this module holds what does not depend on the backend:
+//! the Synapse install (`venv`), its per-run CA (`pki`), its configuration (`synapse`), and
+//! how nodes find each other by name without any public DNS (`names`, `dns`).
+
+pub mod dns;
+pub mod names;
+pub mod pki;
+pub mod synapse;
+pub mod venv;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+pub use synapse::SynapseOptions;
+
+use crate::model::NodeId;
+
+/// What every node of a run runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum WorkloadKind {
+    /// Nothing: the node is a bare namespace (the default of the netns backend).
+    #[default]
+    None,
+    /// A shell command (`--node-cmd`), with `{name}` and `{ip}` filled in.
+    Command(String),
+    /// A Synapse homeserver whose server name is the node's name.
+    Synapse(SynapseOptions),
+}
+
+/// The names `--workload` accepts.
+pub const WORKLOAD_NAMES: &[&str] = &["none", "synapse"];
+
+impl WorkloadKind {
+    /// The kind from the command line: `--workload NAME` and `--node-cmd CMD`, both optional.
+    /// A command alone means [`WorkloadKind::Command`]; a command next to a named workload
+    /// is refused rather than silently dropping one of them.
+    pub fn from_cli(
+        workload: Option<&str>,
+        node_cmd: Option<String>,
+    ) -> Result<Self, WorkloadError> {
+        let named = match workload.map(str::trim) {
+            None => None,
+            Some("none") => Some(WorkloadKind::None),
+            Some("synapse") => Some(WorkloadKind::Synapse(SynapseOptions::default())),
+            Some(other) => return Err(WorkloadError::Unknown(other.to_owned())),
+        };
+        match (named, node_cmd) {
+            (Some(kind @ WorkloadKind::Synapse(_)), Some(_)) => {
+                Err(WorkloadError::Conflict(kind.name().to_owned()))
+            }
+            (_, Some(cmd)) => Ok(WorkloadKind::Command(cmd)),
+            (Some(kind), None) => Ok(kind),
+            (None, None) => Ok(WorkloadKind::None),
+        }
+    }
+
+    /// `none`, `command` or `synapse`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkloadKind::None => "none",
+            WorkloadKind::Command(_) => "command",
+            WorkloadKind::Synapse(_) => "synapse",
+        }
+    }
+}
+
+/// Where a node's workload is, as the runtime publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Started; not answering yet.
+    Starting,
+    /// Answering (for Synapse: `/_matrix/federation/v1/version`, with the test user made).
+    Ready,
+    /// It exited or never answered; the text says why and where its log is.
+    Failed(String),
+}
+
+/// One node's workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub name: String,
+    pub state: NodeState,
+    /// The workload's main process.
+    pub pid: Option<u32>,
+    /// When the process was spawned.
+    pub spawned: Instant,
+    /// From spawning the process to its first answer (Synapse only).
+    pub answered_after: Option<Duration>,
+    /// Its output.
+    pub log: PathBuf,
+}
+
+/// Every node's workload, by node.
+pub type WorkloadStatus = BTreeMap<NodeId, NodeStatus>;
+
+/// Setting a workload up failed; each variant says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error(
+        "unknown workload {0:?}: use `--workload none` or `--workload synapse` \
+         (or `--node-cmd CMD` to run a command of your own)"
+    )]
+    Unknown(String),
+    #[error(
+        "`--workload {0}` and `--node-cmd` were both given: choose one \
+         (`--node-cmd` runs your command instead of a workload)"
+    )]
+    Conflict(String),
+    #[error(transparent)]
+    Venv(#[from] venv::VenvError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(
+        "{path} exists and was not made by meshsim (no {marker} in it): \
+         remove it or choose another run directory"
+    )]
+    ForeignRunDir { path: PathBuf, marker: &'static str },
+    #[error(
+        "{0} does not exist: each Synapse node covers it with the run's own file, so there must \
+         be one to cover (an empty one will do: `touch {0}`)"
+    )]
+    NothingToCover(PathBuf),
+    #[error("could not {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl WorkloadError {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| WorkloadError::Io { what, path, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_picks_one_workload() {
+        assert_eq!(
+            WorkloadKind::from_cli(None, None).unwrap(),
+            WorkloadKind::None
+        );
+        assert_eq!(
+            WorkloadKind::from_cli(Some("none"), None).unwrap(),
+            WorkloadKind::None
+        );
+        assert!(matches!(
+            WorkloadKind::from_cli(Some("synapse"), None).unwrap(),
+            WorkloadKind::Synapse(_)
+        ));
+        assert_eq!(
+            WorkloadKind::from_cli(None, Some("sleep 1".into())).unwrap(),
+            WorkloadKind::Command("sleep 1".into())
+        );
+        // `--workload none --node-cmd X` is just the command.
+        assert_eq!(
+            WorkloadKind::from_cli(Some("none"), Some("sleep 1".into())).unwrap(),
+            WorkloadKind::Command("sleep 1".into())
+        );
+    }
+
+    #[test]
+    fn bad_choices_say_what_to_do() {
+        let err = WorkloadKind::from_cli(Some("dendrite"), None).unwrap_err();
+        assert!(err.to_string().contains("--workload synapse"), "{err}");
+        let err = WorkloadKind::from_cli(Some("synapse"), Some("x".into())).unwrap_err();
+        assert!(err.to_string().contains("choose one"), "{err}");
+    }
+}

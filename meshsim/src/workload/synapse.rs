@@ -1,0 +1,456 @@
+//! Synapse on a node: the install, the per-node configuration meshsim writes, and the checks
+//! that a node answers. Backend-neutral: `runtime::netns` runs the process.
+//!
+//! Every option in `homeserver_yaml` is one of Synapse's documented configuration options;
+//! README ("Synapse nodes") says why each choice was made.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::Read as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use base64::Engine as _;
+
+use super::{
+    WorkloadError,
+    pki::{NodeCert, RunCa},
+    venv::{VenvError, VenvSpec},
+};
+
+/// The Synapse release meshsim installs (from PyPI: there is no Debian package).
+pub const SYNAPSE_VERSION: &str = "1.163.2";
+/// Federation, over TLS, as on the real network.
+pub const FEDERATION_PORT: u16 = 8448;
+/// Plain HTTP for clients, registration and health checks: client and federation resources,
+/// so `/_matrix/federation/v1/version` can be asked without TLS. Servers never use it.
+pub const CLIENT_PORT: u16 = 8008;
+/// Written into a run directory meshsim made, so it may empty it again.
+pub const RUN_MARKER: &str = ".meshsim-run";
+
+/// How Synapse nodes are set up; the defaults suit `--workload synapse`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SynapseOptions {
+    /// The `matrix-synapse` release to install.
+    pub version: String,
+    /// The Python that makes the venv.
+    pub python: String,
+    /// Where venvs are kept between runs.
+    pub cache_dir: PathBuf,
+    /// Where each node's configuration, keys and database go (`<run_dir>/<name>/`); emptied
+    /// at the start and the end of a run.
+    pub run_dir: PathBuf,
+    /// The user made on every node at start (`@<user>:<node>`), and its password.
+    pub user: String,
+    pub password: String,
+    /// How long a node may take to answer before it counts as failed.
+    pub start_timeout: Duration,
+}
+
+impl Default for SynapseOptions {
+    fn default() -> Self {
+        SynapseOptions {
+            version: SYNAPSE_VERSION.to_owned(),
+            python: "python3".to_owned(),
+            cache_dir: default_cache_dir(),
+            run_dir: PathBuf::from("/tmp/meshsim/run"),
+            user: "meshsim".to_owned(),
+            password: "meshsim".to_owned(),
+            start_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/meshsim` when set, else `/var/cache/meshsim` (meshsim runs as root).
+pub fn default_cache_dir() -> PathBuf {
+    match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("meshsim"),
+        _ => PathBuf::from("/var/cache/meshsim"),
+    }
+}
+
+impl SynapseOptions {
+    /// The cached venv for this version.
+    pub fn venv(&self) -> VenvSpec {
+        VenvSpec {
+            dir: self
+                .cache_dir
+                .join(format!("synapse-venv-{}", self.version)),
+            python: self.python.clone(),
+            packages: vec![format!("matrix-synapse=={}", self.version)],
+            what: format!("synapse {}", self.version),
+            approx_mb: 240,
+        }
+    }
+
+    /// Installs Synapse unless the cache has it. Blocks (about 20 s the first time).
+    pub fn prepare(&self, progress: &mut dyn FnMut(&str)) -> Result<VenvSpec, VenvError> {
+        let venv = self.venv();
+        venv.ensure(progress)?;
+        Ok(venv)
+    }
+}
+
+/// One node's files, under `<run_dir>/<name>/`.
+#[derive(Clone, Debug)]
+pub struct NodeDir {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl NodeDir {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("homeserver.yaml")
+    }
+}
+
+/// What differs between nodes of a run, and what they share.
+pub struct NodeConfig<'a> {
+    pub name: &'a str,
+    /// The mesh's subnet, which Synapse must be allowed to reach (it refuses private
+    /// addresses by default).
+    pub mesh_cidr: &'a str,
+    pub ca_path: &'a Path,
+    pub registration_secret: &'a str,
+}
+
+/// Writes a node's directory: TLS certificate and key (from the run's CA), signing key,
+/// `homeserver.yaml`. A directory left by an earlier node of the same name is replaced.
+pub fn write_node_dir(
+    run_dir: &Path,
+    config: &NodeConfig<'_>,
+    ca: &RunCa,
+) -> Result<NodeDir, WorkloadError> {
+    let dir = run_dir.join(config.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(WorkloadError::io("remove", &dir))?;
+    }
+    fs::create_dir_all(dir.join("media")).map_err(WorkloadError::io("create", &dir))?;
+    let NodeCert { cert_pem, key_pem } = ca.issue(config.name)?;
+    let write = |file: &str, text: &str| {
+        let path = dir.join(file);
+        fs::write(&path, text).map_err(WorkloadError::io("write", path))
+    };
+    write("tls.crt", &cert_pem)?;
+    write("tls.key", &key_pem)?;
+    write("signing.key", &signing_key(&random_bytes(32), "a_mesh"))?;
+    write(
+        "homeserver.yaml",
+        &homeserver_yaml(config, &dir, &random_hex(24), &random_hex(24)),
+    )?;
+    Ok(NodeDir {
+        name: config.name.to_owned(),
+        dir,
+    })
+}
+
+/// Synapse's signing key file: `ed25519 <key id> <unpadded base64 of the 32-byte seed>`.
+pub fn signing_key(seed: &[u8], key_id: &str) -> String {
+    let seed = base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed);
+    format!("ed25519 {key_id} {seed}\n")
+}
+
+/// The node's `homeserver.yaml`.
+pub fn homeserver_yaml(
+    node: &NodeConfig<'_>,
+    dir: &Path,
+    macaroon_secret: &str,
+    form_secret: &str,
+) -> String {
+    let q = |s: &str| yaml_string(s);
+    let p = |file: &str| yaml_string(&dir.join(file).to_string_lossy());
+    let mut y = String::new();
+    let _ = write!(
+        y,
+        "\
+# Written by meshsim for node {name} of this run (see README, \"Synapse nodes\").
+server_name: {server_name}
+public_baseurl: {baseurl}
+pid_file: {pid}
+report_stats: false
+
+listeners:
+  # Federation, over TLS with a certificate from the run's CA.
+  - port: {federation_port}
+    type: http
+    tls: true
+    bind_addresses: [\"0.0.0.0\"]
+    resources:
+      - names: [federation]
+        compress: false
+  # Clients, registration and health checks, plain HTTP.
+  - port: {client_port}
+    type: http
+    tls: false
+    bind_addresses: [\"0.0.0.0\"]
+    resources:
+      - names: [client, federation]
+        compress: false
+
+tls_certificate_path: {tls_crt}
+tls_private_key_path: {tls_key}
+federation_verify_certificates: true
+federation_custom_ca_list: [{ca}]
+federation_client_minimum_tls_version: \"1.2\"
+
+# Keys come from the servers themselves, never from matrix.org.
+trusted_key_servers: []
+suppress_key_server_warning: true
+signing_key_path: {signing_key}
+
+# Synapse refuses private addresses by default; the mesh is one.
+ip_range_whitelist: [{cidr}]
+
+database:
+  name: sqlite3
+  args:
+    database: {db}
+
+enable_media_repo: false
+media_store_path: {media}
+url_preview_enabled: false
+enable_metrics: false
+
+enable_registration: false
+registration_shared_secret: {registration_secret}
+macaroon_secret_key: {macaroon}
+form_secret: {form}
+
+# Retry soon after a link or node comes back (the defaults back off for days).
+federation:
+  client_timeout: 30s
+  max_short_retry_delay: 2s
+  max_long_retry_delay: 10s
+  max_short_retries: 3
+  max_long_retries: 5
+  destination_min_retry_interval: 5s
+  destination_retry_multiplier: 2
+  destination_max_retry_interval: 1m
+",
+        name = node.name,
+        server_name = q(node.name),
+        baseurl = q(&format!("http://{}:{CLIENT_PORT}/", node.name)),
+        pid = p("homeserver.pid"),
+        federation_port = FEDERATION_PORT,
+        client_port = CLIENT_PORT,
+        tls_crt = p("tls.crt"),
+        tls_key = p("tls.key"),
+        ca = q(&node.ca_path.to_string_lossy()),
+        signing_key = p("signing.key"),
+        cidr = q(node.mesh_cidr),
+        db = p("homeserver.db"),
+        media = p("media"),
+        registration_secret = q(node.registration_secret),
+        macaroon = q(macaroon_secret),
+        form = q(form_secret),
+    );
+    y
+}
+
+/// A YAML double-quoted scalar.
+fn yaml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Prepares the run directory: makes it, or empties one a previous run left (only if
+/// meshsim made it), and marks it as meshsim's.
+pub fn prepare_run_dir(run_dir: &Path) -> Result<(), WorkloadError> {
+    if run_dir.exists() {
+        if !run_dir.join(RUN_MARKER).exists() {
+            return Err(WorkloadError::ForeignRunDir {
+                path: run_dir.to_owned(),
+                marker: RUN_MARKER,
+            });
+        }
+        fs::remove_dir_all(run_dir).map_err(WorkloadError::io("empty", run_dir))?;
+    }
+    fs::create_dir_all(run_dir).map_err(WorkloadError::io("create", run_dir))?;
+    let marker = run_dir.join(RUN_MARKER);
+    fs::write(&marker, "made by meshsim; removed when the run stops\n")
+        .map_err(WorkloadError::io("write", marker))
+}
+
+/// Asks `GET /_matrix/federation/v1/version` on the node's plain port; `Ok(true)` when it
+/// answers 200. Any connection trouble is `Ok(false)`: not up yet.
+pub async fn federation_version_answers(ip: Ipv4Addr, timeout: Duration) -> bool {
+    let addr = SocketAddr::from((ip, CLIENT_PORT));
+    let request = format!(
+        "GET /_matrix/federation/v1/version HTTP/1.1\r\nHost: {ip}:{CLIENT_PORT}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut sent = 0;
+        while sent < request.len() {
+            stream.writable().await.ok()?;
+            match stream.try_write(&request.as_bytes()[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+        }
+        // The status line is all we need.
+        let mut head = [0u8; 64];
+        let mut got = 0;
+        while got < 12 {
+            stream.readable().await.ok()?;
+            match stream.try_read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+        }
+        let line = String::from_utf8_lossy(&head[..got]).into_owned();
+        Some(line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200"))
+    };
+    matches!(tokio::time::timeout(timeout, ask).await, Ok(Some(true)))
+}
+
+/// Makes the node's test user with the shared secret, through Synapse's own
+/// `register_new_matrix_user` (from the host: the client port is reachable on the bridge).
+/// Blocks for about a second.
+pub fn register_user(
+    venv: &VenvSpec,
+    ip: Ipv4Addr,
+    secret: &str,
+    user: &str,
+    password: &str,
+) -> Result<(), String> {
+    let out = Command::new(venv.bin("register_new_matrix_user"))
+        .args(["--user", user, "--password", password, "--no-admin"])
+        .args(["--shared-secret", secret])
+        .arg(format!("http://{ip}:{CLIENT_PORT}"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run register_new_matrix_user: {e}"))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // A second start of the same node finds the user there already: fine.
+    if out.status.success() || text.contains("User ID already taken") {
+        Ok(())
+    } else {
+        Err(format!(
+            "register_new_matrix_user failed: {}",
+            text.lines().last().unwrap_or("no output")
+        ))
+    }
+}
+
+/// The last `n` lines of a log, for error messages.
+pub fn log_tail(log: &Path, n: usize) -> String {
+    let mut text = String::new();
+    let _ = fs::File::open(log).and_then(|mut f| f.read_to_string(&mut text));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Secrets: the kernel's random bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: the pointer and length describe the unfilled rest of `buf`.
+        let got = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
+        if got > 0 {
+            filled += got as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            panic!("getrandom failed: {}", std::io::Error::last_os_error());
+        }
+    }
+    buf
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    random_bytes(bytes).iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signing_key_is_in_synapses_format() {
+        let key = signing_key(&[0u8; 32], "a_mesh");
+        assert_eq!(
+            key,
+            "ed25519 a_mesh AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
+        );
+    }
+
+    #[test]
+    fn the_config_names_the_node_and_its_files() {
+        let node = NodeConfig {
+            name: "n3",
+            mesh_cidr: "10.77.0.0/16",
+            ca_path: Path::new("/tmp/meshsim/run/ca.pem"),
+            registration_secret: "s3cret",
+        };
+        let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), "mac", "form");
+        for want in [
+            "server_name: \"n3\"",
+            "tls_certificate_path: \"/tmp/meshsim/run/n3/tls.crt\"",
+            "federation_custom_ca_list: [\"/tmp/meshsim/run/ca.pem\"]",
+            "trusted_key_servers: []",
+            "ip_range_whitelist: [\"10.77.0.0/16\"]",
+            "database: \"/tmp/meshsim/run/n3/homeserver.db\"",
+            "registration_shared_secret: \"s3cret\"",
+            "report_stats: false",
+            "  - port: 8448\n    type: http\n    tls: true",
+        ] {
+            assert!(y.contains(want), "missing {want:?} in\n{y}");
+        }
+    }
+
+    #[test]
+    fn yaml_strings_are_escaped() {
+        assert_eq!(yaml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\x0a\"");
+    }
+
+    #[test]
+    fn secrets_differ() {
+        let (a, b) = (random_hex(16), random_hex(16));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_run_dir_that_is_not_meshsims_is_left_alone() {
+        let dir = std::env::temp_dir().join(format!("meshsim-rundir-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("precious"), "x").unwrap();
+        let err = prepare_run_dir(&dir).unwrap_err();
+        assert!(err.to_string().contains("not made by meshsim"), "{err}");
+        assert!(dir.join("precious").exists());
+        fs::remove_file(dir.join("precious")).unwrap();
+        fs::remove_dir(&dir).unwrap();
+        prepare_run_dir(&dir).unwrap();
+        fs::write(dir.join("stale"), "x").unwrap();
+        prepare_run_dir(&dir).unwrap();
+        assert!(
+            !dir.join("stale").exists(),
+            "meshsim's own run dir is emptied"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

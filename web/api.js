@@ -1,0 +1,68 @@
+// The HTTP API and the WebSocket address: the only way the page talks to meshsim.
+//
+// When meshsim runs with --token, the page is opened as /?token=T. Every fetch then carries
+// `Authorization: Bearer T`, and the WebSocket (which cannot send headers from a browser)
+// carries it as ?token=T.
+
+const token = new URLSearchParams(location.search).get("token");
+
+/** A refusal from the server, carrying its own message and the field it names, if any. */
+export class ApiError extends Error {
+  constructor(status, message, field) {
+    super(message);
+    this.status = status;
+    this.field = field ?? null;
+  }
+}
+
+async function call(method, path, body) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, `meshsim is not reachable (${e.message})`, null);
+  }
+  const text = await response.text();
+  let json = null;
+  if (text) {
+    try {
+      json = JSON.parse(text);
+    } catch {
+      // A proxy or a crash page: show its first line rather than a JSON parse error.
+      json = null;
+    }
+  }
+  if (!response.ok) {
+    const message = json?.error ?? (text.split("\n")[0] || `${response.status} ${response.statusText}`);
+    throw new ApiError(response.status, message, json?.field);
+  }
+  return json;
+}
+
+export const api = {
+  state: () => call("GET", "/api/state"),
+  createNode: (x, y) => call("POST", "/api/nodes", { x, y }),
+  moveNode: (id, x, y) => call("PATCH", `/api/nodes/${id}`, { x, y }),
+  deleteNode: (id) => call("DELETE", `/api/nodes/${id}`),
+  node: (id) => call("GET", `/api/nodes/${id}`),
+  pin: (a, b, fields) => call("PUT", `/api/links/${a}/${b}`, fields),
+  unpin: (a, b, field) =>
+    call("DELETE", `/api/links/${a}/${b}` + (field ? `?field=${encodeURIComponent(field)}` : "")),
+  settings: () => call("GET", "/api/settings"),
+  putSettings: (settings) => call("PUT", "/api/settings", settings),
+  topology: () => call("GET", "/api/topology"),
+  putTopology: (doc) => call("PUT", "/api/topology", doc),
+};
+
+export function socketUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  return `${scheme}//${location.host}/ws${query}`;
+}
