@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     datapath::{CounterReader, Datapath, DatapathError, GlobalCounters, LinkShape},
     model::{
-        self, Diff, Link, LinkField, LinkPins, Model, ModelError, Node, NodeId, Settings, Snapshot,
-        Topology,
+        self, Diff, Link, LinkField, LinkPins, Model, ModelError, Node, NodeId, Route, Settings,
+        Snapshot, Topology,
     },
     net::{FqOptions, Netlink, NetlinkError},
     runtime::{NodeFacts, RouteChange, Runtime, RuntimeError},
@@ -115,6 +115,13 @@ enum Command {
     Counters {
         reply: Reply<Counters>,
     },
+    Topology {
+        reply: Reply<Topology>,
+    },
+    Routes {
+        id: NodeId,
+        reply: Reply<Vec<Route>>,
+    },
     CounterReader {
         reply: Reply<CounterReader>,
     },
@@ -201,6 +208,16 @@ impl SimHandle {
 
     pub async fn counters(&self) -> Result<Counters, SimError> {
         self.ask(|reply| Command::Counters { reply }).await
+    }
+
+    /// The mesh as a document, with every pin (also those of pairs not linked right now).
+    pub async fn topology(&self) -> Result<Topology, SimError> {
+        self.ask(|reply| Command::Topology { reply }).await
+    }
+
+    /// The routing table of one node, as installed.
+    pub async fn routes_of(&self, id: NodeId) -> Result<Vec<Route>, SimError> {
+        self.ask(|reply| Command::Routes { id, reply }).await
     }
 
     /// A reader of the counter maps that works without the Sim (see `MeshState::link_slots`).
@@ -356,6 +373,16 @@ impl<R: Runtime + 'static> Sim<R> {
             }
             Command::Counters { reply } => {
                 let _ = reply.send(self.counters());
+            }
+            Command::Topology { reply } => {
+                let _ = reply.send(Ok(self.model.topology()));
+            }
+            Command::Routes { id, reply } => {
+                let result = match self.model.node(id) {
+                    Some(_) => Ok(self.model.routes().filter(|r| r.src == id).collect()),
+                    None => Err(SimError::Model(ModelError::UnknownNode(id))),
+                };
+                let _ = reply.send(result);
             }
             Command::CounterReader { reply } => {
                 let _ = reply.send(self.dp.counter_reader().map_err(SimError::from));

@@ -13,9 +13,8 @@ use super::{
     ApiError, AppState,
     extract::{Json, NodePath},
     state::NodeBody,
-    topology::model_of,
 };
-use crate::{model::NodeId, sim::MeshState};
+use crate::model::NodeId;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -83,30 +82,21 @@ async fn read(
             }
         })
         .collect();
-    // All-pairs Dijkstra on a large mesh takes a while: keep it off the async workers.
-    let routes = tokio::task::spawn_blocking(move || routes_from(&state, id))
-        .await
-        .map_err(|e| ApiError::Internal(format!("computing routes: {e}")))??;
+    let routes = app
+        .sim
+        .routes_of(id)
+        .await?
+        .into_iter()
+        .map(|r| RouteBody {
+            dst: r.dst,
+            next_hop: r.next_hop,
+        })
+        .collect();
     Ok(axum::Json(NodeDetail {
         node,
         neighbours,
         routes,
     }))
-}
-
-/// The routing table of `id` in `state`. The published state carries links but not routes,
-/// so this derives them again from the same inputs with the same (pure, deterministic) model
-/// the Sim runs: the answer is the table the Sim installed.
-fn routes_from(state: &MeshState, id: NodeId) -> Result<Vec<RouteBody>, ApiError> {
-    let model = model_of(&state.snapshot)?;
-    Ok(model
-        .routes()
-        .filter(|r| r.src == id)
-        .map(|r| RouteBody {
-            dst: r.dst,
-            next_hop: r.next_hop,
-        })
-        .collect())
 }
 
 async fn move_to(
