@@ -212,7 +212,7 @@ async fn mesh(n: usize, fq: bool) -> Result<MeshFigures> {
     let dp = Datapath::load(DatapathOptions::default()).context("loading the classifier")?;
     let config = NetnsConfig {
         addressing: Addressing::default(),
-        node_cmd: None,
+        workload: meshsim::workload::WorkloadKind::None,
         log_dir: std::env::temp_dir(),
     };
     let runtime = NetnsRuntime::start(config)

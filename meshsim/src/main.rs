@@ -49,6 +49,10 @@ struct RunOptions {
     /// The mesh subnet; the host is .1 on the bridge, node nK is address K + 1.
     #[arg(long, default_value = "10.77.0.0/16")]
     subnet: Addressing,
+    /// What every node runs: `none` (the default) or `synapse`, a Synapse homeserver whose
+    /// server name is the node's name (installed from PyPI once; README, "Synapse nodes").
+    #[arg(long, value_name = "none|synapse")]
+    workload: Option<String>,
     /// A command to run in every node, with {name} and {ip} filled in; output goes to
     /// LOG_DIR/<name>.log and it stops with the node.
     #[arg(long)]
@@ -112,6 +116,7 @@ async fn run(cli: Cli) -> Result<()> {
 fn default_options() -> RunOptions {
     RunOptions {
         subnet: Addressing::default(),
+        workload: None,
         node_cmd: None,
         log_dir: "/tmp/meshsim/logs".into(),
         loose: false,

@@ -27,6 +27,11 @@ use crate::RunOptions;
 pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     // A bad file stops here, before anything is created.
     let topology = file.as_deref().map(topology_file::read).transpose()?;
+    // So is an unknown or conflicting workload.
+    let workload = meshsim::workload::WorkloadKind::from_cli(
+        options.workload.as_deref(),
+        options.node_cmd.clone(),
+    )?;
     let _lock = lock::acquire()?;
     // A taken port stops here too, before anything is created.
     let listener = server::bind(options.listen).await?;
@@ -63,7 +68,7 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     .context("loading the classifier")?;
     let config = NetnsConfig {
         addressing: options.subnet,
-        node_cmd: options.node_cmd.clone(),
+        workload,
         log_dir: options.log_dir.clone(),
     };
     let runtime = NetnsRuntime::start(config)

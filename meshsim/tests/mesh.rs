@@ -37,7 +37,7 @@ impl Mesh {
         let dp = Datapath::load(DatapathOptions::default()).unwrap();
         let config = NetnsConfig {
             addressing: Addressing::default(),
-            node_cmd: None,
+            workload: meshsim::workload::WorkloadKind::None,
             log_dir: std::env::temp_dir(),
         };
         let runtime = NetnsRuntime::start(config).await.unwrap();

@@ -1,11 +1,12 @@
-//! A per-node process (`--node-cmd`), run inside the node's namespace with its output in a
-//! log file, and stopped with the node.
+//! A per-node process (`--node-cmd`, or a Synapse), run inside the node's namespace with its
+//! output in a log file, and stopped with the node.
 
 use std::{
+    ffi::CString,
     fs::File,
-    os::unix::process::CommandExt as _,
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::Path,
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -25,7 +26,7 @@ pub struct Workload {
 
 impl Workload {
     /// Runs `template` (with `{name}` and `{ip}` filled in) through `sh -c` inside `ns`.
-    pub fn spawn(
+    pub fn shell(
         ns: &NetNs,
         template: &str,
         name: &str,
@@ -33,15 +34,23 @@ impl Workload {
         log: &Path,
     ) -> std::io::Result<Self> {
         let command = template.replace("{name}", name).replace("{ip}", ip);
-        let out = File::create(log)?;
         let mut cmd = ns.command("sh");
-        cmd.arg("-c")
-            .arg(&command)
-            .stdin(Stdio::null())
+        cmd.arg("-c").arg(&command);
+        Self::spawn(cmd, log)
+    }
+
+    /// Starts `cmd` (made with [`NetNs::command`], so it runs in the node) with stdout and
+    /// stderr in `log`, in a process group of its own, so that stopping it stops whatever
+    /// it started; and if meshsim dies without cleaning up, the kernel stops it too.
+    ///
+    /// The death signal fires when the *thread* that forked exits, not the process: call
+    /// this from a thread that lives as long as the run (a runtime worker, as the Sim's
+    /// task is on), never from `spawn_blocking`, whose threads end when idle.
+    pub fn spawn(mut cmd: Command, log: &Path) -> std::io::Result<Self> {
+        let out = File::create(log)?;
+        cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // Its own process group, so stopping it stops whatever it started; and if meshsim
-        // dies without cleaning up, the kernel stops it too.
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe.
         unsafe {
@@ -57,6 +66,10 @@ impl Workload {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM to the process group, SIGKILL after a grace period.
     pub fn stop(mut self) {
         let group = Pid::from_raw(self.child.id() as i32);
@@ -64,7 +77,7 @@ impl Workload {
         let deadline = Instant::now() + GRACE;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                // The shell is gone; make sure nothing it started lingers.
+                // The leader is gone; make sure nothing it started lingers.
                 let _ = killpg(group, Signal::SIGKILL);
                 return;
             }
@@ -73,4 +86,56 @@ impl Workload {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();
     }
+}
+
+/// Gives `cmd`'s process a mount namespace of its own in which each `(file, target)` is
+/// bind-mounted over `target`, as `ip netns exec` does with `/etc/netns/NAME/*`: the node
+/// sees its own `/etc/hosts` and `/etc/resolv.conf`, the host sees nothing change.
+///
+/// Mounts are made `slave` first, so the binds never propagate back to the host's mount
+/// tree (which is `shared` on systemd hosts), while unmounts on the host (a deleted
+/// namespace under /run/netns) still reach the child.
+pub fn with_private_files(cmd: &mut Command, binds: &[(&Path, &Path)]) -> std::io::Result<()> {
+    let to_c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other(format!("{} contains a NUL byte", p.display())))
+    };
+    // Everything the child touches is made before the fork: it must not allocate.
+    let binds: Vec<(CString, CString)> = binds
+        .iter()
+        .map(|(file, target)| Ok((to_c(file)?, to_c(target)?)))
+        .collect::<std::io::Result<_>>()?;
+    // SAFETY: runs between fork and exec, making only async-signal-safe calls (unshare,
+    // mount) on strings that already exist; an error converts without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (file, target) in &binds {
+                if libc::mount(
+                    file.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }

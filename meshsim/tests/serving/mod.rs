@@ -64,7 +64,7 @@ impl Lab {
         let dp = Datapath::load(DatapathOptions::default()).unwrap();
         let config = NetnsConfig {
             addressing: Addressing::default(),
-            node_cmd: None,
+            workload: meshsim::workload::WorkloadKind::None,
             log_dir: std::env::temp_dir(),
         };
         let runtime = NetnsRuntime::start(config).await.unwrap();
