@@ -7,7 +7,7 @@ mod mesh;
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use meshsim::runtime::Addressing;
 
 #[derive(Parser)]
@@ -32,7 +32,8 @@ enum Command {
         options: RunOptions,
     },
     /// Remove everything a previous run left behind: namespaces, veths, the bridge (with their
-    /// qdiscs and programs), and processes still running in those namespaces.
+    /// qdiscs and programs), processes still running in those namespaces, and (when Docker
+    /// is reachable) containers labelled org.meshsim.run and the network `meshsim`.
     Down,
     /// Check that this machine can run meshsim: privileges, BTF, the classifier, sch_fq.
     Check,
@@ -44,8 +45,26 @@ enum Command {
     },
 }
 
+/// Where nodes live.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Backend {
+    /// A network namespace per node (needs nothing but the kernel).
+    #[default]
+    Netns,
+    /// A Docker container per node, from a local image (`cargo xtask images` builds them).
+    Docker,
+}
+
 #[derive(Args, Clone, Debug)]
 struct RunOptions {
+    /// Where nodes live: network namespaces, or Docker containers `meshsim-<name>` on the
+    /// network `meshsim` (the daemon must run).
+    #[arg(long, value_enum, default_value_t = Backend::Netns)]
+    backend: Backend,
+    /// With `--backend docker`: the image (default: meshsim/base, or meshsim/synapse for
+    /// `--workload synapse`).
+    #[arg(long)]
+    image: Option<String>,
     /// The mesh subnet; the host is .1 on the bridge, node nK is address K + 1.
     #[arg(long, default_value = "10.77.0.0/16")]
     subnet: Addressing,
@@ -115,6 +134,8 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn default_options() -> RunOptions {
     RunOptions {
+        backend: Backend::Netns,
+        image: None,
         subnet: Addressing::default(),
         workload: None,
         node_cmd: None,

@@ -9,6 +9,7 @@ use meshsim::{
     net::{FqSupport, probe_fq},
     runtime::{
         cleanup::remove_leftovers,
+        docker::{DockerConfig, DockerRuntime},
         lock,
         netns::{NetnsConfig, NetnsRuntime},
     },
@@ -22,7 +23,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::RunOptions;
+use crate::{Backend, RunOptions};
 
 pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     // A bad file stops here, before anything is created.
@@ -43,6 +44,7 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
             namespaces = removed.namespaces.len(),
             links = removed.links.len(),
             processes = removed.processes,
+            containers = removed.containers.len(),
             "removed what a previous meshsim left behind (it did not stop cleanly)"
         );
     }
@@ -66,15 +68,31 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
         orphan: true,
     })
     .context("loading the classifier")?;
-    let config = NetnsConfig {
-        addressing: options.subnet,
-        workload,
-        log_dir: options.log_dir.clone(),
+    let (sim, task) = match options.backend {
+        Backend::Netns => {
+            let config = NetnsConfig {
+                addressing: options.subnet,
+                workload,
+                log_dir: options.log_dir.clone(),
+            };
+            let runtime = NetnsRuntime::start(config)
+                .await
+                .context("creating the mesh bridge")?;
+            Sim::spawn(runtime, dp, Settings::default(), fq)?
+        }
+        Backend::Docker => {
+            let config = DockerConfig {
+                addressing: options.subnet,
+                workload,
+                log_dir: options.log_dir.clone(),
+                image: options.image.clone(),
+            };
+            let runtime = DockerRuntime::start(config)
+                .await
+                .context("starting the docker backend")?;
+            Sim::spawn(runtime, dp, Settings::default(), fq)?
+        }
     };
-    let runtime = NetnsRuntime::start(config)
-        .await
-        .context("creating the mesh bridge")?;
-    let (sim, task) = Sim::spawn(runtime, dp, Settings::default(), fq)?;
 
     let result = serve_and_run(&sim, listener, topology, &options).await;
     eprintln!("meshsim: stopping, removing the nodes");
@@ -120,18 +138,21 @@ async fn serve_and_run(
         }
     );
 
+    // One pair of listeners for the whole run: a signal that arrives between two listeners
+    // (say, right after "running:" is printed) would otherwise be lost.
+    let mut stop_signals = StopSignals::new()?;
     let result = tokio::select! {
         r = start(sim, topology) => match r {
             Ok(()) => {
                 tracing::info!("running: Ctrl-C (or SIGTERM) stops the mesh and removes everything it made");
                 tokio::select! {
-                    r = wait_for_stop() => r,
+                    () = stop_signals.wait() => Ok(()),
                     r = &mut serving => server_ended(r),
                 }
             }
             Err(e) => Err(e),
         },
-        r = wait_for_stop() => r,
+        () = stop_signals.wait() => Ok(()),
         r = &mut serving => server_ended(r),
     };
     let _ = stop.send(());
@@ -209,14 +230,26 @@ async fn start(sim: &SimHandle, topology: Option<meshsim::model::Topology>) -> R
     Ok(())
 }
 
-async fn wait_for_stop() -> Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for from the start of a run.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> Result<Self> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 pub async fn down() -> Result<()> {
@@ -226,10 +259,12 @@ pub async fn down() -> Result<()> {
         println!("nothing to remove");
     } else {
         println!(
-            "removed {} namespaces, {} links, {} processes",
+            "removed {} namespaces, {} links, {} processes, {} containers, {} networks",
             removed.namespaces.len(),
             removed.links.len(),
-            removed.processes
+            removed.processes,
+            removed.containers.len(),
+            removed.networks.len()
         );
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! `cargo xtask`: the commands README names, so a fresh machine and CI run the same steps.
 
 mod cargo;
+mod fidelity;
+mod images;
 mod vm;
 
 use anyhow::{Result, bail};
@@ -25,6 +27,10 @@ enum Command {
     VmTest,
     /// Lints: rustfmt and clippy (-D warnings) for the workspace and, apart, the classifier.
     Lint,
+    /// The docker backend's images (meshsim/base, meshsim/synapse), from a locally debootstrapped Debian; images that exist are kept.
+    Images,
+    /// The fidelity report: meshsim's classifier against netem, side by side, in the VM.
+    Fidelity,
     /// Benchmarks that print figures: the classifier's cost per packet; mesh bring-up and
     /// link changes (host); a 1000-link change against the seed's `tc` way (VM).
     Bench,
@@ -52,6 +58,11 @@ fn main() -> Result<()> {
             require_root("the VM tests load eBPF programs")?;
             vm::test()
         }
+        Command::Fidelity => {
+            require_root("the report loads eBPF programs")?;
+            fidelity::run()
+        }
+        Command::Images => images::run(),
         Command::Lint => {
             cargo::run(&["fmt", "--all", "--check"])?;
             cargo::run(&["clippy", "--all-targets", "--", "-D", "warnings"])?;

@@ -38,6 +38,33 @@ impl Netlink {
             .map_err(|e| NetlinkError::from_rtnetlink(op, e))
     }
 
+    /// Removes every IPv4 address from interface `ifindex` (and with them the routes the
+    /// kernel derived from them).
+    pub async fn flush_addresses_v4(&self, ifindex: u32) -> Result<(), NetlinkError> {
+        let op = || self.op(format_args!("remove the addresses of interface {ifindex}"));
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(op(), e))?;
+        for message in messages {
+            if message.header.family != AddressFamily::Inet {
+                continue;
+            }
+            self.handle
+                .address()
+                .del(message)
+                .execute()
+                .await
+                .map_err(|e| NetlinkError::from_rtnetlink(op(), e))?;
+        }
+        Ok(())
+    }
+
     /// The IPv4 addresses on interface `ifindex`, with their prefix lengths.
     pub async fn addresses_v4(&self, ifindex: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         let op = self.op(format_args!("list addresses of interface {ifindex}"));

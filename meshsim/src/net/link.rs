@@ -161,6 +161,40 @@ impl Netlink {
         }
     }
 
+    /// Looks an interface up by index; `None` if there is none.
+    pub async fn link_by_index(&self, ifindex: u32) -> Result<Option<LinkInfo>, NetlinkError> {
+        let mut request = std::pin::pin!(self.handle.link().get().match_index(ifindex).execute());
+        match request.try_next().await {
+            Ok(message) => Ok(message.map(|m| link_info(&m))),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(NetlinkError::from_rtnetlink(
+                self.op(format_args!("look up interface {ifindex}")),
+                e,
+            )),
+        }
+    }
+
+    /// The `iflink` of interface `name`: for one end of a veth pair, the index of the other
+    /// end in *its* namespace (the kernel reports the peer's index, not a name). `None` if
+    /// there is no such interface or it has no link.
+    pub async fn peer_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        check_ifname(name)?;
+        let mut request = std::pin::pin!(self.handle.link().get().match_name(name).execute());
+        match request.try_next().await {
+            Ok(message) => Ok(message.and_then(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Link(index) => Some(*index),
+                    _ => None,
+                })
+            })),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(NetlinkError::from_rtnetlink(
+                self.op(format_args!("look up the peer of interface {name:?}")),
+                e,
+            )),
+        }
+    }
+
     /// Every interface whose name starts with `prefix`, sorted by index.
     pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<LinkInfo>, NetlinkError> {
         let op = || self.op(format_args!("list interfaces"));

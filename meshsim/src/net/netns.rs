@@ -169,6 +169,42 @@ impl NetNs {
         Self::open(name)
     }
 
+    /// Names the namespace that `source` (say `/proc/<pid>/ns/net` of a container's
+    /// process) refers to: bind-mounts it at `/run/netns/NAME`, as `ip netns attach` does,
+    /// and opens it. The namespace then outlives the process until [`NetNs::delete`], and
+    /// `ip netns exec NAME` works in it.
+    pub fn bind(name: &str, source: &Path) -> Result<Self, NetNsError> {
+        check_netns_name(name)?;
+        prepare_netns_dir(name)?;
+        let path = path_of(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o000)
+            .open(&path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(NetNsError::AlreadyExists {
+                    name: name.to_owned(),
+                    path,
+                });
+            }
+            Err(e) => return Err(NetNsError::io(name, "create its mount point", e)),
+        }
+        if let Err(e) = mount(
+            Some(source),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            let _ = fs::remove_file(&path);
+            return Err(NetNsError::io(name, "bind-mount it", e));
+        }
+        Self::open(name)
+    }
+
     /// Opens an existing named namespace (made by [`NetNs::create`] or `ip netns add`).
     pub fn open(name: &str) -> Result<Self, NetNsError> {
         check_netns_name(name)?;

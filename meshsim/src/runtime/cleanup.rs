@@ -1,6 +1,8 @@
 //! `meshsim down`, and what a start does when a crashed run left things behind: remove every
 //! namespace and root-namespace link with meshsim's prefix (the qdiscs and tc programs on
 //! them go with the devices), after stopping processes still running inside those namespaces.
+//! When Docker is reachable, first every container with meshsim's run label and the
+//! `meshsim` network (see `docker::remove_leftovers`): labels only, never names.
 
 use std::os::unix::fs::MetadataExt as _;
 
@@ -15,16 +17,27 @@ pub struct Removed {
     pub namespaces: Vec<String>,
     pub links: Vec<String>,
     pub processes: usize,
+    /// Docker containers with meshsim's run label.
+    pub containers: Vec<String>,
+    /// Docker networks (`meshsim`).
+    pub networks: Vec<String>,
 }
 
 impl Removed {
     pub fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.links.is_empty() && self.processes == 0
+        self.namespaces.is_empty()
+            && self.links.is_empty()
+            && self.processes == 0
+            && self.containers.is_empty()
+            && self.networks.is_empty()
     }
 }
 
 pub async fn remove_leftovers() -> Result<Removed, RuntimeError> {
     let mut removed = Removed::default();
+    // Containers first: their namespaces may be bound as `ms-<name>` below, and removing a
+    // container through Docker lets it release what it holds (its veth, its IP).
+    (removed.containers, removed.networks) = super::docker::remove_leftovers().await?;
     for name in NetNs::list_with_prefix(PREFIX)? {
         removed.processes += kill_processes_in(&format!("{NETNS_DIR}/{name}"));
         NetNs::delete(&name)?;

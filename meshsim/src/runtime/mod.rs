@@ -1,9 +1,10 @@
 //! Where nodes live. Both backends hand back the same facts, so the Sim, the datapath and the
 //! routes do not care which one made a node. `netns` (the default: needs nothing but the
-//! kernel) is here; `docker` comes with the Synapse work.
+//! kernel) and `docker` (containers, through bollard).
 
 mod addressing;
 pub mod cleanup;
+pub mod docker;
 pub mod lock;
 pub mod netns;
 mod workload;
@@ -57,6 +58,8 @@ pub enum RuntimeError {
         "{0} already exists: another meshsim is running, or one crashed; stop it, or run `meshsim down`"
     )]
     Leftover(String),
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
     #[error(transparent)]
     WorkloadSetup(#[from] crate::workload::WorkloadError),
     #[error(transparent)]
