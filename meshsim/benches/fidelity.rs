@@ -3,31 +3,36 @@
 //!
 //! It needs sch_fq and sch_netem, so it runs in the VM: `cargo xtask fidelity` builds it, boots
 //! Debian's kernel under qemu, runs it there and copies the report out. By hand (as root, on a
-//! kernel with both modules): `fidelity [OUT_DIR] [--host=TEXT] [--progress=FILE] [--quick]`; it writes
-//! `OUT_DIR/fidelity.md` and `OUT_DIR/fidelity.png` and prints the tables.
+//! kernel with both modules):
+//! `fidelity [OUT_DIR] [--host=TEXT] [--progress=FILE] [--quick] [--only=SECTION,...]`; it
+//! writes `OUT_DIR/fidelity.md` and `OUT_DIR/fidelity.png` and prints the tables.
 //!
 //! One lab (tests/support: node namespaces on a bridge inside a hub namespace) holds every link.
 //! Five pairs of nodes have the classifier and fq on their bridge ports ("meshsim"); one pair has
 //! no classifier and `netem` as the root qdisc of its ports ("netem": the baseline may use `tc`,
-//! the product never does). Both shape at the same spot, egress of the destination's bridge
-//! port, and both directions alike. What is measured, and how:
+//! the product never does); one pair has neither (the unshaped path). Both shapers act at the
+//! same spot, egress of the destination's bridge port, both directions alike. What is measured,
+//! and how:
 //!
-//! - delay: timestamped UDP probes (sequence number and `CLOCK_MONOTONIC` at sending, which all
-//!   namespaces share), read on the receiving side; the unshaped path's median delay (measured
-//!   first, on the netem pair with no qdisc) is subtracted from every delay figure;
-//!   ping's average RTT is printed as a cross-check;
+//! - delay: UDP probes carrying a sequence number and the sender's `CLOCK_REALTIME`, timed by
+//!   the kernel on arrival (`SO_TIMESTAMPNS`, realtime too: the VM has one clock for every
+//!   namespace), so the receiving thread's wake-up is left out. Each case runs meshsim, netem
+//!   and the unshaped pair at once, and the unshaped path's own delay is subtracted; ping's
+//!   average RTT is a cross-check. Senders are pinned to a CPU each, so the host path does not
+//!   reorder (the unshaped pair shows that);
 //! - jitter: the same probes over 50 ms ± 10 ms for normal, uniform and pareto. meshsim's
 //!   default jitter is a correlated process (correlation time T), so a probe stream on one link
 //!   gives only about duration / T independent samples: four meshsim links run at once (their
-//!   processes are independent) to pool more, next to one link in independent mode and netem;
-//! - TCP goodput: the receiver's bytes over a window after a warm-up, against the payload share
-//!   of the configured rate (1448 payload bytes in every 1514-byte frame);
+//!   processes are independent) to pool more, beside one link in independent mode and netem;
+//! - TCP goodput: payload the receiver acknowledged (cumulatively or selectively, from the
+//!   senders' TCP_INFO) over a window after a warm-up, against the payload share of the rate;
 //! - loss: UDP packets sent minus received, against the exact binomial 99% interval;
-//! - cost: CPU time from /proc/stat (softirq, and all busy time) per packet at a fixed rate;
+//! - cost: busy CPU of the VM (wall × CPUs − idle) and tick-sampled softirq per packet, at a
+//!   fixed rate, against the unshaped pair;
 //! - reconfiguration: a UDP flow runs while the link is changed 10,000 times.
 //!
-//! The VM runs under software emulation (TCG): its clocks and timers are much noisier than real
-//! hardware and its CPU is slow. Both columns come from the same run, so they share that noise.
+//! The VM runs under software emulation (TCG): its timers are much coarser than real hardware's
+//! and its CPU is slow. Both columns come from the same run, so they share that.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -105,6 +110,7 @@ const LOSS_PACKETS: u64 = 20_000;
 const LOSS_GAP: Duration = Duration::from_micros(500);
 
 const COST_PPS: u64 = 2000;
+const COST_TICK: Duration = Duration::from_millis(10);
 const COST_SECONDS: u64 = 5;
 /// Rounds of the three cost cases, interleaved; each case's median round is reported.
 const COST_ROUNDS: usize = 5;
@@ -116,6 +122,8 @@ const QUICK_DIVISOR: u64 = 10;
 static QUICK: AtomicBool = AtomicBool::new(false);
 const TC_PROCESS_CHANGES: usize = 50;
 const RECONF_GAP: Duration = Duration::from_millis(1);
+/// meshsim's changes are spread over this much time.
+const RECONF_SPAN: Duration = Duration::from_secs(5);
 
 /// Where netem's distribution tables may be (iproute2's TC_LIB_DIR; Debian puts them under
 /// the multiarch directory).
@@ -546,11 +554,12 @@ impl Bench {
             };
             for r in &case.rows {
                 self.say(format_args!(
-                    "  {}: mean {:+.2} ms, sd {:.2} ms, KS {:.3}, {} reordered, {} probes ({} effective)",
+                    "  {}: mean {:+.2} ms, sd {:.2} ms, KS {:.3} (median aligned {:.3}), {} reordered, {} probes ({} effective)",
                     r.name,
                     r.mean_ms - JITTER_LATENCY.as_secs_f64() * 1e3,
                     r.sd_ms,
                     r.ks,
+                    r.ks_aligned,
                     r.reordered,
                     r.probes,
                     r.effective
@@ -627,7 +636,6 @@ impl Bench {
                     rate_bps: rate,
                     flows,
                     meshsim_bps: m.bps,
-                    meshsim_link: m.link,
                     netem_bps: n.bps,
                 };
                 let (link_bps, queue_drops) = m.link.unwrap_or_default();
@@ -692,7 +700,7 @@ impl Bench {
         Ok(rows)
     }
 
-    async fn costs(&mut self) -> Result<Vec<CostRow>> {
+    async fn costs(&mut self) -> Result<Vec<CostSummary>> {
         let spec = Spec {
             latency: COST_LATENCY,
             ..Default::default()
@@ -722,33 +730,68 @@ impl Bench {
         }
         self.netem(None)?;
         self.meshsim(MAIN, &Spec::default()).await;
-        // The median round of each case, by softirq and by all CPU separately.
         Ok(runs
             .into_iter()
-            .map(|rows| {
-                let soft = sorted(&rows.iter().map(|r| r.softirq_ns).collect::<Vec<_>>());
-                let busy = sorted(&rows.iter().map(|r| r.busy_ns).collect::<Vec<_>>());
-                CostRow {
-                    name: rows[0].name,
-                    packets: rows.iter().map(|r| r.packets).sum(),
-                    softirq_ns: quantile(&soft, 0.5),
-                    busy_ns: quantile(&busy, 0.5),
-                }
+            .map(|rows| CostSummary {
+                name: rows[0].name,
+                packets: rows.iter().map(|r| r.packets).sum(),
+                busy_ns: sorted(&rows.iter().map(|r| r.busy_ns).collect::<Vec<_>>()),
+                softirq_ns: sorted(&rows.iter().map(|r| r.softirq_ns).collect::<Vec<_>>()),
             })
             .collect())
     }
 
-    fn cost_case(&self, name: &'static str, pair: (usize, usize)) -> Result<CostRow> {
-        let count = COST_PPS * scaled(COST_SECONDS);
-        // A burst every ms rather than a probe every 200 us: the sender's own wake-ups would
-        // cost more than the path under emulation.
-        let mut flow = Flow::new(pair, 5005, count, Duration::from_millis(1));
-        flow.burst = COST_PPS / 1000;
-        flow.drain = COST_LATENCY + Duration::from_millis(300);
+    /// UDP at `COST_PPS` over `pair`, sent in a burst every `COST_TICK` and read by a receiver
+    /// that wakes as often: under emulation each thread wake-up costs more than a packet's
+    /// path, so per-packet wake-ups (as the probes have) would bury what is measured.
+    fn cost_case(&self, name: &'static str, (a, b): (usize, usize)) -> Result<CostRow> {
+        let dst = SocketAddrV4::new(self.lab.nodes[b].ip, 5005);
+        let rx = self.lab.nodes[b].ns.run(move || UdpSocket::bind(dst))??;
+        set_int_option(&rx, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 16 << 20)?;
+        rx.set_nonblocking(true)?;
+        let tx = self.lab.nodes[a]
+            .ns
+            .run(|| UdpSocket::bind("0.0.0.0:0"))??;
+        let ticks = (scaled(COST_SECONDS) as u128 * 1000 / COST_TICK.as_millis()) as u32;
+        let burst = COST_PPS as u128 * COST_TICK.as_millis() / 1000;
+        let drain = COST_LATENCY + Duration::from_millis(300);
+        let done = AtomicBool::new(false);
         let before = CpuTimes::read()?;
-        let r = self.probe(&[flow])?;
+        let packets = std::thread::scope(|s| -> Result<u64> {
+            let receiver = s.spawn(|| -> Result<u64> {
+                let (mut n, mut buf, mut done_at) = (0u64, [0u8; 256], None);
+                loop {
+                    std::thread::sleep(COST_TICK);
+                    loop {
+                        match rx.recv(&mut buf) {
+                            Ok(_) => n += 1,
+                            Err(e) if is_timeout(&e) => break,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    if done.load(Ordering::Acquire)
+                        && done_at.get_or_insert_with(Instant::now).elapsed() >= drain
+                    {
+                        return Ok(n);
+                    }
+                }
+            });
+            let payload = [0u8; 64];
+            let start = Instant::now();
+            for tick in 1..=ticks {
+                for _ in 0..burst {
+                    tx.send_to(&payload, dst)?;
+                }
+                if let Some(wait) = (COST_TICK * tick).checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            done.store(true, Ordering::Release);
+            receiver
+                .join()
+                .map_err(|_| anyhow!("the cost receiver panicked"))?
+        })?;
         let after = CpuTimes::read()?;
-        let packets = r[0].delays_ms.len() as u64;
         ensure!(packets > 0, "{name}: nothing arrived");
         let (busy, softirq) = before.until(&after);
         Ok(CostRow {
@@ -787,6 +830,10 @@ impl Bench {
                 // Let the flow start first.
                 std::thread::sleep(Duration::from_millis(300));
                 let mut result = Ok(());
+                // Spread over RECONF_SPAN, so that most of the flow's packets cross a link that
+                // changed since the packet before (at full speed the changes take ~70 ms).
+                let every = scaled_time(RECONF_SPAN) / changes.max(1) as u32;
+                let start = Instant::now();
                 for i in 0..changes {
                     let t = Instant::now();
                     if let Err(e) = dp.upsert_link(key, port, &shapes[i % 2]) {
@@ -794,6 +841,9 @@ impl Bench {
                         break;
                     }
                     times.push(t.elapsed().as_secs_f64());
+                    if let Some(wait) = (every * (i as u32 + 1)).checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(300));
                 stop.store(true, Ordering::Relaxed);
@@ -926,9 +976,7 @@ struct Flow {
     to: usize,
     port: u16,
     count: u64,
-    /// `burst` probes leave every `gap`.
     gap: Duration,
-    burst: u64,
     /// How long the receiver keeps listening after the last probe was sent.
     drain: Duration,
 }
@@ -941,7 +989,6 @@ impl Flow {
             port,
             count,
             gap,
-            burst: 1,
             drain: Duration::from_millis(500),
         }
     }
@@ -1070,16 +1117,14 @@ fn probe(nodes: &[Node], flows: &[Flow], stop: Option<&AtomicBool>) -> Result<Ve
                     sched_setaffinity(Pid::from_raw(0), &cpu)?;
                     let mut msg = [0u8; 64];
                     let start = Instant::now();
-                    let (mut seq, mut tick) = (0u64, 0u32);
+                    let mut seq = 0u64;
                     while seq < f.count && !stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                        for _ in 0..f.burst.min(f.count - seq) {
-                            seq += 1;
-                            msg[0..8].copy_from_slice(&seq.to_le_bytes());
-                            msg[8..16].copy_from_slice(&realtime_ns().to_le_bytes());
-                            tx.send_to(&msg, dst)?;
-                        }
-                        tick = tick.saturating_add(1);
-                        if let Some(wait) = (f.gap * tick).checked_sub(start.elapsed()) {
+                        seq += 1;
+                        msg[0..8].copy_from_slice(&seq.to_le_bytes());
+                        msg[8..16].copy_from_slice(&realtime_ns().to_le_bytes());
+                        tx.send_to(&msg, dst)?;
+                        let due = f.gap.saturating_mul(seq.min(u32::MAX as u64) as u32);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
                             std::thread::sleep(wait);
                         }
                     }
@@ -1159,7 +1204,9 @@ struct Goodput {
     /// The receiver's reads between its first and last read inside the window, in bit/s.
     read_bps: f64,
     /// meshsim only: what the link's counters accepted over the window, on the wire, in
-    /// bit/s, and the packets its queue limit dropped then.
+    /// bit/s, and the packets its queue limit dropped then (progress lines only: counted on
+    /// acceptance, it differs from what left by the change in the queue's fill, up to 200 ms
+    /// of data).
     link: Option<(f64, u64)>,
 }
 
@@ -1529,6 +1576,30 @@ impl Reference {
         }
     }
 
+    /// Where the density jumps.
+    fn jumps(&self) -> Vec<f64> {
+        match self {
+            Reference::Uniform { lo, hi } => vec![*lo, *hi],
+            // The lower end of the pareto: 1.5 + PARETO_SD · (x − latency) / jitter = 1.
+            Reference::Pareto { latency, jitter } => vec![latency - 0.5 * jitter / PARETO_SD],
+            Reference::Normal { .. } | Reference::Table { .. } => Vec::new(),
+        }
+    }
+
+    /// The median, by bisection on the CDF.
+    fn median(&self) -> f64 {
+        let (mut lo, mut hi) = (-1e4, 1e4);
+        for _ in 0..100 {
+            let mid = (lo + hi) / 2.0;
+            if self.cdf(mid) < 0.5 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo + hi) / 2.0
+    }
+
     fn mean_sd(&self) -> (f64, f64) {
         match self {
             Reference::Normal { mean, sd } => (*mean, *sd),
@@ -1604,6 +1675,9 @@ struct JitterFigures {
     mean_ms: f64,
     sd_ms: f64,
     ks: f64,
+    /// KS after moving the samples' median onto the configured one: the shape alone, without
+    /// the common lateness of the VM's timers.
+    ks_aligned: f64,
     reordered: u64,
     reference: Reference,
     /// Delays minus the unshaped path's median, for the plot.
@@ -1636,6 +1710,10 @@ impl JitterFigures {
             mean_ms: mean,
             sd_ms: sd,
             ks: ks(&s, |x| reference.cdf(x)),
+            ks_aligned: {
+                let shift = quantile(&s, 0.5) - reference.median();
+                ks(&s, |x| reference.cdf(x - shift))
+            },
             reordered: p.reordered,
             reference,
             delays_ms: delays,
@@ -1665,8 +1743,6 @@ struct TcpRow {
     rate_bps: u64,
     flows: usize,
     meshsim_bps: f64,
-    /// The link's counters over the window: wire bit/s accepted, queue drops.
-    meshsim_link: Option<(f64, u64)>,
     netem_bps: f64,
 }
 
@@ -1688,11 +1764,20 @@ struct LossRow {
     netem_lost: u64,
 }
 
+/// One round of one cost case.
 struct CostRow {
     name: &'static str,
     packets: u64,
     softirq_ns: f64,
     busy_ns: f64,
+}
+
+/// A cost case over all rounds: per-packet figures, sorted.
+struct CostSummary {
+    name: &'static str,
+    packets: u64,
+    busy_ns: Vec<f64>,
+    softirq_ns: Vec<f64>,
 }
 
 struct ReconfRow {
@@ -1740,7 +1825,7 @@ struct Report {
     tcp_latency: Vec<TcpRow>,
     rate: Vec<TcpRow>,
     loss: Vec<LossRow>,
-    cost: Vec<CostRow>,
+    cost: Vec<CostSummary>,
     reconf: Vec<ReconfRow>,
 }
 
@@ -1892,6 +1977,7 @@ impl Report {
              meshsim's default jitter is time-correlated (correlation time T = {corr_ms:.0} ms here, 8 × the jitter), so one stream gives only about {secs} s / T independent values: {} meshsim links run side by side (their processes are independent) and are pooled. \
              \"Effective\" is that count of independent values; the KS noise level is the distance that many independent samples stay under 99% of the time (1.63/√n). \
              KS is against the configured distribution as each shaper defines it: normal N(50, 10); uniform 40..60 ms; pareto: meshsim's is shape 3 standardised to sd 10 ms, netem's is its pareto.dist table (sd 8.2 ms, mean −0.3 ms, cut at 4 × the jitter). \
+             \"KS, median aligned\" moves the samples so their median is the configured one: what is left is the shape alone, without the lateness every held packet gets from the VM's timers (the p50 delay error above), which at pareto's sharp lower edge (density 0.26/ms) alone makes a KS of about 0.26 × the shift in ms. \
              Target: KS ≤ 0.05 and, for meshsim's default, 0 reordered.\n",
             JITTER_GAP.as_millis(),
             CORRELATED.len()
@@ -1899,7 +1985,7 @@ impl Report {
         .unwrap();
         writeln!(
             o,
-            "| distribution | shaper | probes (effective) | mean − 50 ms (configured) | sd (configured) | KS (noise level) | reordered |\n|---|---|---|---|---|---|---|"
+            "| distribution | shaper | probes (effective) | mean − 50 ms (configured) | sd (configured) | KS (noise level) | KS, median aligned | reordered |\n|---|---|---|---|---|---|---|---|"
         )
         .unwrap();
         for c in &self.jitter {
@@ -1912,7 +1998,7 @@ impl Report {
                 };
                 writeln!(
                     o,
-                    "| {} | {} | {} ({}) | {:+.2} ms ({:+.2}) | {:.2} ms ({csd:.2}) | {:.3} {} ({:.3}) | {reordered} |",
+                    "| {} | {} | {} ({}) | {:+.2} ms ({:+.2}) | {:.2} ms ({csd:.2}) | {:.3} {} ({:.3}) | {:.3} | {reordered} |",
                     dist_name(c.dist),
                     r.name,
                     r.probes,
@@ -1923,6 +2009,7 @@ impl Report {
                     r.ks,
                     mark(r.ks <= 0.05),
                     r.ks_noise(),
+                    r.ks_aligned,
                 )
                 .unwrap();
             }
@@ -2021,30 +2108,39 @@ impl Report {
         }
         writeln!(
             o,
-            "## Cost\n\nUDP 64-byte payloads at {COST_PPS} pkt/s ({} every ms) for {} s over a 10 ms link; {COST_ROUNDS} rounds of the three cases interleaved, each case's median round shown (packets: all rounds). CPU time of the whole VM per packet received, from /proc/stat: busy = wall time × CPUs − idle, which the kernel accounts exactly (it includes the probe programs' own sending and receiving, the same in every case, hence the column minus unshaped); softirq as the tick samples it, which is coarse.\n",
-            COST_PPS / 1000,
+            "## Cost\n\nUDP 64-byte payloads at {COST_PPS} pkt/s ({} every {} ms, read as often) for {} s over a 10 ms link; {COST_ROUNDS} rounds of the three cases interleaved; the median over rounds and their range (packets: all rounds). CPU time of the whole VM per packet received, from /proc/stat: busy = wall time × CPUs − idle, which the kernel accounts exactly (it includes the probe programs' own sending and receiving, the same in every case, hence the column minus unshaped); softirq as the tick samples it, which is coarse. A shaper delivers each held burst from one timer event while the unshaped path delivers every packet inside its send call, so a shaped path can cost less per packet than the unshaped one under emulation; compare meshsim with netem.\n",
+            COST_PPS as u128 * COST_TICK.as_millis() / 1000,
+            COST_TICK.as_millis(),
             scaled(COST_SECONDS)
         )
         .unwrap();
         writeln!(
             o,
-            "| shaper | packets | busy CPU ns/pkt | minus unshaped | softirq ns/pkt (tick-sampled) | minus unshaped |\n|---|---|---|---|---|---|"
+            "| shaper | packets | busy CPU per packet: median (rounds' range) | median minus unshaped | softirq per packet, tick-sampled | minus unshaped |\n|---|---|---|---|---|---|"
         )
         .unwrap();
-        let (base_soft, base_busy) = self
-            .cost
-            .first()
-            .map_or((0.0, 0.0), |c| (c.softirq_ns, c.busy_ns));
+        let median = |v: &[f64]| quantile(v, 0.5);
+        let range = |v: &[f64]| {
+            format!(
+                "{:.1} us ({:.1}..{:.1})",
+                median(v) / 1e3,
+                v[0] / 1e3,
+                v[v.len() - 1] / 1e3
+            )
+        };
+        let Some(base) = self.cost.first() else {
+            return;
+        };
         for c in &self.cost {
             writeln!(
                 o,
-                "| {} | {} | {:.0} | {:+.0} | {:.0} | {:+.0} |",
+                "| {} | {} | {} | {:+.1} us | {} | {:+.1} us |",
                 c.name,
                 c.packets,
-                c.busy_ns,
-                c.busy_ns - base_busy,
-                c.softirq_ns,
-                c.softirq_ns - base_soft,
+                range(&c.busy_ns),
+                (median(&c.busy_ns) - median(&base.busy_ns)) / 1e3,
+                range(&c.softirq_ns),
+                (median(&c.softirq_ns) - median(&base.softirq_ns)) / 1e3,
             )
             .unwrap();
         }
@@ -2096,7 +2192,7 @@ fn micros(us: f64) -> String {
 fn tcp_md(o: &mut String, rows: &[TcpRow]) {
     writeln!(
         o,
-        "| rate | flows | expected goodput | meshsim | netem | meshsim's link counters: wire rate, queue drops |\n|---|---|---|---|---|---|"
+        "| rate | flows | expected goodput | meshsim | netem |\n|---|---|---|---|---|"
     )
     .unwrap();
     for r in rows {
@@ -2104,16 +2200,9 @@ fn tcp_md(o: &mut String, rows: &[TcpRow]) {
             let e = r.error_pct(v);
             format!("{} ({e:+.1}%) {}", bits(v), mark(e.abs() <= 2.0))
         };
-        let link = r.meshsim_link.map_or("-".to_owned(), |(bps, drops)| {
-            format!(
-                "{} ({:+.1}% of the rate), {drops}",
-                bits(bps),
-                (bps / r.rate_bps as f64 - 1.0) * 100.0
-            )
-        });
         writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {link} |",
+            "| {} | {} | {} | {} | {} |",
             bits(r.rate_bps as f64),
             r.flows,
             bits(r.expected()),
@@ -2127,12 +2216,19 @@ fn tcp_md(o: &mut String, rows: &[TcpRow]) {
 
 // ---- the plot -----------------------------------------------------------------------------
 
-const PLOT_RANGE: (f64, f64) = (20.0, 100.0);
 const PLOT_BIN_MS: f64 = 1.0;
 
-/// Step outline of the histogram of `delays`, as densities per ms.
-fn histogram(delays: &[f64]) -> Vec<(f64, f64)> {
-    let (lo, hi) = PLOT_RANGE;
+/// The delays (ms) a distribution's panel shows.
+fn plot_range(dist: JitterDist) -> (f64, f64) {
+    match dist {
+        JitterDist::Uniform => (30.0, 70.0),
+        JitterDist::Pareto | JitterDist::ParetoNormal => (40.0, 100.0),
+        JitterDist::Normal => (10.0, 90.0),
+    }
+}
+
+/// Step outline of the histogram of `delays` over `(lo, hi)`, as densities per ms.
+fn histogram(delays: &[f64], (lo, hi): (f64, f64)) -> Vec<(f64, f64)> {
     let bins = ((hi - lo) / PLOT_BIN_MS) as usize;
     let mut counts = vec![0u64; bins];
     for &d in delays {
@@ -2152,12 +2248,23 @@ fn histogram(delays: &[f64]) -> Vec<(f64, f64)> {
     points
 }
 
-fn curve(reference: &Reference) -> Vec<(f64, f64)> {
-    let (lo, hi) = PLOT_RANGE;
-    (0..=800)
+/// The density of `reference` over `(lo, hi)`. Where it jumps, the curve gets an exactly
+/// vertical segment: plotters draws a thick, steep but not vertical segment past the end of the
+/// axis.
+fn curve(reference: &Reference, (lo, hi): (f64, f64)) -> Vec<(f64, f64)> {
+    let mut points: Vec<(f64, f64)> = (0..=800)
         .map(|i| lo + (hi - lo) * i as f64 / 800.0)
         .map(|x| (x, reference.density(x)))
-        .collect()
+        .collect();
+    for edge in reference.jumps() {
+        if edge > lo && edge < hi {
+            let at = points.partition_point(|p| p.0 < edge);
+            let below = reference.density(edge - 1e-9);
+            let above = reference.density(edge + 1e-9);
+            points.splice(at..at, [(edge, below), (edge, above)]);
+        }
+    }
+    points
 }
 
 /// One line of a panel and its legend.
@@ -2184,23 +2291,24 @@ fn plot(path: &Path, cases: &[JitterCase], netem_pareto: &[f64]) -> Result<()> {
         RGBColor(214, 39, 40),
     ];
     for (area, case) in body.split_evenly((1, cases.len())).iter().zip(cases) {
+        let range = plot_range(case.dist);
         let mut curves = vec![Curve {
             name: format!("configured ({})", dist_name(case.dist)),
-            points: curve(&case.rows[0].reference),
+            points: curve(&case.rows[0].reference, range),
             style: BLACK.stroke_width(2),
         }];
         if case.dist == JitterDist::Pareto {
             let table = Reference::new(case.dist, Shaper::Netem, netem_pareto);
             curves.push(Curve {
                 name: "configured, netem's pareto table".to_owned(),
-                points: curve(&table),
+                points: curve(&table, range),
                 style: RGBColor(150, 150, 150).stroke_width(2),
             });
         }
         for (row, colour) in case.rows.iter().zip(colours) {
             curves.push(Curve {
                 name: format!("{} (n={})", row.name, row.probes),
-                points: histogram(&row.delays_ms),
+                points: histogram(&row.delays_ms, range),
                 style: colour.stroke_width(1),
             });
         }
@@ -2214,7 +2322,7 @@ fn plot(path: &Path, cases: &[JitterCase], netem_pareto: &[f64]) -> Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(58)
-            .build_cartesian_2d(PLOT_RANGE.0..PLOT_RANGE.1, 0.0..top.max(1e-3))?;
+            .build_cartesian_2d(range.0..range.1, 0.0..top.max(1e-3))?;
         chart
             .configure_mesh()
             .x_desc("one-way delay (ms)")
