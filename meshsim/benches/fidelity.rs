@@ -88,6 +88,9 @@ const PINGS: u32 = 20;
 const JITTER_LATENCY: Duration = Duration::from_millis(50);
 const JITTER: Duration = Duration::from_millis(10);
 const JITTER_SECONDS: u64 = 60;
+/// Pareto's correlation time is 4 × normal's (the classifier's minimum for heavy tails), so its
+/// probes run longer to keep some of the effective samples.
+const JITTER_SECONDS_PARETO: u64 = 120;
 const JITTER_GAP: Duration = Duration::from_millis(10);
 const REORDER_PROBES: u64 = 10_000;
 const REORDER_GAP: Duration = Duration::from_millis(1);
@@ -505,11 +508,12 @@ impl Bench {
             };
             self.meshsim(INDEPENDENT, &independent).await;
             self.netem(Some(&spec))?;
-            let count = scaled(JITTER_SECONDS) * 1000 / JITTER_GAP.as_millis() as u64;
+            let seconds = scaled(jitter_seconds(dist));
+            let count = seconds * 1000 / JITTER_GAP.as_millis() as u64;
             self.say(format_args!(
                 "jitter {}: {} s of probes on {} meshsim links (correlated), 1 (independent), netem and the unshaped pair, at once",
                 dist_name(dist),
-                scaled(JITTER_SECONDS),
+                seconds,
                 CORRELATED.len()
             ));
             let flows: Vec<Flow> = CORRELATED
@@ -539,7 +543,7 @@ impl Bench {
                         &corr,
                         &control,
                         reference(Shaper::Meshsim),
-                        Some((CORRELATED.len(), correlation)),
+                        Some((CORRELATED.len(), seconds as f64 / correlation)),
                     ),
                     JitterFigures::new(
                         "meshsim independent",
@@ -1685,7 +1689,7 @@ struct JitterFigures {
 }
 
 impl JitterFigures {
-    /// `correlated`: (links pooled, correlation time in s) for meshsim's default mode.
+    /// `correlated`: (links pooled, correlation times each link ran) for meshsim's default mode.
     fn new(
         name: &'static str,
         p: &Probed,
@@ -1698,9 +1702,7 @@ impl JitterFigures {
         let (mean, sd) = mean_sd(&s);
         let effective = match correlated {
             // Each link's process gives about one independent value per correlation time.
-            Some((links, t)) => {
-                ((links as f64 * scaled(JITTER_SECONDS) as f64 / t) as usize).min(s.len())
-            }
+            Some((links, times)) => ((links as f64 * times) as usize).min(s.len()),
             None => s.len(),
         };
         JitterFigures {
@@ -1962,19 +1964,26 @@ impl Report {
         if self.jitter.is_empty() {
             return;
         }
-        let corr_ms = Spec {
-            jitter: JITTER,
-            ..Default::default()
-        }
-        .shape()
-        .to_params(0)
-        .jitter_corr_ns as f64
-            / 1e6;
-        let secs = scaled(JITTER_SECONDS);
+        let corr_ms = |dist| {
+            Spec {
+                jitter: JITTER,
+                dist,
+                ..Default::default()
+            }
+            .shape()
+            .to_params(0)
+            .jitter_corr_ns as f64
+                / 1e6
+        };
+        let (normal_ms, pareto_ms) = (corr_ms(JitterDist::Normal), corr_ms(JitterDist::Pareto));
+        let (secs, pareto_secs) = (
+            scaled(jitter_seconds(JitterDist::Normal)),
+            scaled(jitter_seconds(JitterDist::Pareto)),
+        );
         writeln!(
             o,
-            "## Jitter: 50 ms ± 10 ms\n\nProbes every {} ms for {secs} s; every shaper of a distribution at once, with the unshaped pair, whose median is subtracted. \
-             meshsim's default jitter is time-correlated (correlation time T = {corr_ms:.0} ms here, 8 × the jitter), so one stream gives only about {secs} s / T independent values: {} meshsim links run side by side (their processes are independent) and are pooled. \
+            "## Jitter: 50 ms ± 10 ms\n\nProbes every {} ms for {secs} s ({pareto_secs} s for pareto); every shaper of a distribution at once, with the unshaped pair, whose median is subtracted. \
+             meshsim's default jitter is time-correlated (correlation time T = {normal_ms:.0} ms here, 8 × the jitter; {pareto_ms:.0} ms, 32 × the jitter, for pareto, whose steep tail needs the slower process to keep departures in order without clamping), so one stream gives only about the probing time / T independent values: {} meshsim links run side by side (their processes are independent) and are pooled. \
              \"Effective\" is that count of independent values; the KS noise level is the distance that many independent samples stay under 99% of the time (1.63/√n). \
              KS is against the configured distribution as each shaper defines it: normal N(50, 10); uniform 40..60 ms; pareto: meshsim's is shape 3 standardised to sd 10 ms, netem's is its pareto.dist table (sd 8.2 ms, mean −0.3 ms, cut at 4 × the jitter). \
              \"KS, median aligned\" moves the samples so their median is the configured one: what is left is the shape alone, without the lateness every held packet gets from the VM's timers (the p50 delay error above), which at pareto's sharp lower edge (density 0.26/ms) alone makes a KS of about 0.26 × the shift in ms. \
@@ -2217,6 +2226,13 @@ fn tcp_md(o: &mut String, rows: &[TcpRow]) {
 // ---- the plot -----------------------------------------------------------------------------
 
 const PLOT_BIN_MS: f64 = 1.0;
+
+fn jitter_seconds(dist: JitterDist) -> u64 {
+    match dist {
+        JitterDist::Pareto | JitterDist::ParetoNormal => JITTER_SECONDS_PARETO,
+        JitterDist::Normal | JitterDist::Uniform => JITTER_SECONDS,
+    }
+}
 
 /// The delays (ms) a distribution's panel shows.
 fn plot_range(dist: JitterDist) -> (f64, f64) {

@@ -50,7 +50,7 @@ pub fn run() -> Result<()> {
     }
     wait_for_other_vms();
     eprintln!(
-        "fidelity: the report takes ~12 minutes in the VM (vm.rs allows 15); progress follows"
+        "fidelity: the report takes ~14 minutes in the VM (vm.rs allows 20); progress follows"
     );
     let stop = AtomicBool::new(false);
     let result = std::thread::scope(|s| {

@@ -430,4 +430,63 @@ mod tests {
             "independent samples 10 ms apart must reorder, got {reordered}"
         );
     }
+
+    /// Kolmogorov-Smirnov distance of `samples` from `cdf`.
+    fn ks(samples: &[f64], cdf: impl Fn(f64) -> f64) -> f64 {
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len() as f64;
+        s.iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let f = cdf(x);
+                (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// 50 ms ± 10 ms of a heavy-tailed distribution, correlated.
+    fn heavy_link(dist: JitterDist) -> LinkParams {
+        LinkShape {
+            latency: Duration::from_millis(50),
+            jitter: Duration::from_millis(10),
+            jitter_dist: dist,
+            ..Default::default()
+        }
+        .to_params(0)
+    }
+
+    #[test]
+    fn heavy_tailed_jitter_gets_a_correlation_time_that_keeps_the_clamp_rare() {
+        let pn = ParetoNormalCdf::new();
+        let standard_cdf = |dist: JitterDist, x: f64| match dist {
+            JitterDist::Pareto => pareto_cdf(x),
+            _ => {
+                let i = pn.xs.partition_point(|&v| v < x).min(pn.xs.len() - 1);
+                pn.cdf[i]
+            }
+        };
+        for dist in [JitterDist::Pareto, JitterDist::ParetoNormal] {
+            let link = heavy_link(dist);
+            // 100 and 1000 packets/s, 200,000 packets each.
+            for gap in [10_000_000u64, 1_000_000] {
+                let d = delays(&link, 200_000, gap);
+                let held = clamped(&d, gap as f64);
+                assert!(
+                    held < 200,
+                    "{dist:?} every {gap} ns: the clamp acted {held} times"
+                );
+                if gap == 10_000_000 {
+                    let ks = ks(&d, |x| standard_cdf(dist, (x - 50e6) / 10e6));
+                    assert!(ks < 0.02, "{dist:?}: KS {ks}");
+                }
+            }
+            // Why the longer time: at normal's 8 × the jitter the clamp acts on ~1%.
+            let mut short = link;
+            short.jitter_corr_ns = 80_000_000;
+            short.jitter_phase_q32 = meshsim_common::jitter_phase_q32(short.jitter_corr_ns);
+            let held = clamped(&delays(&short, 200_000, 10_000_000), 10e6);
+            assert!(held > 1000, "{dist:?} at 8 × the jitter: {held} clamps");
+        }
+    }
 }
