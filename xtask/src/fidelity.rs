@@ -10,6 +10,10 @@
 //! `MESHSIM_FIDELITY_QUICK=1` makes a smoke run (every count and duration a tenth), to check
 //! the machinery in ~3 minutes; its report says so. `MESHSIM_FIDELITY_ONLY=rate,loss` runs only
 //! those sections (delay, jitter, reorder, tcp, rate, loss, cost, reconf).
+//!
+//! A full run (neither of those) also puts the report into README.md, between the
+//! `<!-- fidelity:start -->` and `<!-- fidelity:end -->` markers, and its plot at
+//! `docs/fidelity.png`, so the README always shows the latest full table.
 
 use std::{
     fs,
@@ -25,6 +29,11 @@ use crate::{cargo, vm};
 const QUICK_ENV: &str = "MESHSIM_FIDELITY_QUICK";
 const ONLY_ENV: &str = "MESHSIM_FIDELITY_ONLY";
 const FILES: [&str; 2] = ["fidelity.md", "fidelity.png"];
+const README_START: &str = "<!-- fidelity:start -->";
+const README_END: &str = "<!-- fidelity:end -->";
+const README_PLOT: &str = "docs/fidelity.png";
+/// How often the host's load average is sampled while the VM runs.
+const LOAD_EVERY: Duration = Duration::from_secs(10);
 
 pub fn run() -> Result<()> {
     let exes = cargo::bench_executables(&["bench", "-p", "meshsim", "--bench", "fidelity"])?;
@@ -42,24 +51,26 @@ pub fn run() -> Result<()> {
         format!("--progress={}", progress.display()),
         format!("--host={}", host()),
     ];
+    let mut full = true;
     if std::env::var_os(QUICK_ENV).is_some_and(|v| v != "0") {
         args.push("--quick".to_owned());
+        full = false;
     }
     if let Ok(only) = std::env::var(ONLY_ENV) {
         args.push(format!("--only={only}"));
+        full = false;
     }
     wait_for_other_vms();
     eprintln!(
         "fidelity: the report takes ~14 minutes in the VM (vm.rs allows 20); progress follows"
     );
     let stop = AtomicBool::new(false);
-    let result = std::thread::scope(|s| {
+    let (result, loads) = std::thread::scope(|s| {
         let follower = s.spawn(|| follow(&progress, &stop));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let result = vm::run(&args);
         stop.store(true, Ordering::Relaxed);
-        let _ = follower.join();
-        result
+        (result, follower.join().unwrap_or_default())
     });
     result?;
     let out = root.join("target/fidelity");
@@ -75,13 +86,94 @@ pub fn run() -> Result<()> {
             .with_context(|| format!("the VM wrote no {f} in {}", guest_out.display()))?;
         println!("{f}: {}", out.join(f).display());
     }
+    let md_path = out.join("fidelity.md");
+    let md = with_host_load(&fs::read_to_string(&md_path)?, &loads);
+    fs::write(&md_path, &md)?;
+    if full {
+        update_readme(&root, &md)?;
+        if out.join("fidelity.png").exists() {
+            fs::create_dir_all(root.join("docs"))?;
+            fs::copy(out.join("fidelity.png"), root.join(README_PLOT))?;
+        }
+        println!("README.md: the fidelity section now shows this run; plot at {README_PLOT}");
+    }
     Ok(())
 }
 
-/// Prints the complete lines `path` gains until `stop` is set (and once more after).
-fn follow(path: &Path, stop: &AtomicBool) {
+/// The report with a line on the host's load while it ran: the VM's figures depend on it.
+fn with_host_load(md: &str, loads: &[f64]) -> String {
+    if loads.is_empty() {
+        return md.to_owned();
+    }
+    let mut sorted = loads.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let line = format!(
+        "Host load while it ran (1-minute load average, every {} s; the VM itself keeps about 2 busy): median {:.1}, max {:.1}.",
+        LOAD_EVERY.as_secs(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+    // After the paragraph that says where the run came from.
+    match md
+        .find("\n\n")
+        .and_then(|h| md[h + 2..].find("\n\n").map(|p| h + 2 + p))
+    {
+        Some(at) => format!("{}\n\n{line}{}", &md[..at], &md[at..]),
+        None => format!("{md}\n{line}\n"),
+    }
+}
+
+/// Puts `md` into README.md between its markers.
+fn update_readme(root: &Path, md: &str) -> Result<()> {
+    let path = root.join("README.md");
+    let readme = fs::read_to_string(&path)?;
+    fs::write(&path, splice_readme(&readme, md)?)?;
+    Ok(())
+}
+
+/// `readme` with `md` (its title dropped, every heading one level down) and the plot between
+/// the markers.
+fn splice_readme(readme: &str, md: &str) -> Result<String> {
+    let (Some(start), Some(end)) = (readme.find(README_START), readme.find(README_END)) else {
+        bail!(
+            "README.md has no {README_START} ... {README_END} markers: add them where the fidelity table belongs"
+        );
+    };
+    let body: String = md
+        .lines()
+        .filter(|l| !l.starts_with("# "))
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("#{l}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    Ok(format!(
+        "{}{README_START}\n{}\n![Delay distributions: configured, meshsim, netem]({README_PLOT})\n\n{}",
+        &readme[..start],
+        body.trim(),
+        &readme[end..]
+    ))
+}
+
+/// Prints the complete lines `path` gains until `stop` is set (and once more after); returns
+/// the host's load average, sampled every `LOAD_EVERY`.
+fn follow(path: &Path, stop: &AtomicBool) -> Vec<f64> {
     let mut shown = 0;
+    let mut loads = Vec::new();
+    let mut last_load: Option<std::time::Instant> = None;
     loop {
+        if last_load.is_none_or(|t| t.elapsed() >= LOAD_EVERY) {
+            last_load = Some(std::time::Instant::now());
+            if let Some(load) = fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            {
+                loads.push(load);
+            }
+        }
         let last = stop.load(Ordering::Relaxed);
         if let Ok(text) = fs::read(path)
             && let Some(end) = text.iter().rposition(|&b| b == b'\n')
@@ -91,7 +183,7 @@ fn follow(path: &Path, stop: &AtomicBool) {
             shown = end + 1;
         }
         if last {
-            return;
+            return loads;
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -149,4 +241,41 @@ fn host() -> String {
         "{model}, {cores} cores, {mem_gib:.0} GiB, Linux {}",
         kernel.trim()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MD: &str =
+        "# Fidelity: meshsim vs netem\n\nRun 2026-11-22.\n\nBoth columns.\n\n## Loss\n\n| a |\n";
+
+    #[test]
+    fn the_host_load_goes_after_the_first_paragraph() {
+        let md = with_host_load(MD, &[2.0, 3.5, 2.5]);
+        assert!(
+            md.contains("Run 2026-11-22.\n\nHost load while it ran"),
+            "{md}"
+        );
+        assert!(md.contains("median 2.5, max 3.5"), "{md}");
+        assert_eq!(with_host_load(MD, &[]), MD);
+    }
+
+    #[test]
+    fn the_readme_gets_the_report_between_its_markers_and_nothing_else_changes() {
+        let readme = format!("intro\n## Fidelity\n{README_START}\nold\n{README_END}\n## Layout\n");
+        let new = splice_readme(&readme, MD).unwrap();
+        assert!(new.starts_with("intro\n## Fidelity\n"), "{new}");
+        assert!(
+            new.ends_with(&format!("{README_END}\n## Layout\n")),
+            "{new}"
+        );
+        assert!(!new.contains("old"), "{new}");
+        assert!(!new.contains("# Fidelity: meshsim"), "{new}");
+        assert!(new.contains("\n### Loss\n"), "{new}");
+        assert!(new.contains(README_PLOT), "{new}");
+        // Splicing again replaces, never accumulates.
+        assert_eq!(splice_readme(&new, MD).unwrap(), new);
+        assert!(splice_readme("no markers", MD).is_err());
+    }
 }
