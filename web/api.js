@@ -48,7 +48,8 @@ async function call(method, path, body) {
 
 export const api = {
   state: () => call("GET", "/api/state"),
-  createNode: (x, y) => call("POST", "/api/nodes", { x, y }),
+  // `workload`: "none", or the run's workload; left out (null), the node runs the run's.
+  createNode: (x, y, workload) => call("POST", "/api/nodes", workload ? { x, y, workload } : { x, y }),
   moveNode: (id, x, y) => call("PATCH", `/api/nodes/${id}`, { x, y }),
   deleteNode: (id) => call("DELETE", `/api/nodes/${id}`),
   node: (id) => call("GET", `/api/nodes/${id}`),

@@ -252,7 +252,7 @@ export class Interaction {
     const temp = this.#store.addPending(x, y);
     this.#store.select(null);
     api
-      .createNode(x, y)
+      .createNode(x, y, this.#store.newNodeWorkload)
       .then((node) => this.#store.confirmPending(temp, node))
       .catch((err) => {
         this.#store.dropPending(temp);

@@ -1,6 +1,7 @@
 // The sidebar and the page chrome: the selected link's parameters with Pin/Unpin, the
-// selected node's facts and routes, the settings form, topology save/load, the banners, the
-// connection badge and the error toasts.
+// selected node's facts (what it runs among them) and routes, the settings form with the
+// choice of what new nodes run, topology save/load, the run's backend and workload, the
+// banners, the connection badge and the error toasts.
 //
 // Inputs the user is editing are never overwritten by incoming state: a field counts as
 // edited from its first keystroke until it is applied or the selection changes.
@@ -55,6 +56,7 @@ export class Panels {
     this.#actions = actions;
     this.#buildLinkFields();
     this.#wireSettings();
+    this.#wireNewNodes();
     this.#wireTopology();
     for (const b of document.querySelectorAll("[data-close]")) b.addEventListener("click", () => store.select(null));
     $("unpin-all").addEventListener("click", () => this.#unpin(null));
@@ -86,6 +88,7 @@ export class Panels {
     $("banner").hidden = s.delaysEnforced;
     $("counts").textContent = `${s.nodes.size} node${s.nodes.size === 1 ? "" : "s"} · ${s.links.length} link${s.links.length === 1 ? "" : "s"}`;
     $("hint").hidden = s.nodes.size > 0 || s.pending.size > 0;
+    this.#fillRun();
     if (!this.#settingsDirty) this.#fillSettings();
     const sel = s.selection;
     if (sel?.kind === "link") this.#fillLink(false);
@@ -261,6 +264,7 @@ export class Panels {
     $("node-title").textContent = `Node ${n.name}`;
     $("node-ip").textContent = n.ip ?? "–";
     $("node-mac").textContent = n.mac ?? "–";
+    $("node-workload").textContent = n.workload === "none" && s.run?.workload !== "none" ? "nothing (a bare router)" : (n.workload ?? "–");
     $("node-pos").textContent = `${p.x.toFixed(1)}, ${p.y.toFixed(1)}`;
   }
 
@@ -312,6 +316,26 @@ export class Panels {
       rows.push(tr);
     }
     $("node-routes").replaceChildren(...rows);
+  }
+
+  // ---- the run: backend, workload, what new nodes run ----
+
+  #wireNewNodes() {
+    $("new-workload").addEventListener("change", (e) => {
+      this.#store.newNodeWorkload = e.target.value === "none" ? "none" : null;
+    });
+  }
+
+  /** The run's backend and workload in the top bar; the choice for new nodes when there is one. */
+  #fillRun() {
+    const run = this.#store.run;
+    if (!run) return;
+    $("run").textContent = `${run.backend} · ${run.workload === "none" ? "no workload" : run.workload}`;
+    const choice = run.workload !== "none";
+    $("new-workload-row").hidden = !choice;
+    $("new-workload-run").value = run.workload;
+    $("new-workload-run").textContent = run.workload;
+    $("new-workload").value = choice && this.#store.newNodeWorkload === "none" ? "none" : run.workload;
   }
 
   // ---- settings ----

@@ -16,7 +16,11 @@ export function linkKey(a, b) {
 
 export class Store extends EventTarget {
   settings = null;
-  /** id -> {id, name, x, y, ip, mac} */
+  /** How meshsim was started: {backend, workload}; fixed for the run. */
+  run = null;
+  /** What a node added by a click runs: null (the run's workload) or "none". */
+  newNodeWorkload = null;
+  /** id -> {id, name, x, y, ip, mac, workload} */
   nodes = new Map();
   links = [];
   /** linkKey -> link */
@@ -52,6 +56,9 @@ export class Store extends EventTarget {
       this.version = version;
     }
     this.settings = body.settings ?? this.settings;
+    this.run = body.run ?? this.run;
+    // A restarted meshsim may have no workload to turn off.
+    if (this.run?.workload === "none") this.newNodeWorkload = null;
     this.delaysEnforced = body.delays_enforced !== false;
 
     const nodes = new Map();

@@ -1,6 +1,6 @@
 //! `meshsim check`: what this machine has of what meshsim needs, each with a fix.
 
-use std::path::Path;
+use std::{path::Path, process::Command};
 
 use anyhow::{Result, bail};
 use meshsim::{
@@ -93,6 +93,10 @@ pub async fn run() -> Result<()> {
             ),
         },
     });
+    let warnings = bridge_filter_warnings(
+        iptables_forward_policy().as_deref(),
+        bridge_nf_call_iptables(),
+    );
     for l in &lines {
         let status = match (l.ok, l.soft) {
             (true, _) => "ok",
@@ -101,8 +105,120 @@ pub async fn run() -> Result<()> {
         };
         println!("{status:<8} {:<16} {}", l.what, l.detail);
     }
+    if warnings.is_empty() {
+        println!(
+            "{:<8} {:<16} bridged frames are not filtered by iptables",
+            "ok", "host firewall"
+        );
+    }
+    for w in &warnings {
+        println!("{:<8} {:<16} {w}", "WARNING", "host firewall");
+    }
     if lines.iter().any(|l| !l.ok && !l.soft) {
         bail!("some checks failed: see the lines above for what to do");
     }
     Ok(())
+}
+
+/// Where the kernel says whether frames crossing a bridge go through iptables; it exists only
+/// while `br_netfilter` is loaded.
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// `Some(true)` when br_netfilter is loaded and hands bridged IPv4 frames to iptables;
+/// `None` when it is not loaded (or the file cannot be read).
+fn bridge_nf_call_iptables() -> Option<bool> {
+    let value = std::fs::read_to_string(BRIDGE_NF_CALL_IPTABLES).ok()?;
+    Some(value.trim() != "0")
+}
+
+/// The policy of the iptables FORWARD chain (`ACCEPT`, `DROP`), if iptables is installed
+/// and answers.
+///
+/// This runs `iptables -S FORWARD`, a read-only diagnostic of `check` only. The chain lives
+/// in one of two kernel interfaces, chosen by which `iptables` the host has: nf_tables (read
+/// over netlink) or legacy x_tables (read through getsockopt on a raw socket); dockerd writes
+/// its rules through that same binary. Asking the binary sees what dockerd set whichever
+/// backend it is; reading one interface directly would miss the other.
+fn iptables_forward_policy() -> Option<String> {
+    let out = Command::new("iptables")
+        .args(["-S", "FORWARD"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    forward_policy(&String::from_utf8_lossy(&out.stdout)).map(str::to_owned)
+}
+
+/// The policy in `iptables -S FORWARD`'s output, whose policy line is `-P FORWARD DROP`.
+fn forward_policy(listing: &str) -> Option<&str> {
+    listing.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("-P"), Some("FORWARD"), Some(policy)) => Some(policy),
+            _ => None,
+        }
+    })
+}
+
+/// One line per sign of a dockerd that manages iptables, each with its fix. Such a dockerd
+/// loads br_netfilter, turns on bridge-nf-call-iptables and sets FORWARD to DROP, so the
+/// frames between netns nodes on the mesh bridge meet its filter rules and are dropped.
+fn bridge_filter_warnings(forward_policy: Option<&str>, bridge_nf: Option<bool>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if forward_policy == Some("DROP") {
+        warnings.push(
+            "the iptables FORWARD policy is DROP (a dockerd that manages iptables sets it): it \
+             drops the netns backend's frames once bridged frames reach iptables; fix: start \
+             dockerd with --iptables=false, or `iptables -P FORWARD ACCEPT`"
+                .to_owned(),
+        );
+    }
+    if bridge_nf == Some(true) {
+        warnings.push(format!(
+            "br_netfilter is loaded and {BRIDGE_NF_CALL_IPTABLES} is 1: frames between netns \
+             nodes on the mesh bridge go through iptables, whose FORWARD rules can drop them; \
+             fix: `sysctl -w net.bridge.bridge-nf-call-iptables=0`, or start dockerd with \
+             --iptables=false"
+        ));
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forward_policy_is_read_from_iptables_listing() {
+        let docker = "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-FORWARD\n";
+        assert_eq!(forward_policy(docker), Some("DROP"));
+        assert_eq!(forward_policy("-P FORWARD ACCEPT\n"), Some("ACCEPT"));
+        // A rule that mentions the chain is not its policy.
+        assert_eq!(forward_policy("-A FORWARD -j ACCEPT\n"), None);
+        assert_eq!(forward_policy(""), None);
+    }
+
+    #[test]
+    fn a_dockerd_firewall_warns_with_its_fix() {
+        assert!(bridge_filter_warnings(Some("ACCEPT"), Some(false)).is_empty());
+        assert!(bridge_filter_warnings(None, None).is_empty());
+
+        let drop = bridge_filter_warnings(Some("DROP"), None);
+        assert_eq!(drop.len(), 1);
+        assert!(drop[0].contains("FORWARD policy is DROP"), "{}", drop[0]);
+        assert!(drop[0].contains("--iptables=false"), "{}", drop[0]);
+
+        let bridged = bridge_filter_warnings(Some("ACCEPT"), Some(true));
+        assert_eq!(bridged.len(), 1);
+        assert!(
+            bridged[0].contains("bridge-nf-call-iptables=0"),
+            "{}",
+            bridged[0]
+        );
+
+        let both = bridge_filter_warnings(Some("DROP"), Some(true));
+        assert_eq!(both.len(), 2);
+        assert!(both.iter().all(|w| !w.contains('\n')), "{both:?}");
+    }
 }

@@ -25,7 +25,8 @@ enum Command {
     /// Run an empty mesh until Ctrl-C (the default), with the canvas on http://127.0.0.1:3000.
     Serve(RunOptions),
     /// Start the topology in FILE (TOML, see examples/) and run it until Ctrl-C, with the
-    /// canvas served as by `serve`.
+    /// canvas served as by `serve`. The file's `[run]` table may set the backend, workload,
+    /// node command and image; a flag given here overrides it.
     Up {
         file: PathBuf,
         #[command(flatten)]
@@ -46,34 +47,48 @@ enum Command {
 }
 
 /// Where nodes live.
-#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     /// A network namespace per node (needs nothing but the kernel).
-    #[default]
     Netns,
     /// A Docker container per node, from a local image (`cargo xtask images` builds them).
     Docker,
 }
 
+impl From<Backend> for meshsim::runtime::Backend {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Netns => meshsim::runtime::Backend::Netns,
+            Backend::Docker => meshsim::runtime::Backend::Docker,
+        }
+    }
+}
+
+/// The run's flags. `--backend`, `--image`, `--workload` and `--node-cmd` override what a
+/// topology file's `[run]` table says; left out, the file's value (or the default) holds.
 #[derive(Args, Clone, Debug)]
 struct RunOptions {
-    /// Where nodes live: network namespaces, or Docker containers `meshsim-<name>` on the
-    /// network `meshsim` (the daemon must run).
-    #[arg(long, value_enum, default_value_t = Backend::Netns)]
-    backend: Backend,
+    /// Where nodes live: network namespaces (the default), or Docker containers
+    /// `meshsim-<name>` on the network `meshsim` (the daemon must run). Overrides the
+    /// topology file's `backend`.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
     /// With `--backend docker`: the image (default: meshsim/base, or meshsim/synapse for
-    /// `--workload synapse`).
+    /// `--workload synapse`). Overrides the topology file's `image`.
     #[arg(long)]
     image: Option<String>,
     /// The mesh subnet; the host is .1 on the bridge, node nK is address K + 1.
     #[arg(long, default_value = "10.77.0.0/16")]
     subnet: Addressing,
-    /// What every node runs: `none` (the default) or `synapse`, a Synapse homeserver whose
+    /// What nodes run: `none` (the default) or `synapse`, a Synapse homeserver whose
     /// server name is the node's name (installed from PyPI once; README, "Synapse nodes").
+    /// A node may still run nothing (the canvas, the API, `workload = "none"` in a file).
+    /// With `--node-cmd`, overrides the topology file's `workload` and `node_cmd`.
     #[arg(long, value_name = "none|synapse")]
     workload: Option<String>,
-    /// A command to run in every node, with {name} and {ip} filled in; output goes to
-    /// LOG_DIR/<name>.log and it stops with the node.
+    /// A command to run in nodes, with {name} and {ip} filled in; output goes to
+    /// LOG_DIR/<name>.log and it stops with the node. Overrides the topology file's
+    /// `workload` and `node_cmd`.
     #[arg(long)]
     node_cmd: Option<String>,
     /// Where per-node logs go.
@@ -134,7 +149,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn default_options() -> RunOptions {
     RunOptions {
-        backend: Backend::Netns,
+        backend: None,
         image: None,
         subnet: Addressing::default(),
         workload: None,

@@ -1,13 +1,14 @@
 //! Running a mesh (`meshsim`, `meshsim serve`, `meshsim up FILE`) and `meshsim down`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use meshsim::{
     datapath::{Datapath, DatapathOptions},
-    model::Settings,
+    model::{NodeId, Settings, Topology},
     net::{FqSupport, probe_fq},
     runtime::{
+        Backend,
         cleanup::remove_leftovers,
         docker::{DockerConfig, DockerRuntime},
         lock,
@@ -15,7 +16,8 @@ use meshsim::{
     },
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
-    topology_file,
+    topology_file::{self, RunTable},
+    workload::{NodeWorkload, WorkloadKind},
 };
 use tokio::{
     net::TcpListener,
@@ -23,16 +25,58 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{Backend, RunOptions};
+use crate::RunOptions;
+
+/// How the run is made: the flags, else the topology file's `[run]`, else the defaults.
+struct RunChoice {
+    backend: Backend,
+    workload: WorkloadKind,
+    image: Option<String>,
+}
+
+impl RunChoice {
+    fn new(options: &RunOptions, file: &RunTable) -> Result<Self> {
+        // `--workload` and `--node-cmd` are one choice: either flag replaces the file's.
+        let workload = if options.workload.is_some() || options.node_cmd.is_some() {
+            WorkloadKind::from_cli(options.workload.as_deref(), options.node_cmd.clone())?
+        } else {
+            file.workload.clone().unwrap_or_default()
+        };
+        let backend = options
+            .backend
+            .map(Backend::from)
+            .or(file.backend)
+            .unwrap_or_default();
+        let image = options.image.clone().or_else(|| file.image.clone());
+        if image.is_some() && backend == Backend::Netns {
+            tracing::warn!(
+                "an image is given but the backend is netns: the image is ignored (`--backend docker` uses it)"
+            );
+        }
+        Ok(RunChoice {
+            backend,
+            workload,
+            image,
+        })
+    }
+}
 
 pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     // A bad file stops here, before anything is created.
-    let topology = file.as_deref().map(topology_file::read).transpose()?;
-    // So is an unknown or conflicting workload.
-    let workload = meshsim::workload::WorkloadKind::from_cli(
-        options.workload.as_deref(),
-        options.node_cmd.clone(),
+    let file = file.as_deref().map(topology_file::read_file).transpose()?;
+    // So does an unknown or conflicting workload, or a node asking for another one.
+    let choice = RunChoice::new(
+        &options,
+        file.as_ref().map_or(&RunTable::default(), |f| &f.run),
     )?;
+    let workload = choice.workload.clone();
+    let topology: Option<Start> = match file {
+        Some(file) => {
+            let workloads = file.node_workloads(workload.name())?;
+            Some((file.topology, workloads))
+        }
+        None => None,
+    };
     let _lock = lock::acquire()?;
     // A taken port stops here too, before anything is created.
     let listener = server::bind(options.listen).await?;
@@ -68,7 +112,7 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
         orphan: true,
     })
     .context("loading the classifier")?;
-    let (sim, task) = match options.backend {
+    let (sim, task) = match choice.backend {
         Backend::Netns => {
             let config = NetnsConfig {
                 addressing: options.subnet,
@@ -85,7 +129,7 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
                 addressing: options.subnet,
                 workload,
                 log_dir: options.log_dir.clone(),
-                image: options.image.clone(),
+                image: choice.image.clone(),
             };
             let runtime = DockerRuntime::start(config)
                 .await
@@ -103,12 +147,15 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     result
 }
 
+/// A topology to start, with what its nodes run.
+type Start = (Topology, BTreeMap<NodeId, NodeWorkload>);
+
 /// Serves the canvas and the API while the mesh runs; the server stops first on the way
 /// out, so no client changes the mesh while it is being removed.
 async fn serve_and_run(
     sim: &SimHandle,
     listener: TcpListener,
-    topology: Option<meshsim::model::Topology>,
+    topology: Option<Start>,
     options: &RunOptions,
 ) -> Result<()> {
     let server_options = ServerOptions {
@@ -181,8 +228,8 @@ fn server_ended(r: Result<Result<(), server::ServerError>, tokio::task::JoinErro
     }
 }
 
-async fn start(sim: &SimHandle, topology: Option<meshsim::model::Topology>) -> Result<()> {
-    let Some(topology) = topology else {
+async fn start(sim: &SimHandle, topology: Option<Start>) -> Result<()> {
+    let Some((topology, workloads)) = topology else {
         return Ok(());
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
@@ -196,7 +243,7 @@ async fn start(sim: &SimHandle, topology: Option<meshsim::model::Topology>) -> R
             }
         }
     });
-    sim.load(topology, Some(tx))
+    sim.load_running(topology, workloads, Some(tx))
         .await
         .context("starting the topology")?;
     let _ = printer.await;
@@ -218,7 +265,11 @@ async fn start(sim: &SimHandle, topology: Option<meshsim::model::Topology>) -> R
             .iter()
             .filter(|l| l.pair.contains(facts.id))
             .count();
-        println!("  {:<6} {:<15} {} links", facts.name, facts.ip, links);
+        let runs = meshsim::workload::node_workload_name(facts.workload, state.run.workload);
+        println!(
+            "  {:<6} {:<15} {} links, runs {runs}",
+            facts.name, facts.ip, links
+        );
     }
     if let Some(second) = state.nodes.values().nth(1) {
         let first = state.nodes.values().next().expect("two nodes");

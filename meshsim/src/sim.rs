@@ -18,7 +18,8 @@ use crate::{
         Snapshot, Topology,
     },
     net::{FqOptions, Netlink, NetlinkError},
-    runtime::{NodeFacts, RouteChange, Runtime, RuntimeError},
+    runtime::{NodeFacts, RouteChange, RunInfo, Runtime, RuntimeError},
+    workload::NodeWorkload,
 };
 
 /// What subscribers see after every change.
@@ -28,6 +29,8 @@ pub struct MeshState {
     pub version: u64,
     pub snapshot: Snapshot,
     pub nodes: BTreeMap<NodeId, NodeFacts>,
+    /// Where nodes live and what the run's workload is (each node's is in its facts).
+    pub run: RunInfo,
     /// Whether delays are enforced (the kernel has sch_fq).
     pub delays_enforced: bool,
     /// Where the time of the last change went.
@@ -79,6 +82,7 @@ enum Command {
     AddNode {
         x: f64,
         y: f64,
+        workload: NodeWorkload,
         reply: Reply<Node>,
     },
     MoveNode {
@@ -109,6 +113,7 @@ enum Command {
     },
     Load {
         topology: Topology,
+        workloads: BTreeMap<NodeId, NodeWorkload>,
         progress: Option<mpsc::UnboundedSender<Progress>>,
         reply: Reply<()>,
     },
@@ -155,8 +160,25 @@ impl SimHandle {
         answer.await.map_err(|_| SimError::Stopped)?
     }
 
+    /// Adds a node that runs the run's workload.
     pub async fn add_node(&self, x: f64, y: f64) -> Result<Node, SimError> {
-        self.ask(|reply| Command::AddNode { x, y, reply }).await
+        self.add_node_running(x, y, NodeWorkload::Run).await
+    }
+
+    /// Adds a node that runs the run's workload or nothing.
+    pub async fn add_node_running(
+        &self,
+        x: f64,
+        y: f64,
+        workload: NodeWorkload,
+    ) -> Result<Node, SimError> {
+        self.ask(|reply| Command::AddNode {
+            x,
+            y,
+            workload,
+            reply,
+        })
+        .await
     }
 
     /// Moves a node; moves that queue up while the Sim is busy collapse into the latest.
@@ -193,13 +215,27 @@ impl SimHandle {
             .await
     }
 
+    /// Replaces the mesh with `topology`; new nodes run the run's workload.
     pub async fn load(
         &self,
         topology: Topology,
         progress: Option<mpsc::UnboundedSender<Progress>>,
     ) -> Result<(), SimError> {
+        self.load_running(topology, BTreeMap::new(), progress).await
+    }
+
+    /// [`SimHandle::load`], where the nodes in `workloads` run what it says for them (the
+    /// others the run's workload). A node that runs already keeps what it runs: a workload is
+    /// chosen when a node is made.
+    pub async fn load_running(
+        &self,
+        topology: Topology,
+        workloads: BTreeMap<NodeId, NodeWorkload>,
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+    ) -> Result<(), SimError> {
         self.ask(|reply| Command::Load {
             topology,
+            workloads,
             progress,
             reply,
         })
@@ -251,6 +287,9 @@ pub struct Sim<R: Runtime> {
 /// How many commands may wait for the Sim before senders wait too.
 const QUEUE: usize = 256;
 
+/// No node asks for anything but the run's workload.
+const RUN_WORKLOAD: &BTreeMap<NodeId, NodeWorkload> = &BTreeMap::new();
+
 impl<R: Runtime + 'static> Sim<R> {
     /// Starts the Sim's task with an empty mesh. `fq`: the kernel has sch_fq, so every node
     /// port gets it and delays are enforced.
@@ -265,6 +304,7 @@ impl<R: Runtime + 'static> Sim<R> {
             version: 0,
             snapshot: model.snapshot(),
             nodes: BTreeMap::new(),
+            run: runtime.run_info(),
             delays_enforced: fq,
             last_apply: ApplyTimings::default(),
             link_slots: BTreeMap::new(),
@@ -315,14 +355,22 @@ impl<R: Runtime + 'static> Sim<R> {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::AddNode { x, y, reply } => {
+            Command::AddNode {
+                x,
+                y,
+                workload,
+                reply,
+            } => {
                 let result = match self.model.add_node(x, y) {
-                    Ok((id, diff)) => match self.apply(&diff, None).await {
+                    Ok((id, diff)) => match self
+                        .apply(&diff, None, &BTreeMap::from([(id, workload)]))
+                        .await
+                    {
                         Ok(()) => Ok(self.model.node(id).cloned().expect("just added")),
                         Err(e) => {
                             // Undo in the model too, so model and host agree.
                             if let Ok(undo) = self.model.remove_node(id) {
-                                let _ = self.apply(&undo, None).await;
+                                let _ = self.apply(&undo, None, RUN_WORKLOAD).await;
                             }
                             Err(e)
                         }
@@ -362,11 +410,12 @@ impl<R: Runtime + 'static> Sim<R> {
             }
             Command::Load {
                 topology,
+                workloads,
                 progress,
                 reply,
             } => {
                 let result = match self.model.load(&topology) {
-                    Ok(diff) => self.apply(&diff, progress.as_ref()).await,
+                    Ok(diff) => self.apply(&diff, progress.as_ref(), &workloads).await,
                     Err(e) => Err(e.into()),
                 };
                 let _ = reply.send(result);
@@ -396,16 +445,18 @@ impl<R: Runtime + 'static> Sim<R> {
         op: impl FnOnce(&mut Model) -> Result<Diff, ModelError>,
     ) -> Result<(), SimError> {
         let diff = op(&mut self.model)?;
-        self.apply(&diff, None).await
+        self.apply(&diff, None, RUN_WORKLOAD).await
     }
 
     /// Nodes first (a link needs both ends), then links, then routes onto the new links, then
     /// what went away: a moved node's traffic switches to its new path before the old one is
-    /// removed, so no packet meets a missing link.
+    /// removed, so no packet meets a missing link. A node added runs what `workloads` says
+    /// for it, the run's workload if it is not there.
     async fn apply(
         &mut self,
         diff: &Diff,
         progress: Option<&mpsc::UnboundedSender<Progress>>,
+        workloads: &BTreeMap<NodeId, NodeWorkload>,
     ) -> Result<(), SimError> {
         if diff.is_empty() {
             return Ok(());
@@ -414,7 +465,8 @@ impl<R: Runtime + 'static> Sim<R> {
         let total = diff.nodes_added.len();
         for (i, node) in diff.nodes_added.iter().enumerate() {
             let started = Instant::now();
-            let facts = self.runtime.create_node(node.id).await?;
+            let workload = workloads.get(&node.id).copied().unwrap_or_default();
+            let facts = self.runtime.create_node(node.id, workload).await?;
             self.dp.attach_egress(facts.port)?;
             if self.fq {
                 self.root
@@ -547,6 +599,7 @@ impl<R: Runtime + 'static> Sim<R> {
             version: self.version,
             snapshot: self.model.snapshot(),
             nodes: self.facts.clone(),
+            run: self.runtime.run_info(),
             delays_enforced: self.fq,
             last_apply: self.last_apply,
             link_slots: self.link_slots(),

@@ -1,5 +1,9 @@
 //! Topology files: the TOML form of a [`Topology`], read by `meshsim up <file>` and written
-//! when a mesh is saved.
+//! when a mesh is saved. A file may also say how its run is made (the `[run]` table: backend,
+//! workload, node command, image) and that a node runs nothing (`workload = "none"` in its
+//! `[[nodes]]` table); [`read_file`] returns those beside the topology ([`TopologyFile`]).
+//! They are not part of the model, so they are taken out of the tree before serde builds
+//! the [`Topology`], and read from it on their own.
 //!
 //! A file is parsed once into `toml`'s span-keeping tree ([`DeTable`]), and both later steps
 //! work from that tree:
@@ -19,6 +23,7 @@
 //! turn `path:line:column` into a link to the spot.
 
 use std::{
+    collections::BTreeMap,
     fmt, fs, io,
     ops::Range,
     path::{Path, PathBuf},
@@ -30,7 +35,11 @@ use toml::{
     de::{DeTable, DeValue},
 };
 
-use crate::model::{ModelError, Topology};
+use crate::{
+    model::{ModelError, NodeId, Topology},
+    runtime::Backend,
+    workload::{NodeWorkload, SynapseOptions, WorkloadKind, node_workload},
+};
 
 /// A place in a topology file: 1-based line and column, shown as `path:line:column`.
 ///
@@ -108,6 +117,14 @@ pub enum TopologyFileError {
     /// of an unknown node. The error names the field, as in `nodes[2].x: ...`.
     #[error("{at}: {error}")]
     Invalid { at: Location, error: ModelError },
+    /// A value of the run's settings that cannot be: an empty command, a workload and a
+    /// command at once, a node's workload that is not the run's.
+    #[error("{at}: {field}: {message}")]
+    Run {
+        at: Location,
+        field: String,
+        message: String,
+    },
 }
 
 /// `"field: "`, or nothing for no field.
@@ -120,7 +137,10 @@ impl TopologyFileError {
     pub fn location(&self) -> Option<&Location> {
         match self {
             Self::Read { .. } => None,
-            Self::Syntax { at, .. } | Self::Shape { at, .. } | Self::Invalid { at, .. } => Some(at),
+            Self::Syntax { at, .. }
+            | Self::Shape { at, .. }
+            | Self::Invalid { at, .. }
+            | Self::Run { at, .. } => Some(at),
         }
     }
 
@@ -132,23 +152,154 @@ impl TopologyFileError {
             Self::Syntax { section, .. } => section.as_deref(),
             Self::Shape { field, .. } => field.as_deref(),
             Self::Invalid { error, .. } => error.field(),
+            Self::Run { field, .. } => Some(field),
         }
     }
 }
 
+/// A topology file: the mesh, and what the file says about the run that starts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopologyFile {
+    pub topology: Topology,
+    /// The `[run]` table (each key optional; a flag given on the command line wins).
+    pub run: RunTable,
+    /// The nodes whose table names a workload, in file order.
+    pub node_workloads: Vec<NodeWorkloadEntry>,
+}
+
+/// The `[run]` table, checked as the flags are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunTable {
+    /// `backend = "netns" | "docker"`.
+    pub backend: Option<Backend>,
+    /// `workload = "none" | "synapse"`, or `node_cmd = "CMD"` (a [`WorkloadKind::Command`]);
+    /// `None` when the file says neither.
+    pub workload: Option<WorkloadKind>,
+    /// `image = "IMAGE"`, for the docker backend.
+    pub image: Option<String>,
+}
+
+/// `workload = "..."` in one node's table, with where it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeWorkloadEntry {
+    pub node: NodeId,
+    pub name: String,
+    /// `nodes[2].workload`.
+    pub field: String,
+    pub at: Location,
+}
+
+impl TopologyFile {
+    /// What each node runs in a run whose workload is `run` ([`WorkloadKind::name`]): the
+    /// nodes that say `workload = "none"` nothing, the others the run's workload. A node that
+    /// names any other workload than `none` or `run` is refused, at its line.
+    pub fn node_workloads(
+        &self,
+        run: &str,
+    ) -> Result<BTreeMap<NodeId, NodeWorkload>, TopologyFileError> {
+        self.node_workloads
+            .iter()
+            .map(|entry| {
+                node_workload(&entry.name, run)
+                    .map(|workload| (entry.node, workload))
+                    .map_err(|e| TopologyFileError::Run {
+                        at: entry.at.clone(),
+                        field: entry.field.clone(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+}
+
+/// `[run]` as serde reads it; values are checked as the flags are (the enums refuse unknown
+/// names with the list of known ones).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunDoc {
+    #[serde(default)]
+    backend: Option<BackendName>,
+    #[serde(default)]
+    workload: Option<WorkloadName>,
+    #[serde(default)]
+    node_cmd: Option<Spanned<String>>,
+    #[serde(default)]
+    image: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BackendName {
+    Netns,
+    Docker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WorkloadName {
+    None,
+    Synapse,
+}
+
+/// A node's workload as serde reads it: only a known name (`command` is what a node of a
+/// `node_cmd` run names). Whether it is this run's is checked once the run is known.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum NodeWorkloadName {
+    None,
+    Command,
+    Synapse,
+}
+
+impl NodeWorkloadName {
+    fn as_str(self) -> &'static str {
+        match self {
+            NodeWorkloadName::None => "none",
+            NodeWorkloadName::Command => "command",
+            NodeWorkloadName::Synapse => "synapse",
+        }
+    }
+}
+
+/// The parts of a file that are not the model's: `[run]` and each node's `workload`. Other
+/// keys are the Topology's to check.
+#[derive(Debug, Default, Deserialize)]
+struct RunParts {
+    #[serde(default)]
+    run: RunDoc,
+    #[serde(default)]
+    nodes: Vec<NodeRunDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NodeRunDoc {
+    #[serde(default)]
+    workload: Option<Spanned<NodeWorkloadName>>,
+}
+
 /// Reads and checks the topology file at `path` (see [`parse`]).
 pub fn read(path: &Path) -> Result<Topology, TopologyFileError> {
+    read_file(path).map(|file| file.topology)
+}
+
+/// Reads and checks the topology file at `path` with its run settings (see [`parse_file`]).
+pub fn read_file(path: &Path) -> Result<TopologyFile, TopologyFileError> {
     let text = fs::read_to_string(path).map_err(|error| TopologyFileError::Read {
         path: path.to_owned(),
         error,
     })?;
-    parse(path, &text)
+    parse_file(path, &text)
 }
 
 /// Parses `text` as a topology file and checks it against the model's rules, so that the
 /// result loads into a [`crate::model::Model`] without error. `path_for_messages` is only
-/// used to name the file in errors.
+/// used to name the file in errors. The run settings are checked too, and left out.
 pub fn parse(path_for_messages: &Path, text: &str) -> Result<Topology, TopologyFileError> {
+    parse_file(path_for_messages, text).map(|file| file.topology)
+}
+
+/// [`parse`], keeping the `[run]` table and the nodes' workloads.
+pub fn parse_file(path_for_messages: &Path, text: &str) -> Result<TopologyFile, TopologyFileError> {
     let at = |offset: usize| Location::of(path_for_messages, text, offset);
 
     let tree = DeTable::parse(text).map_err(|error| {
@@ -164,16 +315,18 @@ pub fn parse(path_for_messages: &Path, text: &str) -> Result<Topology, TopologyF
         }
     })?;
 
-    let topology = Topology::deserialize(toml::Deserializer::from(tree.clone())).map_err(
-        |error: toml::de::Error| {
-            let offset = error.span().map_or(0, |span| span.start);
-            TopologyFileError::Shape {
-                at: at(offset),
-                field: path_at(tree.get_ref(), "", offset),
-                message: error.message().to_owned(),
-            }
-        },
-    )?;
+    let shape_error = |error: toml::de::Error| {
+        let offset = error.span().map_or(0, |span| span.start);
+        TopologyFileError::Shape {
+            at: at(offset),
+            field: path_at(tree.get_ref(), "", offset),
+            message: error.message().to_owned(),
+        }
+    };
+    let topology = Topology::deserialize(toml::Deserializer::from(without_run_parts(&tree)))
+        .map_err(shape_error)?;
+    let parts =
+        RunParts::deserialize(toml::Deserializer::from(tree.clone())).map_err(shape_error)?;
 
     topology.validate().map_err(|error| {
         let offset = error
@@ -184,7 +337,104 @@ pub fn parse(path_for_messages: &Path, text: &str) -> Result<Topology, TopologyF
             error,
         }
     })?;
-    Ok(topology)
+
+    let run = run_table(
+        parts.run,
+        |span: Range<usize>, field: &str, message: String| TopologyFileError::Run {
+            at: at(span.start),
+            field: format!("run.{field}"),
+            message,
+        },
+    )?;
+    let node_workloads = topology
+        .nodes
+        .iter()
+        .zip(&parts.nodes)
+        .enumerate()
+        .filter_map(|(i, (doc, run_doc))| {
+            let name = run_doc.workload.as_ref()?;
+            // `validate` passed: the id, the name, or both (agreeing) say which node it is.
+            let node = doc
+                .id
+                .or_else(|| doc.name.as_deref()?.parse().ok())
+                .expect("a validated node has an id");
+            Some(NodeWorkloadEntry {
+                node,
+                name: name.get_ref().as_str().to_owned(),
+                field: format!("nodes[{i}].workload"),
+                at: at(name.span().start),
+            })
+        })
+        .collect();
+    Ok(TopologyFile {
+        topology,
+        run,
+        node_workloads,
+    })
+}
+
+/// The tree without what the model does not know: the `[run]` table and each node's
+/// `workload`, so that the model's own types can keep refusing unknown keys.
+fn without_run_parts<'i>(tree: &Spanned<DeTable<'i>>) -> Spanned<DeTable<'i>> {
+    let mut tree = tree.clone();
+    let table = tree.get_mut();
+    table.remove("run");
+    if let Some(nodes) = table.get_mut("nodes")
+        && let DeValue::Array(items) = nodes.get_mut()
+    {
+        for item in items.iter_mut() {
+            if let DeValue::Table(node) = item.get_mut() {
+                node.remove("workload");
+            }
+        }
+    }
+    tree
+}
+
+/// Checks `[run]` as the flags are checked; `refuse(span, field, message)` makes the error.
+fn run_table(
+    doc: RunDoc,
+    refuse: impl Fn(Range<usize>, &str, String) -> TopologyFileError,
+) -> Result<RunTable, TopologyFileError> {
+    let not_empty = |value: Option<Spanned<String>>, field: &str| {
+        value
+            .map(|v| {
+                if v.get_ref().trim().is_empty() {
+                    Err(refuse(v.span(), field, "must not be empty".to_owned()))
+                } else {
+                    Ok(v)
+                }
+            })
+            .transpose()
+    };
+    let node_cmd = not_empty(doc.node_cmd, "node_cmd")?;
+    let image = not_empty(doc.image, "image")?;
+    let workload = match (doc.workload, node_cmd) {
+        (Some(WorkloadName::Synapse), Some(cmd)) => {
+            return Err(refuse(
+                cmd.span(),
+                "node_cmd",
+                "`workload = \"synapse\"` and `node_cmd` were both given: choose one \
+                 (`node_cmd` runs your command instead of a workload)"
+                    .to_owned(),
+            ));
+        }
+        // As with the flags, `workload = "none"` next to a command is just the command.
+        (_, Some(cmd)) => Some(WorkloadKind::Command(cmd.into_inner())),
+        (Some(WorkloadName::Synapse), None) => {
+            Some(WorkloadKind::Synapse(SynapseOptions::default()))
+        }
+        (Some(WorkloadName::None), None) => Some(WorkloadKind::None),
+        (None, None) => None,
+    };
+    Ok(RunTable {
+        backend: doc.backend.map(|b| match b {
+            BackendName::Netns => Backend::Netns,
+            BackendName::Docker => Backend::Docker,
+        }),
+        workload,
+        image: image.map(Spanned::into_inner),
+    })
 }
 
 /// The topology as a TOML file that [`parse`] reads back to an equal [`Topology`].
@@ -602,6 +852,146 @@ y = 40
         });
         let text = to_toml(&topology);
         assert_eq!(parse(Path::new(BAD), &text).unwrap(), topology, "{text}");
+    }
+
+    /// TWO_NODES with a `[run]` table in front and n2 a bare router.
+    fn with_run(run: &str) -> String {
+        format!(
+            "[run]\n{run}\n{}",
+            TWO_NODES.replace("y = 40", "y = 40\nworkload = \"none\"")
+        )
+    }
+
+    #[test]
+    fn the_run_table_and_node_workloads_are_read() {
+        let text = with_run(
+            "backend = \"docker\"\nworkload = \"synapse\"\nimage = \"meshsim/synapse:test\"\n",
+        );
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        assert_eq!(file.run.backend, Some(Backend::Docker));
+        assert!(
+            matches!(file.run.workload, Some(WorkloadKind::Synapse(_))),
+            "{:?}",
+            file.run.workload
+        );
+        assert_eq!(file.run.image.as_deref(), Some("meshsim/synapse:test"));
+        assert_eq!(file.topology.nodes.len(), 2);
+        let entry = &file.node_workloads[0];
+        assert_eq!(
+            (entry.node, entry.name.as_str(), entry.field.as_str()),
+            (NodeId(2), "none", "nodes[1].workload")
+        );
+        assert_eq!((entry.at.line, entry.at.column), (18, 12));
+        assert_eq!(
+            file.node_workloads("synapse").unwrap(),
+            BTreeMap::from([(NodeId(2), NodeWorkload::None)])
+        );
+        // `parse` gives the same mesh, without the run's parts.
+        assert_eq!(parse(Path::new(BAD), &text).unwrap(), file.topology);
+    }
+
+    #[test]
+    fn a_file_without_run_settings_leaves_them_to_the_flags() {
+        let file = parse_file(Path::new(BAD), TWO_NODES).unwrap();
+        assert_eq!(file.run, RunTable::default());
+        assert!(file.node_workloads.is_empty());
+        assert!(file.node_workloads("none").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_node_command_is_the_runs_workload() {
+        let file = parse_file(Path::new(BAD), &with_run("node_cmd = \"sleep 1000\"\n")).unwrap();
+        assert_eq!(
+            file.run.workload,
+            Some(WorkloadKind::Command("sleep 1000".into()))
+        );
+        // As with the flags: `workload = "none"` beside a command is the command.
+        let text = with_run("workload = \"none\"\nnode_cmd = \"sleep 1\"\n");
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        assert_eq!(
+            file.run.workload,
+            Some(WorkloadKind::Command("sleep 1".into()))
+        );
+        let file = parse_file(Path::new(BAD), &with_run("workload = \"none\"\n")).unwrap();
+        assert_eq!(file.run.workload, Some(WorkloadKind::None));
+    }
+
+    #[test]
+    fn bad_run_values_point_at_the_value() {
+        let text = with_run("workload = \"dendrite\"\n");
+        assert_refused(
+            &text,
+            2,
+            12,
+            "run.workload",
+            "unknown variant `dendrite`, expected `none` or `synapse`",
+        );
+        let text = with_run("backend = \"vm\"\n");
+        assert_refused(
+            &text,
+            2,
+            11,
+            "run.backend",
+            "unknown variant `vm`, expected `netns` or `docker`",
+        );
+        let text = with_run("workloads = \"none\"\n");
+        assert_refused(&text, 2, 1, "run.workloads", "unknown field `workloads`");
+        let text = with_run("workload = \"synapse\"\nnode_cmd = \"sleep 1\"\n");
+        assert_refused(&text, 3, 12, "run.node_cmd", "choose one");
+        let text = with_run("image = \" \"\n");
+        assert_refused(&text, 2, 9, "run.image", "must not be empty");
+        let text = with_run("node_cmd = 3\n");
+        assert_refused(&text, 2, 12, "run.node_cmd", "invalid type: integer `3`");
+        let text = format!("run = 3\n{TWO_NODES}");
+        assert_refused(&text, 1, 7, "run", "invalid type: integer `3`");
+    }
+
+    #[test]
+    fn a_node_names_none_or_the_runs_workload() {
+        let text = TWO_NODES.replace("y = 40", "y = 40\nworkload = \"dendrite\"");
+        assert_refused(
+            &text,
+            13,
+            12,
+            "nodes[1].workload",
+            "unknown variant `dendrite`, expected one of `none`, `command`, `synapse`",
+        );
+        // A known name that is not this run's workload: refused once the run is known.
+        let text = TWO_NODES.replace("y = 40", "y = 40\nworkload = \"synapse\"");
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        assert_eq!(
+            file.node_workloads("synapse").unwrap(),
+            BTreeMap::from([(NodeId(2), NodeWorkload::Run)])
+        );
+        let error = file.node_workloads("command").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "bad.toml:13:12: nodes[1].workload: unknown workload \"synapse\" for a node: this \
+             run's workload is command, so a node runs \"command\" or \"none\""
+        );
+        assert_eq!(error.field(), Some("nodes[1].workload"));
+        // Nodes named by id alone work too.
+        let text = "[[nodes]]\nid = 4\nx = 1\ny = 2\nworkload = \"none\"\n";
+        let file = parse_file(Path::new(BAD), text).unwrap();
+        assert_eq!(
+            file.node_workloads("command").unwrap(),
+            BTreeMap::from([(NodeId(4), NodeWorkload::None)])
+        );
+    }
+
+    #[test]
+    fn the_routers_example_parses() {
+        let text = include_str!("../../examples/routers.toml");
+        let file = parse_file(Path::new("examples/routers.toml"), text).unwrap();
+        assert!(matches!(file.run.workload, Some(WorkloadKind::Synapse(_))));
+        let workloads = file.node_workloads("synapse").unwrap();
+        assert_eq!(
+            workloads,
+            BTreeMap::from([
+                (NodeId(2), NodeWorkload::None),
+                (NodeId(4), NodeWorkload::None)
+            ])
+        );
     }
 
     const MESH6: &str = include_str!("../../examples/mesh6.toml");

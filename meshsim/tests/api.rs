@@ -5,7 +5,9 @@
 
 mod serving;
 
-use meshsim::{model::NodeId, server::ServerOptions};
+use std::time::{Duration, Instant};
+
+use meshsim::{model::NodeId, server::ServerOptions, workload::WorkloadKind};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use serving::{Lab, answer, assert_error};
@@ -131,6 +133,98 @@ async fn nodes_are_created_read_moved_and_deleted() {
     lab.stop().await;
 }
 
+/// Waits up to 5 s for `probe` to hold (a spawned shell takes a moment to exec its command).
+async fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !probe() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: run with cargo xtask test"]
+async fn a_node_added_with_workload_none_runs_no_process() {
+    let lab = Lab::start_running(
+        WorkloadKind::Command("sleep 1000".into()),
+        ServerOptions::default(),
+    )
+    .await;
+    let (_, state) = lab.get("/api/state").await;
+    assert_eq!(
+        state["run"],
+        json!({"backend": "netns", "workload": "command"})
+    );
+
+    // The run's workload by default, by its name, or nothing.
+    let runs = lab.add_node(NEAR[0].0, NEAR[0].1).await;
+    let (status, bare) = lab
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"x": NEAR[1].0, "y": NEAR[1].1, "workload": "none"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bare}");
+    assert_eq!(bare["workload"], "none");
+    let bare = NodeId(bare["id"].as_u64().unwrap() as u32);
+    let (status, named) = lab
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"x": 300.0, "y": 100.0, "workload": "command"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{named}");
+    let named = NodeId(named["id"].as_u64().unwrap() as u32);
+    let refused = lab
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"x": 1.0, "y": 1.0, "workload": "synapse"})),
+        )
+        .await;
+    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, Some("workload"));
+
+    let (_, state) = lab.get("/api/state").await;
+    let workloads: Vec<(u64, &str)> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_u64().unwrap(), n["workload"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        workloads,
+        [
+            (u64::from(runs.0), "command"),
+            (u64::from(bare.0), "none"),
+            (u64::from(named.0), "command")
+        ]
+    );
+    let (_, detail) = lab.get(&format!("/api/nodes/{}", bare.0)).await;
+    assert_eq!(detail["node"]["workload"], "none");
+
+    // The processes, as the kernel sees them: `sleep 1000` in each workload node's
+    // namespace, nothing at all in the bare one.
+    for id in [runs, named] {
+        eventually(&format!("sleep 1000 in {id}"), || {
+            lab.processes_in(id)
+                .iter()
+                .any(|cmd| cmd.trim_end() == "sleep 1000")
+        })
+        .await;
+    }
+    assert_eq!(lab.processes_in(bare), Vec::<String>::new());
+    // The bare node still forwards and answers.
+    let out = lab.ping(runs, bare, 2);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    lab.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root: run with cargo xtask test"]
 async fn bad_node_input_is_refused_with_its_field() {
@@ -156,6 +250,16 @@ async fn bad_node_input_is_refused_with_its_field() {
         &post(r#"{"x":1,"y":1,"z":1}"#).await,
         unprocessable,
         Some("z"),
+    );
+    // A workload this run does not have (it has none), or not a name at all.
+    let refused = post(r#"{"x":1,"y":1,"workload":"synapse"}"#).await;
+    assert_error(&refused, unprocessable, Some("workload"));
+    let message = refused.1["error"].as_str().unwrap();
+    assert!(message.contains("this run's workload is none"), "{message}");
+    assert_error(
+        &post(r#"{"x":1,"y":1,"workload":3}"#).await,
+        unprocessable,
+        Some("workload"),
     );
     // Not JSON at all: a NaN literal, a cut-off body, trailing garbage.
     assert_error(

@@ -1,6 +1,9 @@
 //! The canvas in a real browser: Debian's Chromium, driven through chromedriver with
 //! fantoccini, against a real `meshsim serve`.
 //!
+//! meshsim runs a command in every node (`--node-cmd`); the first click creates a node that
+//! runs it, then "New nodes run: none" in the settings makes the second click a bare node,
+//! which runs no process (checked in /proc) and whose panel says so.
 //! Clicking empty canvas creates nodes, dragging moves one, clicking the link between them
 //! opens its panel, and pinning a latency there reaches the datapath (the pin shows in
 //! `/api/state` and the configured gauge in `/metrics`); a ping between the two nodes shows
@@ -13,7 +16,7 @@
 use std::{
     fs::File,
     net::{Ipv4Addr, TcpListener},
-    os::unix::process::CommandExt as _,
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -312,6 +315,26 @@ async fn stats(page: &Client) -> Value {
         .expect("window.meshsimStats")
 }
 
+/// The command lines of the processes in node `name`'s namespace (`ms-<name>`).
+fn processes_in(name: &str) -> Vec<String> {
+    let ns = std::fs::metadata(format!("/run/netns/ms-{name}")).expect("the node's namespace");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            ((net.dev(), net.ino()) == (ns.dev(), ns.ino())).then(|| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            })
+        })
+        .collect()
+}
+
+/// The command every node of the test's run runs, unless made bare.
+const NODE_CMD: &str = "exec sleep 1000";
+
 /// A mesh of `n` nodes scattered over a jittered grid inside `w` x `h` (a fixed LCG, so every
 /// run loads the same mesh).
 fn scattered_mesh(n: usize, w: f64, h: f64, neighbours: u32) -> Value {
@@ -353,7 +376,13 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
     let meshsim_log = logs.join("meshsim.log");
     let mut meshsim = Running::start(
         "meshsim",
-        Command::new(MESHSIM).args(["serve", "--listen", &format!("127.0.0.1:{port}")]),
+        Command::new(MESHSIM).args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-cmd",
+            NODE_CMD,
+        ]),
         &meshsim_log,
         // Tearing down a 200-node mesh removes 200 namespaces.
         Duration::from_secs(90),
@@ -425,7 +454,19 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
     )
     .await;
 
-    // Click empty space: a node where the click was.
+    // The run has a workload, so the settings offer to make new nodes bare.
+    eventually(
+        "the run in the top bar and the new-node choice",
+        Duration::from_secs(10),
+        async || {
+            let run = text_of(&page, "run").await?;
+            let row = page.find(Locator::Id("new-workload-row")).await.ok()?;
+            (run == "netns · command" && row.is_displayed().await.ok()?).then_some(())
+        },
+    )
+    .await;
+
+    // Click empty space: a node where the click was, running the run's command.
     let first_at = (300.0, 250.0);
     click_at(&page, client_point(&page, first_at.0, first_at.1).await).await;
     let first = eventually(
@@ -444,7 +485,14 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
     )
     .await;
 
-    // Click elsewhere, within reach: a second node, linked to the first.
+    // "New nodes run: none", then click elsewhere, within reach: a second node, linked to
+    // the first, that runs nothing.
+    page.find(Locator::Id("new-workload"))
+        .await
+        .expect("the new-node choice")
+        .select_by_value("none")
+        .await
+        .expect("choose none");
     let second_at = (480.0, 330.0);
     click_at(&page, client_point(&page, second_at.0, second_at.1).await).await;
     let second = eventually(
@@ -454,6 +502,47 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
             let state = api.state().await;
             let n = nodes(&state).iter().find(|n| n["id"] != first)?;
             (links(&state).len() == 1).then(|| n["id"].as_u64())?
+        },
+    )
+    .await;
+    let state = api.state().await;
+    let workload_of = |id| node_by_id(&state, id).unwrap()["workload"].clone();
+    assert_eq!(
+        (workload_of(first), workload_of(second)),
+        (json!("command"), json!("none"))
+    );
+    let name_of = |id| {
+        node_by_id(&state, id).unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (runs, bare) = (name_of(first), name_of(second));
+    eventually(
+        "sleep 1000 in the first node",
+        Duration::from_secs(5),
+        async || {
+            let found = processes_in(&runs);
+            found
+                .iter()
+                .any(|c| c.trim_end() == "sleep 1000")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        processes_in(&bare),
+        Vec::<String>::new(),
+        "{bare} runs something"
+    );
+    // Its panel says so.
+    click_at(&page, client_point(&page, second_at.0, second_at.1).await).await;
+    eventually(
+        "the node panel to show a bare router",
+        Duration::from_secs(10),
+        async || {
+            let text = text_of(&page, "node-workload").await?;
+            (text == "nothing (a bare router)").then_some(())
         },
     )
     .await;

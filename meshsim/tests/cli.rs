@@ -97,6 +97,25 @@ fn bad_topology_files_fail_with_one_line_and_start_nothing() {
             "nodes[1].name",
         ),
         ("far.toml", node("n1", "1e9"), ":3:", "nodes[0].x"),
+        (
+            "workload.toml",
+            "[run]\nworkload = \"dendrite\"\n".to_owned(),
+            ":2:",
+            "run.workload",
+        ),
+        (
+            "backend.toml",
+            "[run]\nbackend = \"vm\"\n".to_owned(),
+            ":2:",
+            "run.backend",
+        ),
+        // The run has no workload (no flag, no [run]): a node cannot ask for Synapse.
+        (
+            "router.toml",
+            node("n1", "0") + "workload = \"synapse\"\n",
+            ":5:",
+            "nodes[0].workload",
+        ),
     ];
     for (file, text, line, field) in cases {
         let path = dir.join(file);
@@ -163,6 +182,58 @@ fn up_runs_until_sigterm_and_then_removes_everything() {
     .unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(leftovers(), Vec::<String>::new());
+}
+
+/// The command lines of the processes in the namespace `ms-<node>`.
+fn processes_in(node: &str) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = std::fs::metadata(format!("/run/netns/{PREFIX}{node}")).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            ((net.dev(), net.ino()) == (ns.dev(), ns.ino())).then(|| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            })
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_files_run_table_holds_unless_a_flag_overrides_it() {
+    let _sweep = Sweep;
+    let dir = std::env::temp_dir().join(format!("meshsim-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.toml");
+    // Docker is asked for, but `--backend netns` wins (no daemon is needed); the node
+    // command comes from the file, and n2 runs nothing.
+    std::fs::write(
+        &path,
+        "[run]\nbackend = \"docker\"\nnode_cmd = \"exec sleep 601\"\n\n\
+         [[nodes]]\nname = \"n1\"\nx = 0\ny = 0\n\n\
+         [[nodes]]\nname = \"n2\"\nx = 100\ny = 0\nworkload = \"none\"\n",
+    )
+    .unwrap();
+    let (mut child, _rest) = start(&["up", path.to_str().unwrap(), "--backend", "netns"]);
+    // The shell execs the command a moment after meshsim spawned it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while processes_in("n1") != ["sleep 601 "] && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(processes_in("n1"), ["sleep 601 "]);
+    assert_eq!(processes_in("n2"), Vec::<String>::new());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(leftovers(), Vec::<String>::new());
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -24,6 +24,10 @@
 //! paths hold), the run's hosts file and resolv.conf over `/etc/hosts` and
 //! `/etc/resolv.conf` (Docker leaves those alone when a mount covers them), and meshsim's
 //! DNS answerer on 127.0.0.1:53 in its namespace.
+//!
+//! A node created with [`NodeWorkload::None`] runs the run's image with `sleep infinity` as
+//! its command instead of the workload's: the same files as its neighbours, nothing started.
+//! (Not the image's own `CMD`, which an image of the user's may use to start a server.)
 
 use std::{
     collections::HashMap,
@@ -47,12 +51,13 @@ use bollard::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{Addressing, NodeFacts, RouteChange, Runtime, RuntimeError};
+use super::{Addressing, Backend, NodeFacts, RouteChange, RunInfo, Runtime, RuntimeError};
 use crate::{
     model::NodeId,
     net::{NetNs, Netlink, sysctl},
     workload::{
-        NodeState, NodeStatus, SynapseOptions, WorkloadError, WorkloadKind, WorkloadStatus, dns,
+        NodeState, NodeStatus, NodeWorkload, SynapseOptions, WorkloadError, WorkloadKind,
+        WorkloadStatus, dns,
         names::MeshNames,
         pki::RunCa,
         synapse::{self, NodeConfig},
@@ -76,6 +81,8 @@ pub const SYNAPSE_IMAGE: &str = "meshsim/synapse";
 pub const BUILD_IMAGES: &str = "cargo xtask images";
 /// Where Synapse is inside `meshsim/synapse` (images/synapse/Dockerfile).
 const SYNAPSE_BIN: &str = "/opt/synapse/bin";
+/// The command of a node that runs nothing: it idles until removed.
+const IDLE: [&str; 2] = ["sleep", "infinity"];
 
 /// What went wrong talking to Docker; each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -264,10 +271,15 @@ impl DockerRuntime {
         self.nodes.get(&id).map(|n| &n.ns)
     }
 
-    fn container_body(&self, name: &str, ip: Ipv4Addr) -> ContainerCreateBody {
+    fn container_body(
+        &self,
+        name: &str,
+        ip: Ipv4Addr,
+        workload: NodeWorkload,
+    ) -> ContainerCreateBody {
         let mut binds = Vec::new();
         let mut env = Vec::new();
-        let cmd = match (&self.config.workload, &self.synapse) {
+        let cmd = match (self.config.workload.for_node(workload), &self.synapse) {
             (WorkloadKind::Synapse(_), Some(run)) => {
                 let dir = run.options.run_dir.join(name);
                 let log = self.config.log_dir.join(format!("{name}.log"));
@@ -303,6 +315,9 @@ impl DockerRuntime {
                     "-c".to_owned(),
                     format!("exec >>{} 2>&1; {cmd}", log.display()),
                 ])
+            }
+            (WorkloadKind::None, _) if workload == NodeWorkload::None => {
+                Some(IDLE.map(str::to_owned).to_vec())
             }
             _ => None,
         };
@@ -342,14 +357,15 @@ impl DockerRuntime {
         &mut self,
         id: NodeId,
         container: &str,
+        workload: NodeWorkload,
     ) -> Result<(NodeFacts, DockerNode), RuntimeError> {
         let name = id.name();
         let ip = self.config.addressing.node(id)?;
         let mac = Addressing::mac(id);
-        if let Some(run) = &self.synapse {
+        if let (Some(run), NodeWorkload::Run) = (&self.synapse, workload) {
             write_synapse_node(run, &name, ip)?;
         }
-        let body = self.container_body(&name, ip);
+        let body = self.container_body(&name, ip, workload);
         let options = CreateContainerOptionsBuilder::new().name(container).build();
         self.docker
             .create_container(Some(options), body)
@@ -386,9 +402,15 @@ impl DockerRuntime {
                     e => e.into(),
                 },
             )?;
-        match self.address_node(id, container, &ns, ip, mac).await {
+        match self
+            .address_node(id, container, &ns, ip, mac, workload)
+            .await
+        {
             Ok((facts, nl, eth0)) => {
-                let tasks = self.start_synapse_tasks(id, container, &ns, ip)?;
+                let tasks = match workload {
+                    NodeWorkload::Run => self.start_synapse_tasks(id, container, &ns, ip)?,
+                    NodeWorkload::None => Vec::new(),
+                };
                 Ok((
                     facts,
                     DockerNode {
@@ -417,6 +439,7 @@ impl DockerRuntime {
         ns: &NetNs,
         ip: Ipv4Addr,
         mac: [u8; 6],
+        workload: NodeWorkload,
     ) -> Result<(NodeFacts, Netlink, u32), RuntimeError> {
         let nl = Netlink::connect_in(ns)?;
         let missing = |what: &str| DockerError::Container {
@@ -454,6 +477,7 @@ impl DockerRuntime {
             ip,
             mac,
             port,
+            workload,
         };
         Ok((facts, nl, eth0))
     }
@@ -781,9 +805,20 @@ impl Runtime for DockerRuntime {
         self.config.addressing.host()
     }
 
-    async fn create_node(&mut self, id: NodeId) -> Result<NodeFacts, RuntimeError> {
+    fn run_info(&self) -> RunInfo {
+        RunInfo {
+            backend: Backend::Docker,
+            workload: self.config.workload.name(),
+        }
+    }
+
+    async fn create_node(
+        &mut self,
+        id: NodeId,
+        workload: NodeWorkload,
+    ) -> Result<NodeFacts, RuntimeError> {
         let container = format!("{CONTAINER_PREFIX}{}", id.name());
-        match self.build_node(id, &container).await {
+        match self.build_node(id, &container, workload).await {
             Ok((facts, node)) => {
                 self.nodes.insert(id, node);
                 Ok(facts)

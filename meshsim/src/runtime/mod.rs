@@ -9,14 +9,69 @@ pub mod lock;
 pub mod netns;
 mod workload;
 
-use std::{future::Future, net::Ipv4Addr};
+use std::{fmt, future::Future, net::Ipv4Addr, str::FromStr};
 
 pub use addressing::{Addressing, AddressingError};
 
 use crate::{
     model::NodeId,
     net::{NetNsError, NetlinkError, SysctlError},
+    workload::NodeWorkload,
 };
+
+/// Where nodes live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// A network namespace per node (needs nothing but the kernel).
+    #[default]
+    Netns,
+    /// A Docker container per node, from a local image.
+    Docker,
+}
+
+impl Backend {
+    /// The names the flag and the topology file take.
+    pub const NAMES: &[&str] = &["netns", "docker"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Netns => "netns",
+            Backend::Docker => "docker",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A backend name that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?}: use \"netns\" or \"docker\"")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for Backend {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "netns" => Ok(Backend::Netns),
+            "docker" => Ok(Backend::Docker),
+            other => Err(UnknownBackend(other.to_owned())),
+        }
+    }
+}
+
+/// How a run was made, for the API and the canvas: where nodes live and what they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunInfo {
+    pub backend: Backend,
+    /// The run's workload, as [`crate::workload::WorkloadKind::name`] gives it: `none`,
+    /// `command` or `synapse`.
+    pub workload: &'static str,
+}
 
 /// What the rest of meshsim needs to know about a running node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +82,8 @@ pub struct NodeFacts {
     pub mac: [u8; 6],
     /// The node's bridge port (host-side veth) in the root namespace: the classifier's place.
     pub port: u32,
+    /// Whether it runs the run's workload or nothing.
+    pub workload: NodeWorkload,
 }
 
 /// One change to a node's routing table.
@@ -76,9 +133,13 @@ pub enum RuntimeError {
 pub trait Runtime: Send {
     /// The host's address on the mesh bridge.
     fn host_ip(&self) -> Ipv4Addr;
+    /// Where its nodes live and what the run's workload is.
+    fn run_info(&self) -> RunInfo;
+    /// Creates a node that runs the run's workload, or nothing.
     fn create_node(
         &mut self,
         id: NodeId,
+        workload: NodeWorkload,
     ) -> impl Future<Output = Result<NodeFacts, RuntimeError>> + Send;
     fn remove_node(&mut self, id: NodeId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn set_routes(

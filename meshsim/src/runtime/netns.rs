@@ -3,7 +3,9 @@
 //! port of the bridge `ms-br0`. Inside, `eth0` has the node's address as a /32, so a node
 //! reaches others only through routes via its links; forwarding is on and ICMP redirects off.
 //!
-//! Each node may run a workload (see `crate::workload`). A Synapse node gets, besides its
+//! Each node runs the run's workload (see `crate::workload`) or, when created with
+//! [`NodeWorkload::None`], nothing: a bare namespace that only forwards (no process, no
+//! status entry, no line in a Synapse run's hosts file). A Synapse node gets, besides its
 //! process: a directory under the run directory with its configuration, a mount namespace in
 //! which the run's hosts file and resolv.conf cover `/etc/hosts` and `/etc/resolv.conf`, and
 //! a DNS answerer on 127.0.0.1:53. `create_node` does not wait for Synapse to answer: a
@@ -21,14 +23,15 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    Addressing, NodeFacts, RouteChange, Runtime, RuntimeError,
+    Addressing, Backend, NodeFacts, RouteChange, RunInfo, Runtime, RuntimeError,
     workload::{Workload, with_private_files},
 };
 use crate::{
     model::NodeId,
     net::{NETNS_DIR, NetNs, Netlink, sysctl},
     workload::{
-        NodeState, NodeStatus, SynapseOptions, WorkloadError, WorkloadKind, WorkloadStatus, dns,
+        NodeState, NodeStatus, NodeWorkload, SynapseOptions, WorkloadError, WorkloadKind,
+        WorkloadStatus, dns,
         names::MeshNames,
         pki::RunCa,
         synapse::{self, NodeConfig, NodeDir},
@@ -53,11 +56,11 @@ struct NodeHandle {
     ns: NetNs,
     nl: Netlink,
     eth0: u32,
-    workload: Option<NodeWorkload>,
+    workload: Option<RunningWorkload>,
 }
 
 /// A node's running workload and what serves it.
-struct NodeWorkload {
+struct RunningWorkload {
     process: Workload,
     /// Synapse: the task that watches the server start.
     watcher: Option<JoinHandle<()>>,
@@ -166,6 +169,7 @@ impl NetnsRuntime {
         &mut self,
         id: NodeId,
         ns: &NetNs,
+        workload: NodeWorkload,
     ) -> Result<(NodeFacts, NodeHandle), RuntimeError> {
         let name = id.name();
         let ip = self.config.addressing.node(id)?;
@@ -196,13 +200,17 @@ impl NetnsRuntime {
         // The host (API clients, tests) is on the bridge: reachable directly.
         let host = self.config.addressing.host();
         nl.replace_route(host, host, eth0).await?;
-        let workload = self.start_workload(id, &name, ip, ns)?;
+        let running = match workload {
+            NodeWorkload::Run => self.start_workload(id, &name, ip, ns)?,
+            NodeWorkload::None => None,
+        };
         let facts = NodeFacts {
             id,
             name,
             ip,
             mac,
             port,
+            workload,
         };
         Ok((
             facts,
@@ -210,7 +218,7 @@ impl NetnsRuntime {
                 ns: ns.clone(),
                 nl,
                 eth0,
-                workload,
+                workload: running,
             },
         ))
     }
@@ -222,7 +230,7 @@ impl NetnsRuntime {
         name: &str,
         ip: Ipv4Addr,
         ns: &NetNs,
-    ) -> Result<Option<NodeWorkload>, RuntimeError> {
+    ) -> Result<Option<RunningWorkload>, RuntimeError> {
         let log = self.config.log_dir.join(format!("{name}.log"));
         let run = match &self.workload {
             RunWorkload::None => return Ok(None),
@@ -247,7 +255,7 @@ impl NetnsRuntime {
                         },
                     );
                 });
-                return Ok(Some(NodeWorkload {
+                return Ok(Some(RunningWorkload {
                     process,
                     watcher: None,
                     dns: None,
@@ -290,7 +298,7 @@ impl NetnsRuntime {
         ns: &NetNs,
         node: &NodeDir,
         log: PathBuf,
-    ) -> Result<NodeWorkload, RuntimeError> {
+    ) -> Result<RunningWorkload, RuntimeError> {
         let socket = dns::bind_in(ns)?;
         let dns_task = tokio::spawn(dns::serve(socket, run.names.clone()));
         let mut cmd = ns.command(run.venv.python_bin());
@@ -341,7 +349,7 @@ impl NetnsRuntime {
                 at,
             },
         ));
-        Ok(NodeWorkload {
+        Ok(RunningWorkload {
             process,
             watcher: Some(watcher),
             dns: Some(dns_task),
@@ -350,8 +358,8 @@ impl NetnsRuntime {
     }
 
     /// Stops the process (SIGTERM, then SIGKILL), then what served it.
-    async fn stop_workload(&mut self, id: NodeId, workload: NodeWorkload) {
-        let NodeWorkload {
+    async fn stop_workload(&mut self, id: NodeId, workload: RunningWorkload) {
+        let RunningWorkload {
             process,
             watcher,
             dns,
@@ -555,7 +563,18 @@ impl Runtime for NetnsRuntime {
         self.config.addressing.host()
     }
 
-    async fn create_node(&mut self, id: NodeId) -> Result<NodeFacts, RuntimeError> {
+    fn run_info(&self) -> RunInfo {
+        RunInfo {
+            backend: Backend::Netns,
+            workload: self.config.workload.name(),
+        }
+    }
+
+    async fn create_node(
+        &mut self,
+        id: NodeId,
+        workload: NodeWorkload,
+    ) -> Result<NodeFacts, RuntimeError> {
         let ns_name = format!("{PREFIX}{}", id.name());
         let ns = NetNs::create(&ns_name).map_err(|e| match e {
             crate::net::NetNsError::AlreadyExists { .. } => {
@@ -563,7 +582,7 @@ impl Runtime for NetnsRuntime {
             }
             e => e.into(),
         })?;
-        match self.build_node(id, &ns).await {
+        match self.build_node(id, &ns, workload).await {
             Ok((facts, handle)) => {
                 self.nodes.insert(id, handle);
                 Ok(facts)

@@ -1,4 +1,5 @@
-//! `/api/nodes`: create at (x, y), read one with its neighbours and routes, move, delete.
+//! `/api/nodes`: create at (x, y) running the run's workload or nothing, read one with its
+//! neighbours and routes, move, delete.
 
 use axum::{
     Router,
@@ -14,7 +15,10 @@ use super::{
     extract::{Json, NodePath},
     state::NodeBody,
 };
-use crate::model::NodeId;
+use crate::{
+    model::NodeId,
+    workload::{NodeWorkload, node_workload},
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -31,11 +35,29 @@ struct Position {
     y: f64,
 }
 
+/// A new node: where, and optionally what it runs (`"none"`, or the run's workload, which is
+/// also what it runs when left out).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNode {
+    x: f64,
+    y: f64,
+    #[serde(default)]
+    workload: Option<String>,
+}
+
 async fn create(
     State(app): State<AppState>,
-    Json(at): Json<Position>,
+    Json(new): Json<NewNode>,
 ) -> Result<Response, ApiError> {
-    let node = app.sim.add_node(at.x, at.y).await?;
+    let workload = match new.workload.as_deref() {
+        None => NodeWorkload::Run,
+        Some(name) => {
+            let run = app.sim.state().borrow().run.workload;
+            node_workload(name, run).map_err(|e| ApiError::invalid("workload", e.to_string()))?
+        }
+    };
+    let node = app.sim.add_node_running(new.x, new.y, workload).await?;
     // The Sim publishes before it answers, so the new state has the node's addresses.
     let body = found(&app, node.id)?;
     let location = format!("/api/nodes/{}", node.id.0);

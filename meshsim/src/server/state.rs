@@ -10,6 +10,7 @@ use super::AppState;
 use crate::{
     model::{Link, Node, NodeId, Settings},
     sim::MeshState,
+    workload::node_workload_name,
 };
 
 pub fn router() -> Router<AppState> {
@@ -21,10 +22,12 @@ async fn get_state(State(app): State<AppState>) -> Json<StateBody> {
     Json(StateBody::new(&state))
 }
 
-/// `{settings, nodes, links, delays_enforced}`.
+/// `{settings, run, nodes, links, delays_enforced}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StateBody {
     pub settings: Settings,
+    /// How the run was made, which the canvas needs to offer a workload for new nodes.
+    pub run: RunBody,
     pub nodes: Vec<NodeBody>,
     pub links: Vec<Link>,
     /// False when the kernel has no sch_fq: links are counted but not delayed, and the canvas
@@ -36,6 +39,10 @@ impl StateBody {
     pub fn new(state: &MeshState) -> Self {
         Self {
             settings: state.snapshot.settings.clone(),
+            run: RunBody {
+                backend: state.run.backend.name(),
+                workload: state.run.workload,
+            },
             nodes: state
                 .snapshot
                 .nodes
@@ -48,7 +55,15 @@ impl StateBody {
     }
 }
 
-/// A node with its addresses: `{id, name, x, y, ip, mac}`.
+/// `{backend: "netns"|"docker", workload: "none"|"command"|"synapse"}`: set when meshsim
+/// starts (flags, the topology file's `[run]`), fixed for the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunBody {
+    pub backend: &'static str,
+    pub workload: &'static str,
+}
+
+/// A node with its addresses and what it runs: `{id, name, x, y, ip, mac, workload}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeBody {
     pub id: NodeId,
@@ -59,6 +74,8 @@ pub struct NodeBody {
     /// holds (the Sim publishes after creating nodes).
     pub ip: Option<Ipv4Addr>,
     pub mac: Option<String>,
+    /// `none`, or the run's workload (`command`, `synapse`); null as `ip` is.
+    pub workload: Option<&'static str>,
 }
 
 impl NodeBody {
@@ -71,6 +88,7 @@ impl NodeBody {
             y: node.y,
             ip: facts.map(|f| f.ip),
             mac: facts.map(|f| format_mac(&f.mac)),
+            workload: facts.map(|f| node_workload_name(f.workload, state.run.workload)),
         }
     }
 

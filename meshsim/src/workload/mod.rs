@@ -1,7 +1,8 @@
 //! What runs on every node: nothing, a command of the user's, or a Synapse homeserver.
 //!
-//! The kind is chosen once per run. The backend (see `runtime::netns`) starts it with each
-//! node and stops it with the node; this module holds what does not depend on the backend:
+//! The kind is chosen once per run (a flag, or the topology file's `[run]` table); each node
+//! then runs it or nothing ([`NodeWorkload`]): a bare router between homeservers, say. The
+//! backend (see `runtime::netns`) starts it with each node and stops it with the node; this module holds what does not depend on the backend:
 //! the Synapse install (`venv`), its per-run CA (`pki`), its configuration (`synapse`), and
 //! how nodes find each other by name without any public DNS (`names`, `dns`).
 
@@ -36,6 +37,17 @@ pub enum WorkloadKind {
 /// The names `--workload` accepts.
 pub const WORKLOAD_NAMES: &[&str] = &["none", "synapse"];
 
+/// What one node runs: the run's workload (the default), or nothing. A plain value, so the
+/// Sim and the API can carry it without knowing what the run's workload is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NodeWorkload {
+    /// Whatever every node of the run runs (which may itself be nothing).
+    #[default]
+    Run,
+    /// Nothing: the node only forwards.
+    None,
+}
+
 impl WorkloadKind {
     /// The kind from the command line: `--workload NAME` and `--node-cmd CMD`, both optional.
     /// A command alone means [`WorkloadKind::Command`]; a command next to a named workload
@@ -67,6 +79,59 @@ impl WorkloadKind {
             WorkloadKind::Command(_) => "command",
             WorkloadKind::Synapse(_) => "synapse",
         }
+    }
+
+    /// What a node runs in this run when it asks for `workload`.
+    pub fn for_node(&self, workload: NodeWorkload) -> &WorkloadKind {
+        match workload {
+            NodeWorkload::Run => self,
+            NodeWorkload::None => &WorkloadKind::None,
+        }
+    }
+}
+
+/// The node workload a request or a file names: `none`, or the name of the run's workload
+/// (`run`, as [`WorkloadKind::name`] gives it). Anything else is refused with a message that
+/// lists what this run accepts.
+pub fn node_workload(name: &str, run: &str) -> Result<NodeWorkload, NodeWorkloadError> {
+    match name {
+        "none" => Ok(NodeWorkload::None),
+        _ if name == run => Ok(NodeWorkload::Run),
+        _ => Err(NodeWorkloadError {
+            got: name.to_owned(),
+            run: run.to_owned(),
+        }),
+    }
+}
+
+/// The name of what a node with `workload` runs in a run whose workload is `run`.
+pub fn node_workload_name(workload: NodeWorkload, run: &'static str) -> &'static str {
+    match workload {
+        NodeWorkload::Run => run,
+        NodeWorkload::None => "none",
+    }
+}
+
+/// A node asked for a workload its run does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe_node_choice(got, run))]
+pub struct NodeWorkloadError {
+    pub got: String,
+    pub run: String,
+}
+
+fn describe_node_choice(got: &str, run: &str) -> String {
+    if run == "none" {
+        format!(
+            "unknown workload {got:?} for a node: this run's workload is none, so a node can \
+             only be \"none\" (start meshsim with `--workload synapse` or `--node-cmd CMD` to \
+             give nodes something to run)"
+        )
+    } else {
+        format!(
+            "unknown workload {got:?} for a node: this run's workload is {run}, so a node runs \
+             \"{run}\" or \"none\""
+        )
     }
 }
 
@@ -172,6 +237,27 @@ mod tests {
             WorkloadKind::from_cli(Some("none"), Some("sleep 1".into())).unwrap(),
             WorkloadKind::Command("sleep 1".into())
         );
+    }
+
+    #[test]
+    fn a_node_runs_the_runs_workload_or_nothing() {
+        assert_eq!(node_workload("none", "synapse"), Ok(NodeWorkload::None));
+        assert_eq!(node_workload("synapse", "synapse"), Ok(NodeWorkload::Run));
+        assert_eq!(node_workload("command", "command"), Ok(NodeWorkload::Run));
+        assert_eq!(node_workload("none", "none"), Ok(NodeWorkload::None));
+        let err = node_workload("synapse", "command").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown workload \"synapse\" for a node: this run's workload is command, so a node \
+             runs \"command\" or \"none\""
+        );
+        let err = node_workload("synapse", "none").unwrap_err();
+        assert!(err.to_string().contains("can only be \"none\""), "{err}");
+        assert_eq!(node_workload_name(NodeWorkload::Run, "synapse"), "synapse");
+        assert_eq!(node_workload_name(NodeWorkload::None, "synapse"), "none");
+        let run = WorkloadKind::Command("sleep 1".into());
+        assert_eq!(run.for_node(NodeWorkload::None), &WorkloadKind::None);
+        assert_eq!(run.for_node(NodeWorkload::Run), &run);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::{
     net::SocketAddr,
+    os::unix::fs::MetadataExt as _,
     time::{Duration, Instant},
 };
 
@@ -23,6 +24,7 @@ use meshsim::{
     },
     server::{self, Server, ServerError, ServerOptions},
     sim::{Sim, SimHandle},
+    workload::WorkloadKind,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -59,12 +61,17 @@ impl Lab {
     }
 
     pub async fn start_with(options: ServerOptions) -> Lab {
+        Self::start_running(WorkloadKind::None, options).await
+    }
+
+    /// A lab whose nodes run `workload` (unless added with `"workload": "none"`).
+    pub async fn start_running(workload: WorkloadKind, options: ServerOptions) -> Lab {
         let lock = run_lock().await;
         remove_leftovers().await.unwrap();
         let dp = Datapath::load(DatapathOptions::default()).unwrap();
         let config = NetnsConfig {
             addressing: Addressing::default(),
-            workload: meshsim::workload::WorkloadKind::None,
+            workload,
             log_dir: std::env::temp_dir(),
         };
         let runtime = NetnsRuntime::start(config).await.unwrap();
@@ -140,6 +147,29 @@ impl Lab {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{node}");
         NodeId(node["id"].as_u64().unwrap() as u32)
+    }
+
+    /// The command lines of every process in `id`'s network namespace, read from /proc.
+    pub fn processes_in(&self, id: NodeId) -> Vec<String> {
+        let ns = std::fs::metadata(format!("/run/netns/{PREFIX}{}", id.name())).unwrap();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(net) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+                continue;
+            };
+            if (net.dev(), net.ino()) == (ns.dev(), ns.ino()) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            }
+        }
+        found
     }
 
     pub fn ip(&self, id: NodeId) -> String {
