@@ -371,16 +371,7 @@ mod tests {
     }
 
     fn ks_normal(samples: &[f64], mean: f64, sd: f64) -> f64 {
-        let mut s = samples.to_vec();
-        s.sort_by(f64::total_cmp);
-        let n = s.len() as f64;
-        s.iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let f = normal_cdf((x - mean) / sd);
-                (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
-            })
-            .fold(0.0, f64::max)
+        ks(samples, |x| normal_cdf((x - mean) / sd))
     }
 
     /// N(50 ms, 10 ms) with the default correlation, or independent samples.
