@@ -84,6 +84,7 @@ fn main() -> Result<()> {
             require_root("the benchmarks load eBPF programs")?;
             cargo::run(&["bench", "-p", "meshsim", "--bench", "classifier"])?;
             cargo::run(&["bench", "-p", "meshsim", "--bench", "mesh"])?;
+            cargo::run(&["bench", "-p", "meshsim", "--bench", "synapse"])?;
             // The seed's way needs netem, which only the VM's kernel has.
             vm::bench("mesh", &["vm"])
         }

@@ -137,7 +137,11 @@ pub fn write_node_dir(
     };
     write("tls.crt", &cert_pem)?;
     write("tls.key", &key_pem)?;
-    write("signing.key", &signing_key(&random_bytes(32), "a_mesh"))?;
+    // A key id of its own: a node added again under its name is a new server with a new key,
+    // and peers cache keys by id (for the key's validity, a day), so a reused id would make
+    // them reject the new server's signatures as forged.
+    let key_id = format!("a_{}", random_hex(4));
+    write("signing.key", &signing_key(&random_bytes(32), &key_id))?;
     write(
         "homeserver.yaml",
         &homeserver_yaml(config, &dir, &random_hex(24), &random_hex(24)),
