@@ -108,7 +108,7 @@ fn with_host_load(md: &str, loads: &[f64]) -> String {
     let mut sorted = loads.to_vec();
     sorted.sort_by(f64::total_cmp);
     let line = format!(
-        "Host load while it ran (1-minute load average, every {} s; the VM itself keeps about 2 busy): median {:.1}, max {:.1}.",
+        "Host load while it ran (1-minute load average, sampled every {} s, the emulated VM included): median {:.1}, max {:.1}.",
         LOAD_EVERY.as_secs(),
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1]
