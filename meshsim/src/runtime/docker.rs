@@ -60,7 +60,7 @@ use crate::{
         WorkloadStatus, dns,
         names::MeshNames,
         pki::RunCa,
-        synapse::{self, NodeConfig},
+        synapse::{self, NodeConfig, NodeDir},
     },
 };
 
@@ -362,9 +362,10 @@ impl DockerRuntime {
         let name = id.name();
         let ip = self.config.addressing.node(id)?;
         let mac = Addressing::mac(id);
-        if let (Some(run), NodeWorkload::Run) = (&self.synapse, workload) {
-            write_synapse_node(run, &name, ip)?;
-        }
+        let reused = match (&self.synapse, workload) {
+            (Some(run), NodeWorkload::Run) => write_synapse_node(run, &name, ip)?.reused,
+            _ => false,
+        };
         let body = self.container_body(&name, ip, workload);
         let options = CreateContainerOptionsBuilder::new().name(container).build();
         self.docker
@@ -408,7 +409,9 @@ impl DockerRuntime {
         {
             Ok((facts, nl, eth0)) => {
                 let tasks = match workload {
-                    NodeWorkload::Run => self.start_synapse_tasks(id, container, &ns, ip)?,
+                    NodeWorkload::Run => {
+                        self.start_synapse_tasks(id, container, &ns, ip, reused)?
+                    }
                     NodeWorkload::None => Vec::new(),
                 };
                 Ok((
@@ -483,13 +486,14 @@ impl DockerRuntime {
     }
 
     /// Synapse: the node's DNS answerer, and a task that watches the server start and makes
-    /// its test user.
+    /// its test user (unless its directory was `reused`: the user is in its database).
     fn start_synapse_tasks(
         &self,
         id: NodeId,
         container: &str,
         ns: &NetNs,
         ip: Ipv4Addr,
+        reused: bool,
     ) -> Result<Vec<JoinHandle<()>>, RuntimeError> {
         let Some(run) = &self.synapse else {
             if let WorkloadKind::Command(_) = self.config.workload {
@@ -510,6 +514,7 @@ impl DockerRuntime {
                 ip,
                 log: self.log_of(id),
                 at: Instant::now(),
+                has_user: reused,
             },
         ));
         Ok(vec![dns_task, watcher])
@@ -645,8 +650,9 @@ async fn prepare_synapse(
     Ok(made?)
 }
 
-/// The node's name in the run's hosts file and its directory (configuration, keys).
-fn write_synapse_node(run: &SynapseRun, name: &str, ip: Ipv4Addr) -> Result<(), RuntimeError> {
+/// The node's name in the run's hosts file and its directory (configuration, keys), or the
+/// directory it had earlier in the run.
+fn write_synapse_node(run: &SynapseRun, name: &str, ip: Ipv4Addr) -> Result<NodeDir, RuntimeError> {
     run.names
         .insert(name, ip)
         .map_err(WorkloadError::io("rewrite", run.names.hosts_path()))?;
@@ -656,11 +662,10 @@ fn write_synapse_node(run: &SynapseRun, name: &str, ip: Ipv4Addr) -> Result<(), 
         ca_path: &run.ca_path,
         registration_secret: &run.registration_secret,
     };
-    if let Err(e) = synapse::write_node_dir(&run.options.run_dir, &config, &run.ca) {
+    synapse::write_node_dir(&run.options.run_dir, &config, &run.ca).map_err(|e| {
         let _ = run.names.remove(name);
-        return Err(e.into());
-    }
-    Ok(())
+        e.into()
+    })
 }
 
 fn make_log_dir(dir: &Path) -> Result<(), RuntimeError> {
@@ -676,6 +681,9 @@ struct Started {
     ip: Ipv4Addr,
     log: PathBuf,
     at: Instant,
+    /// The test user is in the database already (the node's directory was reused), and
+    /// `register_new_matrix_user` would fail on it.
+    has_user: bool,
 }
 
 /// Asks the node until it answers `/_matrix/federation/v1/version`, then makes its test
@@ -718,6 +726,7 @@ async fn watch_start(
         tokio::time::sleep(PROBE_EVERY).await;
     };
     let outcome = match outcome {
+        Ok(after) if node.has_user => Ok(after),
         Ok(after) => register(&docker, &run, &node).await.map(|()| after),
         Err(e) => Err(e),
     };
@@ -818,6 +827,11 @@ impl Runtime for DockerRuntime {
         workload: NodeWorkload,
     ) -> Result<NodeFacts, RuntimeError> {
         let container = format!("{CONTAINER_PREFIX}{}", id.name());
+        // A directory from earlier in the run holds the node's data: a failed start keeps it.
+        let kept = self
+            .synapse
+            .as_ref()
+            .is_some_and(|run| synapse::node_dir_written(&run.options.run_dir, &id.name()));
         match self.build_node(id, &container, workload).await {
             Ok((facts, node)) => {
                 self.nodes.insert(id, node);
@@ -830,7 +844,9 @@ impl Runtime for DockerRuntime {
                 }
                 if let Some(run) = &self.synapse {
                     let _ = run.names.remove(&id.name());
-                    let _ = std::fs::remove_dir_all(run.options.run_dir.join(id.name()));
+                    if !kept {
+                        let _ = std::fs::remove_dir_all(run.options.run_dir.join(id.name()));
+                    }
                 }
                 self.status.send_modify(|s| {
                     s.remove(&id);
@@ -854,10 +870,10 @@ impl Runtime for DockerRuntime {
         NetNs::delete(&name)?;
         self.remove_container(&node.container).await?;
         if let Some(run) = &self.synapse {
+            // The node's directory stays until the run ends, so it can come back as itself.
             if let Err(e) = run.names.remove(&id.name()) {
                 tracing::warn!("could not update {}: {e}", run.names.hosts_path().display());
             }
-            let _ = std::fs::remove_dir_all(run.options.run_dir.join(id.name()));
         }
         self.status.send_modify(|s| {
             s.remove(&id);

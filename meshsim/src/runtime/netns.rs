@@ -66,8 +66,6 @@ struct RunningWorkload {
     watcher: Option<JoinHandle<()>>,
     /// Synapse: the node's DNS answerer.
     dns: Option<JoinHandle<()>>,
-    /// Synapse: the node's directory under the run directory.
-    dir: Option<PathBuf>,
 }
 
 /// The run's workload, as prepared by `start`.
@@ -259,7 +257,6 @@ impl NetnsRuntime {
                     process,
                     watcher: None,
                     dns: None,
-                    dir: None,
                 }));
             }
             RunWorkload::Synapse(run) => Arc::clone(run),
@@ -279,7 +276,10 @@ impl NetnsRuntime {
             .and_then(|node| {
                 self.start_synapse(&run, id, ip, ns, &node, log)
                     .inspect_err(|_| {
-                        let _ = std::fs::remove_dir_all(&node.dir);
+                        // A reused directory holds the node's data from earlier in the run.
+                        if !node.reused {
+                            let _ = std::fs::remove_dir_all(&node.dir);
+                        }
                     })
             });
         if result.is_err() {
@@ -353,17 +353,16 @@ impl NetnsRuntime {
             process,
             watcher: Some(watcher),
             dns: Some(dns_task),
-            dir: Some(node.dir.clone()),
         })
     }
 
-    /// Stops the process (SIGTERM, then SIGKILL), then what served it.
+    /// Stops the process (SIGTERM, then SIGKILL), then what served it. A Synapse node's
+    /// directory stays until the run ends, so the node can be added back as itself.
     async fn stop_workload(&mut self, id: NodeId, workload: RunningWorkload) {
         let RunningWorkload {
             process,
             watcher,
             dns,
-            dir,
         } = workload;
         // The start watcher first, so it does not report the stop as a failure.
         if let Some(watcher) = watcher {
@@ -377,9 +376,6 @@ impl NetnsRuntime {
             && let Err(e) = run.names.remove(&id.name())
         {
             tracing::warn!("could not update {}: {e}", run.names.hosts_path().display());
-        }
-        if let Some(dir) = dir {
-            let _ = std::fs::remove_dir_all(dir);
         }
         self.status.send_modify(|s| {
             s.remove(&id);

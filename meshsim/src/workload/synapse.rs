@@ -100,6 +100,9 @@ impl SynapseOptions {
 pub struct NodeDir {
     pub name: String,
     pub dir: PathBuf,
+    /// The directory was left by an earlier node of the same name in this run and kept as
+    /// it was: the server comes back as itself, with its database, keys and users.
+    pub reused: bool,
 }
 
 impl NodeDir {
@@ -118,14 +121,33 @@ pub struct NodeConfig<'a> {
     pub registration_secret: &'a str,
 }
 
+/// Whether `<run_dir>/<name>/` holds a node an earlier node of this name finished writing:
+/// its configuration and signing key are there (both are written last).
+pub fn node_dir_written(run_dir: &Path, name: &str) -> bool {
+    let dir = run_dir.join(name);
+    dir.join("homeserver.yaml").is_file() && dir.join("signing.key").is_file()
+}
+
 /// Writes a node's directory: TLS certificate and key (from the run's CA), signing key,
-/// `homeserver.yaml`. A directory left by an earlier node of the same name is replaced.
+/// `homeserver.yaml`. A directory an earlier node of the same name wrote in this run is
+/// kept as it is (the run directory is emptied when a run starts, so it can only be this
+/// run's): a node removed and added again returns as the same server, with its rooms,
+/// users and signing key, so its peers' federation with it resumes. A half-written one is
+/// replaced.
 pub fn write_node_dir(
     run_dir: &Path,
     config: &NodeConfig<'_>,
     ca: &RunCa,
 ) -> Result<NodeDir, WorkloadError> {
     let dir = run_dir.join(config.name);
+    let node = |reused| NodeDir {
+        name: config.name.to_owned(),
+        dir: dir.clone(),
+        reused,
+    };
+    if node_dir_written(run_dir, config.name) {
+        return Ok(node(true));
+    }
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(WorkloadError::io("remove", &dir))?;
     }
@@ -137,19 +159,16 @@ pub fn write_node_dir(
     };
     write("tls.crt", &cert_pem)?;
     write("tls.key", &key_pem)?;
-    // A key id of its own: a node added again under its name is a new server with a new key,
-    // and peers cache keys by id (for the key's validity, a day), so a reused id would make
-    // them reject the new server's signatures as forged.
+    // A key id of its own: should a server ever be made anew under a name its peers have
+    // seen (its directory removed by hand), peers cache keys by id for the key's validity,
+    // a day, and would take the new server's signatures under a reused id as forged.
     let key_id = format!("a_{}", random_hex(4));
     write("signing.key", &signing_key(&random_bytes(32), &key_id))?;
     write(
         "homeserver.yaml",
         &homeserver_yaml(config, &dir, &random_hex(24), &random_hex(24)),
     )?;
-    Ok(NodeDir {
-        name: config.name.to_owned(),
-        dir,
-    })
+    Ok(node(false))
 }
 
 /// Synapse's signing key file: `ed25519 <key id> <unpadded base64 of the 32-byte seed>`.
@@ -221,6 +240,15 @@ enable_metrics: false
 
 enable_registration: false
 registration_shared_secret: {registration_secret}
+# Clients in a lab log in often, all from their node's address; the default allows 5 and
+# then one every 5 min.
+rc_login:
+  address:
+    per_second: 10
+    burst_count: 100
+  account:
+    per_second: 10
+    burst_count: 100
 macaroon_secret_key: {macaroon}
 form_secret: {form}
 
@@ -421,6 +449,7 @@ mod tests {
             "registration_shared_secret: \"s3cret\"",
             "report_stats: false",
             "  - port: 8448\n    type: http\n    tls: true",
+            "rc_login:\n  address:\n    per_second: 10\n    burst_count: 100",
         ] {
             assert!(y.contains(want), "missing {want:?} in\n{y}");
         }
@@ -436,6 +465,51 @@ mod tests {
         let (a, b) = (random_hex(16), random_hex(16));
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_node_written_again_in_the_same_run_keeps_its_identity() {
+        let run_dir = std::env::temp_dir().join(format!("meshsim-nodedir-{}", std::process::id()));
+        let _remove = RemoveOnDrop(run_dir.clone());
+        prepare_run_dir(&run_dir).unwrap();
+        let ca = RunCa::new("test").unwrap();
+        let ca_path = run_dir.join("ca.pem");
+        let node = NodeConfig {
+            name: "n4",
+            mesh_cidr: "10.77.0.0/16",
+            ca_path: &ca_path,
+            registration_secret: "s3cret",
+        };
+        let read = |dir: &NodeDir, file: &str| fs::read_to_string(dir.dir.join(file)).unwrap();
+        let first = write_node_dir(&run_dir, &node, &ca).unwrap();
+        assert!(!first.reused, "a new node gets a new directory");
+        // What the first server left: its database.
+        fs::write(first.dir.join("homeserver.db"), "rooms").unwrap();
+        let files = ["signing.key", "homeserver.yaml", "tls.crt", "tls.key"];
+        let before: Vec<String> = files.iter().map(|f| read(&first, f)).collect();
+
+        let again = write_node_dir(&run_dir, &node, &ca).unwrap();
+        assert!(again.reused, "the directory of this run is reused");
+        assert_eq!(again.dir, first.dir);
+        let after: Vec<String> = files.iter().map(|f| read(&again, f)).collect();
+        assert_eq!(before, after, "the same keys and configuration");
+        assert_eq!(read(&again, "homeserver.db"), "rooms");
+
+        // One that was never finished is written anew, with a key of its own.
+        fs::remove_file(again.dir.join("homeserver.yaml")).unwrap();
+        let anew = write_node_dir(&run_dir, &node, &ca).unwrap();
+        assert!(!anew.reused);
+        assert!(!anew.dir.join("homeserver.db").exists());
+        assert_ne!(read(&anew, "signing.key"), before[0]);
+    }
+
+    /// Removes a test's directory, also when the test fails.
+    struct RemoveOnDrop(PathBuf);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
