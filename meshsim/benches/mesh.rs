@@ -14,23 +14,23 @@
 //! asserted, but any failure ends the bench with an error. Both parts take the run lock and
 //! remove every `ms-` namespace and interface before and after.
 
+mod common;
+
 use std::{
     f64::consts::PI,
-    future::Future,
     io::Write as _,
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use common::isolated;
 use meshsim::{
     datapath::{Datapath, DatapathOptions, LinkShape},
     model::{BandwidthMode, CostMetric, NodeDoc, NodeId, Settings, Topology},
     net::{FqSupport, NetNs, Netlink, probe_fq},
     runtime::{
         Addressing,
-        cleanup::remove_leftovers,
-        lock::{self, LockError, RunLock},
         netns::{NetnsConfig, NetnsRuntime, PREFIX},
     },
     sim::{ApplyTimings, MeshState, Sim, SimHandle},
@@ -38,8 +38,6 @@ use meshsim::{
 use meshsim_common::LinkKey;
 
 const PART_ENV: &str = "MESHSIM_BENCH_PART";
-/// How long to wait for another meshsim (or the integration tests) to release the run lock.
-const LOCK_WAIT: Duration = Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -62,53 +60,6 @@ fn part() -> Result<Part> {
         None | Some("host") => Ok(Part::Host),
         Some("vm") => Ok(Part::Vm),
         Some(other) => bail!("unknown part {other:?}: give `host` (the default) or `vm`"),
-    }
-}
-
-/// Runs `work` holding the run lock, with no `ms-` namespace or interface before or after it.
-async fn isolated<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
-    let _lock = run_lock().await?;
-    let removed = remove_leftovers()
-        .await
-        .context("removing what an earlier run left")?;
-    if !removed.is_empty() {
-        eprintln!(
-            "removed leftovers first: {} namespaces, {} interfaces, {} processes",
-            removed.namespaces.len(),
-            removed.links.len(),
-            removed.processes
-        );
-    }
-    let result = work.await;
-    let cleaned = remove_leftovers()
-        .await
-        .context("removing what the bench made");
-    match (result, cleaned) {
-        (Ok(value), Ok(_)) => Ok(value),
-        (Err(e), Ok(_)) => Err(e),
-        (Ok(_), Err(e)) => Err(e),
-        (Err(e), Err(cleanup)) => {
-            eprintln!("also: {cleanup:#}");
-            Err(e)
-        }
-    }
-}
-
-async fn run_lock() -> Result<RunLock> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    let mut said = false;
-    loop {
-        match lock::acquire() {
-            Ok(lock) => return Ok(lock),
-            Err(LockError::Held) if Instant::now() < deadline => {
-                if !said {
-                    eprintln!("the run lock is held (a meshsim or a test is running): waiting");
-                    said = true;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e).context("taking the run lock"),
-        }
     }
 }
 

@@ -13,9 +13,10 @@
 //! Nothing is asserted, but any failure ends the bench with an error. It takes the run lock
 //! and removes every `ms-` namespace and interface before and after.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
-    future::Future,
     net::Ipv4Addr,
     path::Path,
     process::Command,
@@ -23,14 +24,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use common::isolated;
 use meshsim::{
     datapath::{Datapath, DatapathOptions},
     model::{NodeId, Settings},
     net::{FqSupport, probe_fq},
     runtime::{
         Addressing,
-        cleanup::remove_leftovers,
-        lock::{self, LockError, RunLock},
         netns::{NetnsConfig, NetnsRuntime},
     },
     sim::{Sim, SimHandle},
@@ -54,8 +54,6 @@ const READY_BOUND: Duration = Duration::from_secs(180);
 const MEM_FLOOR: u64 = 2 << 30;
 /// The whole bench, bring-up of the last step included.
 const BUDGET: Duration = Duration::from_secs(15 * 60);
-/// How long to wait for another meshsim (or the integration tests) to release the run lock.
-const LOCK_WAIT: Duration = Duration::from_secs(300);
 /// Nodes sit on a grid this many px apart, `COLUMNS` to a row: near enough to link.
 const SPACING: f64 = 80.0;
 const COLUMNS: usize = 8;
@@ -89,45 +87,6 @@ async fn main() -> Result<()> {
         secs(started.elapsed())
     );
     isolated(grow(options)).await
-}
-
-/// Runs `work` holding the run lock, with no `ms-` namespace or interface before or after it.
-async fn isolated<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
-    let _lock = run_lock().await?;
-    remove_leftovers()
-        .await
-        .context("removing what an earlier run left")?;
-    let result = work.await;
-    let cleaned = remove_leftovers()
-        .await
-        .context("removing what the bench made");
-    match (result, cleaned) {
-        (Ok(value), Ok(_)) => Ok(value),
-        (Err(e), Ok(_)) => Err(e),
-        (Ok(_), Err(e)) => Err(e),
-        (Err(e), Err(cleanup)) => {
-            eprintln!("also: {cleanup:#}");
-            Err(e)
-        }
-    }
-}
-
-async fn run_lock() -> Result<RunLock> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    let mut said = false;
-    loop {
-        match lock::acquire() {
-            Ok(lock) => return Ok(lock),
-            Err(LockError::Held) if Instant::now() < deadline => {
-                if !said {
-                    eprintln!("the run lock is held (a meshsim or a test is running): waiting");
-                    said = true;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e).context("taking the run lock"),
-        }
-    }
 }
 
 /// One row of the table.
