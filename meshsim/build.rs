@@ -11,7 +11,9 @@ fn main() -> anyhow::Result<()> {
     // an empty one makes a quick `cargo check` work and loading fail with a clear error.
     if std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         let out_dir = std::env::var("OUT_DIR").context("OUT_DIR not set")?;
-        std::fs::write(std::path::Path::new(&out_dir).join("meshsim"), [])?;
+        for object in ["meshsim", "meshsim-baseline"] {
+            std::fs::write(std::path::Path::new(&out_dir).join(object), [])?;
+        }
     }
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()

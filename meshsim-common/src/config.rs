@@ -4,6 +4,8 @@
 pub const CONFIG_F_STRICT: u32 = 1 << 0;
 /// Hand shaped packets to fq as socket-less clones (see the classifier for why).
 pub const CONFIG_F_ORPHAN: u32 = 1 << 1;
+/// Log the classifier's rare events (a failed clone, a strict-mode drop) through aya-log.
+pub const CONFIG_F_DEBUG_LOG: u32 = 1 << 2;
 
 /// Value of the single-entry `CONFIG` array.
 #[repr(C)]
@@ -30,6 +32,18 @@ pub mod global {
     /// that port would drop it, and so counted on no link.
     pub const FLOODED_PACKETS: u32 = 5;
     pub const COUNT: u32 = 6;
+}
+
+/// The counters that belong to no link, summed over CPUs (user space's view of
+/// `GLOBAL_COUNTERS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    pub unmatched_packets: u64,
+    pub unmatched_bytes: u64,
+    pub unlinked_packets: u64,
+    pub unlinked_bytes: u64,
+    pub clone_failed: u64,
+    pub flooded_packets: u64,
 }
 
 /// Capacity of the link maps; a 500-node mesh with 5 neighbours uses about 2,500 directed links.

@@ -106,10 +106,10 @@ mod tests {
     /// A draw whose loss part is the middle of the range.
     const HALF: u32 = 1 << 31;
 
-    fn rated(rate_bytes_per_s: u64, queue_ns: u32) -> LinkParams {
+    fn rated(bandwidth_bytes_per_s: u64, queue_ns: u32) -> LinkParams {
         LinkParams {
-            rate_bytes_per_s,
-            ns_per_byte_q20: crate::link::ns_per_byte_q20(rate_bytes_per_s),
+            bandwidth_bytes_per_s,
+            ns_per_byte_q20: crate::link::ns_per_byte_q20(bandwidth_bytes_per_s),
             queue_ns,
             ..Default::default()
         }

@@ -12,8 +12,8 @@
 //! process, whose steps grow like the square root of the gap and so outrun short gaps): packets
 //! close in time see nearly the same delay, so the delay falls more slowly than time passes and
 //! departures stay in order without the per-link clamp having to act. Clamping independent
-//! samples instead distorts the distribution (DESIGN.md: N(50,10) became mean 52.3, sd 8.4),
-//! because fq releases a flow's packets in time order.
+//! samples instead distorts the distribution (docs/architecture.md, "Jitter": N(50,10) became
+//! mean 52.3, sd 8.4), because fq releases a flow's packets in time order.
 //!
 //! Read-only tables, generated in user space at start-up, make this integer-only:
 //! - `NORMAL`: `NORMAL_LEN` standard normal quantiles at `(i + 0.5) / NORMAL_LEN`, Q16, so a
@@ -37,6 +37,14 @@ pub const DIST_Z_OFFSET: i64 = 8 * Q16_ONE;
 pub const DIST_BIN_SHIFT: u32 = 8;
 pub const DIST_LEN: u32 = 4096;
 pub const DIST_COUNT: u32 = 4;
+
+/// The multiplier that turns a time into a segment into a `BLEND` phase (0 for no segment).
+pub const fn jitter_phase_q32(jitter_corr_ns: u64) -> u64 {
+    if jitter_corr_ns == 0 {
+        return 0;
+    }
+    ((BLEND_LEN as u64) << 32) / jitter_corr_ns
+}
 
 /// One entry of the `BLEND` table: the weights of the segment's two knots at one phase.
 #[repr(C)]

@@ -11,4 +11,5 @@ pub mod link;
 
 pub use config::*;
 pub use edt::{Verdict, schedule};
+pub use jitter::jitter_phase_q32;
 pub use link::*;

@@ -52,14 +52,15 @@ pub struct LinkParams {
     /// Scale of the jitter distribution (see [`JitterDist`]); 0 = no jitter.
     pub jitter_ns: u64,
     /// 0 = unlimited.
-    pub rate_bytes_per_s: u64,
+    pub bandwidth_bytes_per_s: u64,
     /// Correlation time of the delay process (its segment length, see `jitter`); 0 behaves
     /// like independent jitter.
     pub jitter_corr_ns: u64,
-    /// `NSEC_PER_SEC / rate_bytes_per_s` in Q20, so serialisation is a multiply, not a
+    /// `NSEC_PER_SEC / bandwidth_bytes_per_s` in Q20, so serialisation is a multiply, not a
     /// division (see [`ns_per_byte_q20`]).
     pub ns_per_byte_q20: u64,
-    /// `BLEND_LEN / jitter_corr_ns` in Q32: the phase within a segment, again without dividing.
+    /// `BLEND_LEN / jitter_corr_ns` in Q32: the phase within a segment, again without dividing
+    /// (see [`crate::jitter::jitter_phase_q32`]).
     pub jitter_phase_q32: u64,
     /// Packets lost per million.
     pub loss_ppm: u32,
@@ -81,28 +82,20 @@ pub struct LinkParams {
 const _: () = assert!(core::mem::size_of::<LinkParams>() == 80);
 
 /// The slowest rate a link can have: below it `ns_per_byte_q20` times a 64 KiB frame overflows.
-pub const MIN_RATE_BYTES_PER_S: u64 = 8;
+pub const MIN_BANDWIDTH_BYTES_PER_S: u64 = 8;
 
-/// Serialisation time per byte at `rate_bytes_per_s`, in Q20 nanoseconds (0 for unlimited).
+/// Serialisation time per byte at `bandwidth_bytes_per_s`, in Q20 nanoseconds (0 for unlimited).
 /// At 100 Gbit/s the rounding error is 1e-6, far below what a link could show.
-pub const fn ns_per_byte_q20(rate_bytes_per_s: u64) -> u64 {
-    if rate_bytes_per_s == 0 {
+pub const fn ns_per_byte_q20(bandwidth_bytes_per_s: u64) -> u64 {
+    if bandwidth_bytes_per_s == 0 {
         return 0;
     }
-    let rate = if rate_bytes_per_s < MIN_RATE_BYTES_PER_S {
-        MIN_RATE_BYTES_PER_S
+    let rate = if bandwidth_bytes_per_s < MIN_BANDWIDTH_BYTES_PER_S {
+        MIN_BANDWIDTH_BYTES_PER_S
     } else {
-        rate_bytes_per_s
+        bandwidth_bytes_per_s
     };
     (1_000_000_000u64 << 20) / rate
-}
-
-/// The multiplier that turns a time into a segment into a `BLEND` phase (0 for no segment).
-pub const fn jitter_phase_q32(jitter_corr_ns: u64) -> u64 {
-    if jitter_corr_ns == 0 {
-        return 0;
-    }
-    ((crate::jitter::BLEND_LEN as u64) << 32) / jitter_corr_ns
 }
 
 impl LinkParams {
@@ -110,7 +103,7 @@ impl LinkParams {
     pub const fn is_transparent(&self) -> bool {
         self.latency_ns == 0
             && self.jitter_ns == 0
-            && self.rate_bytes_per_s == 0
+            && self.bandwidth_bytes_per_s == 0
             && self.loss_ppm == 0
     }
 }

@@ -16,9 +16,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
+use aya_log_ebpf::warn;
 use meshsim_common::{
-    CLONE_MARK, CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, LinkCounters, LinkKey, LinkParams,
-    LinkState, MAX_LINKS, MAX_NODES, NodeInfo, Verdict, global,
+    CLONE_MARK, CONFIG_F_DEBUG_LOG, CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, LinkCounters,
+    LinkKey, LinkParams, LinkState, MAX_LINKS, MAX_NODES, NodeInfo, Verdict, global,
     jitter::{BLEND_LEN, Blend, DIST_COUNT, DIST_LEN, JitterTables, NORMAL_LEN},
     schedule,
 };
@@ -66,8 +67,8 @@ impl JitterTables for MapTables {
 #[classifier]
 pub fn meshsim_egress(ctx: TcContext) -> i32 {
     let skb = ctx.as_ptr() as *mut __sk_buff;
-    // SAFETY: the context pointer is the kernel's __sk_buff for this call; the verifier
-    // rewrites each field access.
+    // SAFETY: the context pointer is the kernel's __sk_buff for this call, valid for the
+    // whole run; the verifier rewrites each field access into a checked context access.
     unsafe {
         if (*skb).mark == CLONE_MARK && (*skb).cb[3] == CLONE_MARK {
             return release_clone(skb);
@@ -76,37 +77,39 @@ pub fn meshsim_egress(ctx: TcContext) -> i32 {
     }
 }
 
-/// The harness's own cost in the benchmark: a classifier that does nothing.
-#[classifier]
-pub fn meshsim_empty(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+/// Whether `flag` is set in the program-wide `CONFIG`.
+#[inline(always)]
+fn config(flag: u32) -> bool {
+    CONFIG.get(0).is_some_and(|c| c.flags & flag != 0)
 }
 
-/// The benchmark's floor: reading the clock, which every shaped packet must do.
-#[classifier]
-pub fn meshsim_clock(_ctx: TcContext) -> i32 {
-    (unsafe { bpf_ktime_get_ns() } & 1) as i32
-}
-
+/// # Safety
+/// `skb` must be the context of the running program (see `meshsim_egress`).
 #[inline(always)]
 unsafe fn shape(ctx: &TcContext, skb: *mut __sk_buff) -> i32 {
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + 12 > end {
         return TC_ACT_OK;
     }
-    // SAFETY: bounds checked above. The Ethernet header starts with dst, then src; indexing
-    // each byte keeps LLVM from calling memcpy (a BPF subprogram call per packet).
+    // SAFETY: `data + 12 <= data_end` was checked above, so the 12 bytes are in the packet;
+    // an unaligned read of a byte array needs no alignment. Reading them as one array (then
+    // indexing) keeps LLVM from calling memcpy, a BPF subprogram call per packet.
     let h = unsafe { core::ptr::read_unaligned(data as *const [u8; 12]) };
+    // The Ethernet header starts with dst, then src.
     let key = LinkKey {
         dst: [h[0], h[1], h[2], h[3], h[4], h[5]],
         src: [h[6], h[7], h[8], h[9], h[10], h[11]],
     };
-    let wire_len = unsafe { (*skb).wire_len };
-    // SAFETY: map values are only read or written through these pointers for this packet.
+    // SAFETY: `skb` is this run's context (the caller's contract); a plain field read.
+    let (wire_len, ifindex, gso_segs) =
+        unsafe { ((*skb).wire_len, (*skb).ifindex, (*skb).gso_segs) };
+    // SAFETY: the value is read only for this packet; user space replaces a link's value as
+    // a whole (one map update), so a concurrent update gives the old or the new one.
     let Some(params) = (unsafe { LINKS.get(&key) }) else {
-        return unsafe { unmatched(skb, &key, wire_len) };
+        // SAFETY: `skb` is this run's context.
+        return unsafe { unmatched(ctx, skb, &key, wire_len) };
     };
-    if params.port_ifindex != unsafe { (*skb).ifindex } {
+    if params.port_ifindex != ifindex {
         count_global(global::FLOODED_PACKETS, 1);
         return TC_ACT_SHOT;
     }
@@ -116,9 +119,14 @@ unsafe fn shape(ctx: &TcContext, skb: *mut __sk_buff) -> i32 {
     ) else {
         return TC_ACT_OK;
     };
+    // SAFETY: both pointers come from the maps for an index the verifier bounds-checked,
+    // and stay valid for the run. The per-CPU counters have no other writer (tc runs with
+    // bottom halves off). The link's state is shared between CPUs: a race between two
+    // CPUs' packets on one link can lose one update of `next_free_ns`, which costs at most
+    // one packet's serialisation time, as Cilium's EDT tolerates (READ_ONCE/WRITE_ONCE).
     let (state, counters) = unsafe { (&mut *state, &mut *counters) };
     // A GSO packet is several segments on the wire.
-    let segs = match unsafe { (*skb).gso_segs } {
+    let segs = match gso_segs {
         0 => 1,
         n => n as u64,
     };
@@ -127,7 +135,9 @@ unsafe fn shape(ctx: &TcContext, skb: *mut __sk_buff) -> i32 {
         counters.bytes += wire_len as u64;
         return TC_ACT_OK;
     }
+    // SAFETY: a helper without arguments that reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a helper without arguments that returns a pseudo-random number.
     let random = || unsafe { bpf_get_prandom_u32() };
     match schedule(&MapTables, params, state, now, wire_len, random) {
         Verdict::DropQueue => {
@@ -141,26 +151,29 @@ unsafe fn shape(ctx: &TcContext, skb: *mut __sk_buff) -> i32 {
         Verdict::Send { depart_ns } => {
             counters.packets += segs;
             counters.bytes += wire_len as u64;
-            unsafe { hand_to_fq(skb, depart_ns) }
+            // SAFETY: `skb` is this run's context.
+            unsafe { hand_to_fq(ctx, skb, depart_ns, params.index) }
         }
     }
 }
 
 /// Sets the departure time. fq holds the packet until then; but a held packet still belongs to
 /// its socket (on the veth + bridge path nothing orphans it), so TCP small queues and UDP send
-/// buffers would throttle the sender to a fraction of the link (DESIGN.md, trap 1). netem
-/// orphans on enqueue; fq does not. So the packet goes to fq as a clone, which carries no
-/// socket, and the original is dropped (freed, which releases the socket's charge). The
-/// redirect clears `tstamp`, so the clone carries its departure time in `cb` and gets it back
-/// on its second pass through this program (`release_clone`).
+/// buffers would throttle the sender to a fraction of the link (docs/architecture.md, "The
+/// socket charge"). netem orphans on enqueue; fq does not. So the packet goes to fq as a
+/// clone, which carries no socket, and the original is dropped (freed, which releases the
+/// socket's charge). The redirect clears `tstamp`, so the clone carries its departure time in
+/// `cb` and gets it back on its second pass through this program (`release_clone`).
+///
+/// # Safety
+/// `skb` must be the context of the running program.
 #[inline(always)]
-unsafe fn hand_to_fq(skb: *mut __sk_buff, depart_ns: u64) -> i32 {
+unsafe fn hand_to_fq(ctx: &TcContext, skb: *mut __sk_buff, depart_ns: u64, slot: u32) -> i32 {
+    // SAFETY: `skb` is this run's context (the caller's contract): field writes the verifier
+    // allows for tc programs (tstamp, mark, cb), and a clone-redirect of it to its own device.
     unsafe {
         (*skb).tstamp = depart_ns;
-        let orphan = CONFIG
-            .get(0)
-            .is_some_and(|c| c.flags & CONFIG_F_ORPHAN != 0);
-        if !orphan {
+        if !config(CONFIG_F_ORPHAN) {
             return TC_ACT_OK;
         }
         let mark = (*skb).mark;
@@ -178,13 +191,24 @@ unsafe fn hand_to_fq(skb: *mut __sk_buff, depart_ns: u64) -> i32 {
             // caller is the bridge, which ignores the result, never the sending socket.
             return TC_ACT_SHOT;
         }
-        count_global(global::CLONE_FAILED, 1);
-        TC_ACT_OK
     }
+    count_global(global::CLONE_FAILED, 1);
+    // A rare path: the kernel would not clone (out of memory). Say so when asked to.
+    if config(CONFIG_F_DEBUG_LOG) {
+        warn!(
+            ctx,
+            "link slot {}: clone failed, the packet leaves with its socket", slot
+        );
+    }
+    TC_ACT_OK
 }
 
+/// # Safety
+/// `skb` must be the context of the running program.
 #[inline(always)]
 unsafe fn release_clone(skb: *mut __sk_buff) -> i32 {
+    // SAFETY: `skb` is this run's context (the caller's contract); field reads and writes
+    // the verifier allows for tc programs.
     unsafe {
         (*skb).tstamp = (*skb).cb[0] as u64 | ((*skb).cb[1] as u64) << 32;
         (*skb).mark = (*skb).cb[2];
@@ -195,20 +219,30 @@ unsafe fn release_clone(skb: *mut __sk_buff) -> i32 {
 
 /// A frame that is no link: pass it, unless it is between two nodes that are not linked and
 /// the topology is strict.
+///
+/// # Safety
+/// `skb` must be the context of the running program.
 #[inline(always)]
-unsafe fn unmatched(skb: *mut __sk_buff, key: &LinkKey, wire_len: u32) -> i32 {
-    let strict = CONFIG
-        .get(0)
-        .is_some_and(|c| c.flags & CONFIG_F_STRICT != 0);
-    if strict
-        && unsafe { NODES.get(&key.src).is_some() }
-        && let Some(dst) = unsafe { NODES.get(&key.dst) }
+unsafe fn unmatched(ctx: &TcContext, skb: *mut __sk_buff, key: &LinkKey, wire_len: u32) -> i32 {
+    // SAFETY: map values read only for this packet (see `shape`).
+    let (src, dst) = unsafe { (NODES.get(&key.src), NODES.get(&key.dst)) };
+    if config(CONFIG_F_STRICT)
+        && src.is_some()
+        && let Some(dst) = dst
     {
+        // SAFETY: `skb` is this run's context (the caller's contract).
         if dst.port_ifindex != unsafe { (*skb).ifindex } {
             count_global(global::FLOODED_PACKETS, 1);
         } else {
             count_global(global::UNLINKED_PACKETS, 1);
             count_global(global::UNLINKED_BYTES, wire_len as u64);
+            // A rare path: a node sent to one it has no link to. Say so when asked to.
+            if config(CONFIG_F_DEBUG_LOG) {
+                warn!(
+                    ctx,
+                    "strict mode: dropped a frame {:mac} -> {:mac} (not linked)", key.src, key.dst
+                );
+            }
         }
         return TC_ACT_SHOT;
     }
@@ -220,7 +254,8 @@ unsafe fn unmatched(skb: *mut __sk_buff, key: &LinkKey, wire_len: u32) -> i32 {
 #[inline(always)]
 fn count_global(slot: u32, n: u64) {
     if let Some(c) = GLOBAL_COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, and tc runs with bottom halves off: no concurrent writer.
+        // SAFETY: the pointer is the map's per-CPU slot for an index it bounds-checked, and
+        // tc runs with bottom halves off: no concurrent writer on this CPU.
         unsafe { *c += n };
     }
 }

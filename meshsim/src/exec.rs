@@ -3,7 +3,7 @@
 use std::os::unix::process::CommandExt as _;
 
 use anyhow::anyhow;
-use meshsim::{net::NetNs, runtime::netns::PREFIX};
+use meshsim::{net::NetNs, runtime::names::PREFIX};
 
 /// Replaces this process with `command` inside node `node`; returns only on failure.
 pub fn run(node: &str, command: &[String]) -> anyhow::Error {
@@ -25,5 +25,23 @@ pub fn run(node: &str, command: &[String]) -> anyhow::Error {
     };
     let (program, args) = command.split_first().expect("clap requires a command");
     let err = ns.command(program).args(args).exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        // A node sees the host's programs: what is missing is missing on the host.
+        return anyhow!(
+            "`{program}` was not found: a node runs the host's programs, so install it on \
+             this host{}",
+            install_hint(program)
+        );
+    }
     anyhow!(err).context(format!("running {program} in {node}"))
+}
+
+/// Which Debian package has the programs the README suggests running in a node.
+fn install_hint(program: &str) -> &'static str {
+    match program {
+        "ping" => " (Debian: `apt-get install iputils-ping`)",
+        "curl" => " (Debian: `apt-get install curl`)",
+        "ip" | "ss" => " (Debian: `apt-get install iproute2`)",
+        _ => "",
+    }
 }

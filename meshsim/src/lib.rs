@@ -1,11 +1,15 @@
 //! meshsim: a network lab for Matrix homeserver meshes on one Linux host.
 //!
-//! See DESIGN.md for how the pieces fit: `datapath` (the eBPF classifier and its maps) and
-//! `net` (namespaces, links, addresses, routes and qdiscs over rtnetlink).
+//! docs/architecture.md says how the pieces fit: the `server` drives the `sim`, which owns
+//! the `model` and applies its changes to the `runtime` (nodes, with their `workload`) and
+//! the `datapath` (the eBPF classifier and its maps), both through traits the Sim owns;
+//! `net` is the plumbing under them (namespaces, links, addresses, routes, qdiscs).
 
 pub mod datapath;
 pub mod model;
 pub mod net;
+pub mod random;
+pub mod run_config;
 pub mod runtime;
 pub mod server;
 pub mod sim;

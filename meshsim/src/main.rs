@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use meshsim::runtime::Addressing;
+use meshsim::run_config::{Addressing, DEFAULT_LOG_DIR};
 
 #[derive(Parser)]
 #[command(
@@ -55,11 +55,11 @@ enum Backend {
     Docker,
 }
 
-impl From<Backend> for meshsim::runtime::Backend {
+impl From<Backend> for meshsim::run_config::BackendKind {
     fn from(b: Backend) -> Self {
         match b {
-            Backend::Netns => meshsim::runtime::Backend::Netns,
-            Backend::Docker => meshsim::runtime::Backend::Docker,
+            Backend::Netns => Self::Netns,
+            Backend::Docker => Self::Docker,
         }
     }
 }
@@ -92,11 +92,15 @@ struct RunOptions {
     #[arg(long)]
     node_cmd: Option<String>,
     /// Where per-node logs go.
-    #[arg(long, default_value = "/tmp/meshsim/logs")]
+    #[arg(long, default_value = DEFAULT_LOG_DIR)]
     log_dir: PathBuf,
     /// Let frames between nodes that are not linked pass (routes still follow links).
     #[arg(long)]
     loose: bool,
+    /// Log the classifier's rare events (a clone the kernel refused, a frame strict mode
+    /// dropped) as warnings: for debugging the datapath, off by default.
+    #[arg(long)]
+    debug_classifier: bool,
     /// Where the canvas, the API and /metrics are served. Anything but loopback lets others
     /// reshape this host's mesh: set --token then.
     #[arg(long, default_value = meshsim::server::DEFAULT_LISTEN)]
@@ -154,8 +158,9 @@ fn default_options() -> RunOptions {
         subnet: Addressing::default(),
         workload: None,
         node_cmd: None,
-        log_dir: "/tmp/meshsim/logs".into(),
+        log_dir: DEFAULT_LOG_DIR.into(),
         loose: false,
+        debug_classifier: false,
         listen: meshsim::server::DEFAULT_LISTEN
             .parse()
             .expect("the default listen address parses"),

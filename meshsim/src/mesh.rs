@@ -7,13 +7,8 @@ use meshsim::{
     datapath::{Datapath, DatapathOptions},
     model::{NodeId, Settings, Topology},
     net::{FqSupport, probe_fq},
-    runtime::{
-        Backend,
-        cleanup::remove_leftovers,
-        docker::{DockerConfig, DockerRuntime},
-        lock,
-        netns::{NetnsConfig, NetnsRuntime},
-    },
+    run_config::{BackendKind, RunConfig},
+    runtime::{self, cleanup::remove_leftovers, lock},
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
     topology_file::{self, RunTable},
@@ -29,7 +24,7 @@ use crate::RunOptions;
 
 /// How the run is made: the flags, else the topology file's `[run]`, else the defaults.
 struct RunChoice {
-    backend: Backend,
+    backend: BackendKind,
     workload: WorkloadKind,
     image: Option<String>,
 }
@@ -44,11 +39,11 @@ impl RunChoice {
         };
         let backend = options
             .backend
-            .map(Backend::from)
+            .map(BackendKind::from)
             .or(file.backend)
             .unwrap_or_default();
         let image = options.image.clone().or_else(|| file.image.clone());
-        if image.is_some() && backend == Backend::Netns {
+        if image.is_some() && backend == BackendKind::Netns {
             tracing::warn!(
                 "an image is given but the backend is netns: the image is ignored (`--backend docker` uses it)"
             );
@@ -110,33 +105,20 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     let dp = Datapath::load(DatapathOptions {
         strict: !options.loose,
         orphan: true,
+        fq,
+        debug_log: options.debug_classifier,
     })
     .context("loading the classifier")?;
-    let (sim, task) = match choice.backend {
-        Backend::Netns => {
-            let config = NetnsConfig {
-                addressing: options.subnet,
-                workload,
-                log_dir: options.log_dir.clone(),
-            };
-            let runtime = NetnsRuntime::start(config)
-                .await
-                .context("creating the mesh bridge")?;
-            Sim::spawn(runtime, dp, Settings::default(), fq)?
-        }
-        Backend::Docker => {
-            let config = DockerConfig {
-                addressing: options.subnet,
-                workload,
-                log_dir: options.log_dir.clone(),
-                image: choice.image.clone(),
-            };
-            let runtime = DockerRuntime::start(config)
-                .await
-                .context("starting the docker backend")?;
-            Sim::spawn(runtime, dp, Settings::default(), fq)?
-        }
+    let run = RunConfig {
+        backend: choice.backend,
+        addressing: options.subnet,
+        log_dir: options.log_dir.clone(),
+        image: choice.image.clone(),
     };
+    let runtime = runtime::start(&run, &workload)
+        .await
+        .with_context(|| format!("starting the {} backend", run.backend))?;
+    let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
 
     let result = serve_and_run(&sim, listener, topology, &options).await;
     eprintln!("meshsim: stopping, removing the nodes");

@@ -37,7 +37,7 @@ use toml::{
 
 use crate::{
     model::{ModelError, NodeId, Topology},
-    runtime::Backend,
+    run_config::BackendKind,
     workload::{NodeWorkload, SynapseOptions, WorkloadKind, node_workload},
 };
 
@@ -171,7 +171,7 @@ pub struct TopologyFile {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunTable {
     /// `backend = "netns" | "docker"`.
-    pub backend: Option<Backend>,
+    pub backend: Option<BackendKind>,
     /// `workload = "none" | "synapse"`, or `node_cmd = "CMD"` (a [`WorkloadKind::Command`]);
     /// `None` when the file says neither.
     pub workload: Option<WorkloadKind>,
@@ -429,8 +429,8 @@ fn run_table(
     };
     Ok(RunTable {
         backend: doc.backend.map(|b| match b {
-            BackendName::Netns => Backend::Netns,
-            BackendName::Docker => Backend::Docker,
+            BackendName::Netns => BackendKind::Netns,
+            BackendName::Docker => BackendKind::Docker,
         }),
         workload,
         image: image.map(Spanned::into_inner),
@@ -868,7 +868,7 @@ y = 40
             "backend = \"docker\"\nworkload = \"synapse\"\nimage = \"meshsim/synapse:test\"\n",
         );
         let file = parse_file(Path::new(BAD), &text).unwrap();
-        assert_eq!(file.run.backend, Some(Backend::Docker));
+        assert_eq!(file.run.backend, Some(BackendKind::Docker));
         assert!(
             matches!(file.run.workload, Some(WorkloadKind::Synapse(_))),
             "{:?}",

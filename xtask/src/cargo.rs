@@ -66,3 +66,27 @@ pub fn bench_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
     }
     Ok(executables)
 }
+
+/// Builds with `cargo ARGS` and returns the path of the binary target `name`.
+pub fn binary(args: &[&str], name: &str) -> Result<PathBuf> {
+    let mut child = cargo()
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
+    let stdout = std::io::BufReader::new(child.stdout.take().context("cargo's stdout")?);
+    let mut found = None;
+    for message in Message::parse_stream(stdout) {
+        if let Message::CompilerArtifact(artifact) = message?
+            && artifact.target.name == name
+            && artifact.target.is_bin()
+        {
+            found = artifact.executable.map(PathBuf::from);
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("building {name} failed: cargo {}", args.join(" "));
+    }
+    found.with_context(|| format!("cargo built no binary {name}"))
+}

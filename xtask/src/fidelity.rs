@@ -1,4 +1,4 @@
-//! `cargo xtask fidelity`: the fidelity report (`meshsim/benches/fidelity.rs`), meshsim's
+//! `cargo xtask fidelity`: the fidelity report (the `meshsim-fidelity` crate), meshsim's
 //! classifier and `tc netem` on the same kind of link, side by side.
 //!
 //! The bench needs sch_fq and sch_netem, which only the VM's Debian kernel has, so it is built
@@ -11,9 +11,9 @@
 //! the machinery in ~3 minutes; its report says so. `MESHSIM_FIDELITY_ONLY=rate,loss` runs only
 //! those sections (delay, jitter, reorder, tcp, rate, loss, cost, reconf).
 //!
-//! A full run (neither of those) also puts the report into README.md, between the
+//! A full run (neither of those) also puts the report into docs/fidelity.md, between the
 //! `<!-- fidelity:start -->` and `<!-- fidelity:end -->` markers, and its plot at
-//! `docs/fidelity.png`, so the README always shows the latest full table.
+//! `docs/fidelity.png`, so that page always shows the latest full table.
 
 use std::{
     fs,
@@ -29,17 +29,20 @@ use crate::{cargo, vm};
 const QUICK_ENV: &str = "MESHSIM_FIDELITY_QUICK";
 const ONLY_ENV: &str = "MESHSIM_FIDELITY_ONLY";
 const FILES: [&str; 2] = ["fidelity.md", "fidelity.png"];
-const README_START: &str = "<!-- fidelity:start -->";
-const README_END: &str = "<!-- fidelity:end -->";
-const README_PLOT: &str = "docs/fidelity.png";
+const DOC_START: &str = "<!-- fidelity:start -->";
+const DOC_END: &str = "<!-- fidelity:end -->";
+/// The page a full run refreshes, and its plot (linked from the page by file name).
+const DOC: &str = "docs/fidelity.md";
+const DOC_PLOT: &str = "docs/fidelity.png";
+const DOC_PLOT_LINK: &str = "fidelity.png";
 /// How often the host's load average is sampled while the VM runs.
 const LOAD_EVERY: Duration = Duration::from_secs(10);
 
 pub fn run() -> Result<()> {
-    let exes = cargo::bench_executables(&["bench", "-p", "meshsim", "--bench", "fidelity"])?;
-    let [exe] = exes.as_slice() else {
-        bail!("expected one fidelity bench binary, cargo built {exes:?}")
-    };
+    let exe = cargo::binary(
+        &["build", "--release", "-p", "meshsim-fidelity"],
+        "meshsim-fidelity",
+    )?;
     let root = std::env::current_dir()?;
     let guest_out = root.join("target/vm/fidelity");
     let _ = fs::remove_dir_all(&guest_out);
@@ -90,12 +93,12 @@ pub fn run() -> Result<()> {
     let md = with_host_load(&fs::read_to_string(&md_path)?, &loads);
     fs::write(&md_path, &md)?;
     if full {
-        update_readme(&root, &md)?;
+        update_doc(&root, &md)?;
         if out.join("fidelity.png").exists() {
             fs::create_dir_all(root.join("docs"))?;
-            fs::copy(out.join("fidelity.png"), root.join(README_PLOT))?;
+            fs::copy(out.join("fidelity.png"), root.join(DOC_PLOT))?;
         }
-        println!("README.md: the fidelity section now shows this run; plot at {README_PLOT}");
+        println!("{DOC}: now shows this run; plot at {DOC_PLOT}");
     }
     Ok(())
 }
@@ -123,20 +126,20 @@ fn with_host_load(md: &str, loads: &[f64]) -> String {
     }
 }
 
-/// Puts `md` into README.md between its markers.
-fn update_readme(root: &Path, md: &str) -> Result<()> {
-    let path = root.join("README.md");
-    let readme = fs::read_to_string(&path)?;
-    fs::write(&path, splice_readme(&readme, md)?)?;
+/// Puts `md` into the fidelity page between its markers.
+fn update_doc(root: &Path, md: &str) -> Result<()> {
+    let path = root.join(DOC);
+    let page = fs::read_to_string(&path).with_context(|| format!("reading {DOC}"))?;
+    fs::write(&path, splice(&page, md)?)?;
     Ok(())
 }
 
-/// `readme` with `md` (its title dropped, every heading one level down) and the plot between
+/// `page` with `md` (its title dropped, every heading one level down) and the plot between
 /// the markers.
-fn splice_readme(readme: &str, md: &str) -> Result<String> {
-    let (Some(start), Some(end)) = (readme.find(README_START), readme.find(README_END)) else {
+fn splice(page: &str, md: &str) -> Result<String> {
+    let (Some(start), Some(end)) = (page.find(DOC_START), page.find(DOC_END)) else {
         bail!(
-            "README.md has no {README_START} ... {README_END} markers: add them where the fidelity table belongs"
+            "{DOC} has no {DOC_START} ... {DOC_END} markers: add them where the fidelity table belongs"
         );
     };
     let body: String = md
@@ -151,10 +154,10 @@ fn splice_readme(readme: &str, md: &str) -> Result<String> {
         })
         .collect();
     Ok(format!(
-        "{}{README_START}\n{}\n![Delay distributions: configured, meshsim, netem]({README_PLOT})\n\n{}",
-        &readme[..start],
+        "{}{DOC_START}\n{}\n![Delay distributions: configured, meshsim, netem]({DOC_PLOT_LINK})\n\n{}",
+        &page[..start],
         body.trim(),
-        &readme[end..]
+        &page[end..]
     ))
 }
 
@@ -263,19 +266,16 @@ mod tests {
 
     #[test]
     fn the_readme_gets_the_report_between_its_markers_and_nothing_else_changes() {
-        let readme = format!("intro\n## Fidelity\n{README_START}\nold\n{README_END}\n## Layout\n");
-        let new = splice_readme(&readme, MD).unwrap();
+        let readme = format!("intro\n## Fidelity\n{DOC_START}\nold\n{DOC_END}\n## Layout\n");
+        let new = splice(&readme, MD).unwrap();
         assert!(new.starts_with("intro\n## Fidelity\n"), "{new}");
-        assert!(
-            new.ends_with(&format!("{README_END}\n## Layout\n")),
-            "{new}"
-        );
+        assert!(new.ends_with(&format!("{DOC_END}\n## Layout\n")), "{new}");
         assert!(!new.contains("old"), "{new}");
         assert!(!new.contains("# Fidelity: meshsim"), "{new}");
         assert!(new.contains("\n### Loss\n"), "{new}");
-        assert!(new.contains(README_PLOT), "{new}");
+        assert!(new.contains(DOC_PLOT_LINK), "{new}");
         // Splicing again replaces, never accumulates.
-        assert_eq!(splice_readme(&new, MD).unwrap(), new);
-        assert!(splice_readme("no markers", MD).is_err());
+        assert_eq!(splice(&new, MD).unwrap(), new);
+        assert!(splice("no markers", MD).is_err());
     }
 }

@@ -40,6 +40,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Test { no_vm } => {
             require_root("the tests load eBPF programs and create network namespaces")?;
+            // The CLI and browser tiers run the binary itself.
+            cargo::run(&["build", "-p", "meshsim"])?;
             cargo::run(&[
                 "test",
                 "--workspace",
@@ -82,9 +84,9 @@ fn main() -> Result<()> {
         }
         Command::Bench => {
             require_root("the benchmarks load eBPF programs")?;
-            cargo::run(&["bench", "-p", "meshsim", "--bench", "classifier"])?;
-            cargo::run(&["bench", "-p", "meshsim", "--bench", "mesh"])?;
-            cargo::run(&["bench", "-p", "meshsim", "--bench", "synapse"])?;
+            cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "classifier"])?;
+            cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "mesh"])?;
+            cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "synapse"])?;
             // The seed's way needs netem, which only the VM's kernel has.
             vm::bench("mesh", &["vm"])
         }

@@ -30,7 +30,7 @@ pub fn test() -> Result<()> {
     let exes = cargo::test_executables(&[
         "test",
         "-p",
-        "meshsim",
+        "meshsim-tests",
         "--features",
         "vm-tests",
         "--test",
@@ -43,9 +43,9 @@ pub fn test() -> Result<()> {
     run(&[&exe, "--include-ignored", "--test-threads=1", "--nocapture"])
 }
 
-/// Builds meshsim's bench `name` and runs it in the VM with `args`.
+/// Builds the bench `name` (meshsim-bench) and runs it in the VM with `args`.
 pub fn bench(name: &str, args: &[&str]) -> Result<()> {
-    let exes = cargo::bench_executables(&["bench", "-p", "meshsim", "--bench", name])?;
+    let exes = cargo::bench_executables(&["bench", "-p", "meshsim-bench", "--bench", name])?;
     let [exe] = exes.as_slice() else {
         bail!("expected one {name} bench binary, cargo built {exes:?}")
     };

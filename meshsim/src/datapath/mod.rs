@@ -2,22 +2,25 @@
 //! its maps. Links and nodes change by single map operations, never by re-attaching.
 
 mod counters;
+mod debug_log;
+mod port;
 mod shape;
 mod skb;
 mod slots;
 pub mod tables;
+mod test_run;
 
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
-    Ebpf, TestRun as _, TestRunOptions,
+    Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
     util::nr_cpus,
 };
 use meshsim_common::{
-    CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, LinkCounters, LinkKey, LinkParams, LinkState,
-    MAX_LINKS, NodeInfo,
+    CONFIG_F_DEBUG_LOG, CONFIG_F_ORPHAN, CONFIG_F_STRICT, Config, GlobalCounters, LinkCounters,
+    LinkKey, LinkParams, LinkState, MAX_LINKS, NodeInfo,
 };
 
 pub use self::{
@@ -25,14 +28,14 @@ pub use self::{
     shape::{DEFAULT_JITTER_CORRELATION, DEFAULT_QUEUE, LinkShape},
     skb::SkBuffCtx,
     tables::Tables,
+    test_run::{Baseline, BaselineProgram, TestRunOutcome},
 };
+use crate::net::{FqOptions, Netlink, NetlinkError};
 
 /// The classifier object, built by build.rs from `meshsim-ebpf`.
 static CLASSIFIER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshsim"));
 
 const EGRESS_PROGRAM: &str = "meshsim_egress";
-const EMPTY_PROGRAM: &str = "meshsim_empty";
-const CLOCK_PROGRAM: &str = "meshsim_clock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -58,6 +61,10 @@ pub enum DatapathError {
     NotAttached(u32),
     #[error("cannot turn on the kernel's eBPF run-time statistics (needs Linux >= 5.8): {0}")]
     Stats(#[from] aya::sys::SyscallError),
+    #[error(transparent)]
+    Qdisc(#[from] NetlinkError),
+    #[error("the classifier's debug log: {0}")]
+    DebugLog(String),
 }
 
 /// What the kernel has measured of the egress classifier while run-time statistics were on.
@@ -77,6 +84,12 @@ pub struct DatapathOptions {
     /// Hand shaped packets to fq as socket-less clones (see the classifier). Off only to
     /// measure the shaping arithmetic alone.
     pub orphan: bool,
+    /// Put `fq` on every port the datapath attaches to, so departure times are honoured
+    /// (the kernel must have sch_fq: `net::probe_fq`). Without it links are only counted.
+    pub fq: bool,
+    /// Log the classifier's rare events (a failed clone, a strict-mode drop) to meshsim's
+    /// log, as warnings from `meshsim::classifier`. Needs a tokio runtime.
+    pub debug_log: bool,
 }
 
 impl Default for DatapathOptions {
@@ -84,40 +97,10 @@ impl Default for DatapathOptions {
         DatapathOptions {
             strict: true,
             orphan: true,
+            fq: false,
+            debug_log: false,
         }
     }
-}
-
-/// Counters that belong to no link, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GlobalCounters {
-    pub unmatched_packets: u64,
-    pub unmatched_bytes: u64,
-    pub unlinked_packets: u64,
-    pub unlinked_bytes: u64,
-    pub clone_failed: u64,
-    pub flooded_packets: u64,
-}
-
-/// Which classifier a test run exercises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Classifier {
-    Egress,
-    /// Does nothing: the test-run harness's own cost.
-    Empty,
-    /// Only reads the clock: the floor under any shaped packet's cost.
-    Clock,
-}
-
-/// What one `BPF_PROG_TEST_RUN` gave back.
-#[derive(Clone, Copy, Debug)]
-pub struct TestRunOutcome {
-    /// The tc verdict (`TC_ACT_*`).
-    pub verdict: i32,
-    /// The context after the run: `tstamp` holds the departure time.
-    pub ctx: SkBuffCtx,
-    /// Average time per run, as the kernel measured it.
-    pub duration: std::time::Duration,
 }
 
 pub struct Datapath {
@@ -133,6 +116,12 @@ pub struct Datapath {
     installed: StdHashMap<LinkKey, u32>,
     attached: StdHashMap<u32, SchedClassifierLinkId>,
     cpus: usize,
+    /// Where fq goes with every attached port, when it does (see [`DatapathOptions::fq`]).
+    fq: Option<FqOptions>,
+    /// The root namespace's netlink, made on the first port that needs fq.
+    root: Option<Netlink>,
+    /// With [`DatapathOptions::debug_log`]: the task that reads the classifier's log.
+    _debug_log: Option<debug_log::LogReader>,
 }
 
 impl Datapath {
@@ -166,9 +155,13 @@ impl Datapath {
         for (i, v) in tables.dist.iter().enumerate() {
             dist.set(i as u32, v, 0)?;
         }
-        for name in [EGRESS_PROGRAM, EMPTY_PROGRAM, CLOCK_PROGRAM] {
-            classifier(&mut ebpf, name)?.load()?;
-        }
+        // Taken before the programs load: they refer to the log's ring buffer.
+        let debug_log = if options.debug_log {
+            Some(debug_log::start(&mut ebpf)?)
+        } else {
+            None
+        };
+        classifier(&mut ebpf, EGRESS_PROGRAM)?.load()?;
         let mut dp = Datapath {
             ebpf,
             links,
@@ -181,6 +174,9 @@ impl Datapath {
             installed: StdHashMap::new(),
             attached: StdHashMap::new(),
             cpus: nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?.get() as usize,
+            fq: options.fq.then(FqOptions::default),
+            root: None,
+            _debug_log: debug_log,
         };
         dp.set_options(options)?;
         Ok(dp)
@@ -193,6 +189,9 @@ impl Datapath {
         }
         if options.orphan {
             flags |= CONFIG_F_ORPHAN;
+        }
+        if options.debug_log {
+            flags |= CONFIG_F_DEBUG_LOG;
         }
         self.config.set(0, &Config { flags, _pad: 0 }, 0)?;
         Ok(())
@@ -215,6 +214,25 @@ impl Datapath {
         };
         self.attached.insert(ifindex, id);
         Ok(())
+    }
+
+    /// Attaches the classifier at egress of a port in the root namespace and, with
+    /// [`DatapathOptions::fq`], puts fq there as its root qdisc: the shaping of a node port.
+    pub async fn attach_port(&mut self, ifindex: u32) -> Result<()> {
+        self.attach_egress(ifindex)?;
+        if let Some(fq) = self.fq {
+            let root = match &self.root {
+                Some(root) => root.clone(),
+                None => self.root.insert(Netlink::connect()?).clone(),
+            };
+            root.replace_root_fq(ifindex, &fq).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether ports get fq, so that delays are enforced.
+    pub fn enforces_delays(&self) -> bool {
+        self.fq.is_some()
     }
 
     pub fn detach_egress(&mut self, ifindex: u32) -> Result<()> {
@@ -350,43 +368,6 @@ impl Datapath {
     fn zero_counters(&self) -> Result<PerCpuValues<LinkCounters>> {
         PerCpuValues::try_from(vec![LinkCounters::default(); self.cpus])
             .map_err(DatapathError::Cpus)
-    }
-
-    /// Runs a classifier once per `repeat` on `frame` through `BPF_PROG_TEST_RUN`: no device,
-    /// no qdisc, but the real maps. With `orphan` on, the clone is really sent on `ctx.ifindex`
-    /// (loopback when 0).
-    pub fn test_run(
-        &self,
-        which: Classifier,
-        frame: &[u8],
-        ctx: &SkBuffCtx,
-        repeat: u32,
-    ) -> Result<TestRunOutcome> {
-        let name = match which {
-            Classifier::Egress => EGRESS_PROGRAM,
-            Classifier::Empty => EMPTY_PROGRAM,
-            Classifier::Clock => CLOCK_PROGRAM,
-        };
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .ok_or(DatapathError::Missing(name))?
-            .try_into()?;
-        let mut out = SkBuffCtx::default();
-        let mut data_out = vec![0u8; frame.len() + 256];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut data_out),
-            ctx_in: Some(ctx.as_bytes()),
-            ctx_out: Some(out.as_bytes_mut()),
-            repeat,
-            ..Default::default()
-        })?;
-        Ok(TestRunOutcome {
-            verdict: r.return_value as i32,
-            ctx: out,
-            duration: r.duration,
-        })
     }
 }
 

@@ -46,7 +46,7 @@ pub struct LinkShape {
     /// `None`: independent samples per packet (netem-like, reorders).
     pub jitter_correlation: Option<Duration>,
     /// Bytes per second; 0 = unlimited.
-    pub rate_bytes_per_s: u64,
+    pub bandwidth_bytes_per_s: u64,
     /// Fraction of packets lost, 0.0 ..= 1.0.
     pub loss: f64,
     /// How long a packet may wait for the link; `None` = [`DEFAULT_QUEUE`] rules.
@@ -60,9 +60,23 @@ impl Default for LinkShape {
             jitter: Duration::ZERO,
             jitter_dist: JitterDist::Normal,
             jitter_correlation: Some(DEFAULT_JITTER_CORRELATION),
-            rate_bytes_per_s: 0,
+            bandwidth_bytes_per_s: 0,
             loss: 0.0,
             queue: None,
+        }
+    }
+}
+
+impl From<&crate::model::LinkParams> for LinkShape {
+    /// A model link's parameters, in both directions: the model's units (ms, bit/s, %)
+    /// become the datapath's; distribution, correlation and queue keep their defaults.
+    fn from(p: &crate::model::LinkParams) -> Self {
+        LinkShape {
+            latency: Duration::from_secs_f64(p.latency_ms / 1000.0),
+            jitter: Duration::from_secs_f64(p.jitter_ms / 1000.0),
+            bandwidth_bytes_per_s: p.bandwidth_bps / 8,
+            loss: p.loss_pct / 100.0,
+            ..Default::default()
         }
     }
 }
@@ -72,10 +86,10 @@ impl LinkShape {
     pub fn queue_ns(&self) -> u32 {
         let ns = match self.queue {
             Some(q) => q.as_nanos(),
-            None if self.rate_bytes_per_s == 0 => DEFAULT_QUEUE.as_nanos(),
+            None if self.bandwidth_bytes_per_s == 0 => DEFAULT_QUEUE.as_nanos(),
             None => {
-                let frames =
-                    MIN_QUEUE_FRAMES * FULL_FRAME_BYTES * 1_000_000_000 / self.rate_bytes_per_s;
+                let frames = MIN_QUEUE_FRAMES * FULL_FRAME_BYTES * 1_000_000_000
+                    / self.bandwidth_bytes_per_s;
                 DEFAULT_QUEUE.as_nanos().max(frames as u128)
             }
         };
@@ -94,9 +108,9 @@ impl LinkShape {
         LinkParams {
             latency_ns: self.latency.as_nanos() as u64,
             jitter_ns: self.jitter.as_nanos() as u64,
-            rate_bytes_per_s: self.rate_bytes_per_s,
+            bandwidth_bytes_per_s: self.bandwidth_bytes_per_s,
             jitter_corr_ns: corr,
-            ns_per_byte_q20: ns_per_byte_q20(self.rate_bytes_per_s),
+            ns_per_byte_q20: ns_per_byte_q20(self.bandwidth_bytes_per_s),
             jitter_phase_q32: jitter_phase_q32(corr),
             loss_ppm: (self.loss.clamp(0.0, 1.0) * 1_000_000.0).round() as u32,
             queue_ns: self.queue_ns(),
@@ -116,18 +130,18 @@ mod tests {
     #[test]
     fn default_queue_is_200ms_or_ten_frames() {
         let fast = LinkShape {
-            rate_bytes_per_s: 12_500_000,
+            bandwidth_bytes_per_s: 12_500_000,
             ..Default::default()
         };
         assert_eq!(fast.queue_ns(), 200_000_000);
         // 64 kbit/s = 8000 B/s: ten 1514-byte frames take 1.8925 s.
         let slow = LinkShape {
-            rate_bytes_per_s: 8_000,
+            bandwidth_bytes_per_s: 8_000,
             ..Default::default()
         };
         assert_eq!(slow.queue_ns(), 1_892_500_000);
         let crawl = LinkShape {
-            rate_bytes_per_s: 1,
+            bandwidth_bytes_per_s: 1,
             ..Default::default()
         };
         assert_eq!(crawl.queue_ns(), u32::MAX);
@@ -140,7 +154,7 @@ mod tests {
             jitter: Duration::from_millis(10),
             jitter_dist: JitterDist::Pareto,
             jitter_correlation: None,
-            rate_bytes_per_s: 125_000,
+            bandwidth_bytes_per_s: 125_000,
             loss: 0.1,
             queue: Some(Duration::from_millis(30)),
         };
@@ -149,7 +163,7 @@ mod tests {
         assert_eq!(p.jitter_ns, 10_000_000);
         assert_eq!(p.jitter_dist, JitterDist::Pareto as u32);
         assert_eq!(p.flags, LINK_F_INDEPENDENT_JITTER);
-        assert_eq!(p.rate_bytes_per_s, 125_000);
+        assert_eq!(p.bandwidth_bytes_per_s, 125_000);
         assert_eq!(p.loss_ppm, 100_000);
         assert_eq!(p.queue_ns, 30_000_000);
         assert_eq!(p.index, 7);

@@ -260,6 +260,7 @@ mod tests {
     use std::time::Duration;
 
     use meshsim_common::{LinkParams, LinkState, Verdict, schedule};
+    use meshsim_stats::ks;
 
     use super::*;
     use crate::datapath::{DEFAULT_JITTER_CORRELATION, LinkShape};
@@ -420,20 +421,6 @@ mod tests {
             reordered > 1000,
             "independent samples 10 ms apart must reorder, got {reordered}"
         );
-    }
-
-    /// Kolmogorov-Smirnov distance of `samples` from `cdf`.
-    fn ks(samples: &[f64], cdf: impl Fn(f64) -> f64) -> f64 {
-        let mut s = samples.to_vec();
-        s.sort_by(f64::total_cmp);
-        let n = s.len() as f64;
-        s.iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let f = cdf(x);
-                (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
-            })
-            .fold(0.0, f64::max)
     }
 
     /// 50 ms ± 10 ms of a heavy-tailed distribution, correlated.

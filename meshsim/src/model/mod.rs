@@ -33,12 +33,12 @@ mod node;
 mod routing;
 mod settings;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 mod topology;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 pub use diff::Diff;
 pub use error::{MAX_MS, ModelError};
@@ -111,6 +111,9 @@ impl Mesh {
 
 /// The mesh model. Every mutating operation either fails and changes nothing, or succeeds
 /// and returns the [`Diff`] from the state before to the state after.
+///
+/// Cloning is cheap (the derived mesh is shared), so a caller can keep the state before an
+/// operation and put it back if applying the diff to the host fails.
 #[derive(Debug, Clone)]
 pub struct Model {
     settings: Settings,
@@ -120,7 +123,7 @@ pub struct Model {
     pins: BTreeMap<Pair, LinkPins>,
     /// The id the next added node gets; only ever grows.
     next_id: u32,
-    mesh: Mesh,
+    mesh: Arc<Mesh>,
 }
 
 impl Default for Model {
@@ -130,7 +133,7 @@ impl Default for Model {
             settings: Settings::default(),
             pins: BTreeMap::new(),
             next_id: 1,
-            mesh: Mesh::default(),
+            mesh: Arc::default(),
         }
     }
 }
@@ -154,6 +157,11 @@ impl Model {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The id the next added node gets.
+    pub fn next_id(&self) -> NodeId {
+        NodeId(self.next_id)
     }
 
     /// Nodes by ascending id.
@@ -325,7 +333,7 @@ impl Model {
     fn rebuild(&mut self, nodes: BTreeMap<NodeId, Node>) -> Diff {
         let next = Mesh::derive(&self.mesh, nodes, &self.settings, &self.pins);
         let diff = Diff::between(&self.mesh, &next);
-        self.mesh = next;
+        self.mesh = Arc::new(next);
         diff
     }
 }

@@ -61,11 +61,11 @@ impl Default for FqOptions {
 }
 
 impl FqOptions {
-    /// The smallest `flow_limit` that lets a link of `rate_bytes_per_s` hold `hold` worth
+    /// The smallest `flow_limit` that lets a link of `bandwidth_bytes_per_s` hold `hold` worth
     /// of packets of `packet_bytes` (latency plus the link's queue time): rounded up,
     /// saturating at `u32::MAX`. A zero packet size counts as one byte.
-    pub fn flow_limit_for(rate_bytes_per_s: u64, hold: Duration, packet_bytes: u32) -> u32 {
-        let bytes = u128::from(rate_bytes_per_s) * hold.as_nanos();
+    pub fn flow_limit_for(bandwidth_bytes_per_s: u64, hold: Duration, packet_bytes: u32) -> u32 {
+        let bytes = u128::from(bandwidth_bytes_per_s) * hold.as_nanos();
         let per_packet = u128::from(packet_bytes.max(1)) * 1_000_000_000;
         u32::try_from(bytes.div_ceil(per_packet)).unwrap_or(u32::MAX)
     }

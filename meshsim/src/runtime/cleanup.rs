@@ -4,11 +4,7 @@
 //! When Docker is reachable, first every container with meshsim's run label and the
 //! `meshsim` network (see `docker::remove_leftovers`): labels only, never names.
 
-use std::os::unix::fs::MetadataExt as _;
-
-use nix::{sys::signal::Signal, unistd::Pid};
-
-use super::{RuntimeError, netns::PREFIX};
+use super::{RuntimeError, names::PREFIX, process::kill_processes_in};
 use crate::net::{NETNS_DIR, NetNs, Netlink};
 
 /// What was removed.
@@ -49,35 +45,4 @@ pub async fn remove_leftovers() -> Result<Removed, RuntimeError> {
         removed.links.push(link.name);
     }
     Ok(removed)
-}
-
-/// SIGKILLs every process whose network namespace is the one bound at `path`; a process
-/// inside would keep the namespace (and its veth) alive after the mount is gone.
-pub(crate) fn kill_processes_in(path: &str) -> usize {
-    let Ok(target) = std::fs::metadata(path) else {
-        return 0;
-    };
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut killed = 0;
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        if ns.ino() == target.ino()
-            && ns.dev() == target.dev()
-            && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
-        {
-            killed += 1;
-        }
-    }
-    killed
 }

@@ -1,103 +1,34 @@
-//! Where nodes live. Both backends hand back the same facts, so the Sim, the datapath and the
-//! routes do not care which one made a node. `netns` (the default: needs nothing but the
-//! kernel) and `docker` (containers, through bollard).
+//! Where nodes live, and what the Sim's [`NodeRuntime`] is: a backend that makes nodes
+//! (`netns`, the default, needs nothing but the kernel; `docker`, containers through
+//! bollard) with the run's workload in them. What both backends do alike is written once
+//! here: the workload started in a new node and stopped before it goes, the routes
+//! (`node`), the order of a shutdown. A backend only makes and removes nodes (`backend`).
 
-mod addressing;
+mod backend;
 pub mod cleanup;
 pub mod docker;
 pub mod lock;
+pub mod names;
 pub mod netns;
-mod workload;
+mod node;
+pub mod process;
 
-use std::{fmt, future::Future, net::Ipv4Addr, str::FromStr};
+use std::{collections::HashMap, sync::Arc};
 
-pub use addressing::{Addressing, AddressingError};
+pub use backend::{Backend, BackendNode};
+use tokio::sync::watch;
 
+use self::{docker::DockerBackend, netns::NetnsBackend, node::NodeNet};
 use crate::{
     model::NodeId,
-    net::{NetNsError, NetlinkError, SysctlError},
-    workload::NodeWorkload,
+    net::{NetNs, NetNsError, NetlinkError, SysctlError},
+    run_config::{Addressing, AddressingError, BackendKind, RunConfig},
+    sim::{HostError, NodeFacts, NodeRuntime, Refusal, RouteChange, RunInfo},
+    workload::{
+        NodeInfo, NodeWorkload, RunWorkload, Running, WorkloadError, WorkloadKind, WorkloadStatus,
+        host::NodeHost,
+    },
 };
-
-/// Where nodes live.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// A network namespace per node (needs nothing but the kernel).
-    #[default]
-    Netns,
-    /// A Docker container per node, from a local image.
-    Docker,
-}
-
-impl Backend {
-    /// The names the flag and the topology file take.
-    pub const NAMES: &[&str] = &["netns", "docker"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Netns => "netns",
-            Backend::Docker => "docker",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A backend name that is not one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend {0:?}: use \"netns\" or \"docker\"")]
-pub struct UnknownBackend(pub String);
-
-impl FromStr for Backend {
-    type Err = UnknownBackend;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "netns" => Ok(Backend::Netns),
-            "docker" => Ok(Backend::Docker),
-            other => Err(UnknownBackend(other.to_owned())),
-        }
-    }
-}
-
-/// How a run was made, for the API and the canvas: where nodes live and what they run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunInfo {
-    pub backend: Backend,
-    /// The run's workload, as [`crate::workload::WorkloadKind::name`] gives it: `none`,
-    /// `command` or `synapse`.
-    pub workload: &'static str,
-}
-
-/// What the rest of meshsim needs to know about a running node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub id: NodeId,
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-    /// The node's bridge port (host-side veth) in the root namespace: the classifier's place.
-    pub port: u32,
-    /// Whether it runs the run's workload or nothing.
-    pub workload: NodeWorkload,
-}
-
-/// One change to a node's routing table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteChange {
-    /// Reach `dst` (a /32) through the neighbour `via`.
-    Replace {
-        dst: Ipv4Addr,
-        via: Ipv4Addr,
-    },
-    Delete {
-        dst: Ipv4Addr,
-    },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -111,6 +42,8 @@ pub enum RuntimeError {
     Addressing(#[from] AddressingError),
     #[error("node {0} does not exist in the runtime")]
     UnknownNode(NodeId),
+    #[error("the namespace {0} has no eth0")]
+    NoEth0(String),
     #[error(
         "{0} already exists: another meshsim is running, or one crashed; stop it, or run `meshsim down`"
     )]
@@ -118,35 +51,223 @@ pub enum RuntimeError {
     #[error(transparent)]
     Docker(#[from] docker::DockerError),
     #[error(transparent)]
-    WorkloadSetup(#[from] crate::workload::WorkloadError),
-    #[error(transparent)]
-    NodeDns(#[from] crate::workload::dns::DnsError),
-    #[error("starting the workload of {node} failed: {source}")]
-    Workload {
-        node: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Workload(#[from] WorkloadError),
 }
 
-/// A backend that creates and removes nodes and sets their routes.
-pub trait Runtime: Send {
-    /// The host's address on the mesh bridge.
-    fn host_ip(&self) -> Ipv4Addr;
-    /// Where its nodes live and what the run's workload is.
-    fn run_info(&self) -> RunInfo;
-    /// Creates a node that runs the run's workload, or nothing.
-    fn create_node(
+impl From<RuntimeError> for HostError {
+    fn from(e: RuntimeError) -> Self {
+        HostError::new(e)
+    }
+}
+
+/// A running node: its network, and how its workload runs.
+struct RuntimeNode {
+    info: NodeInfo,
+    net: NodeNet,
+    running: Option<Running>,
+}
+
+/// A backend with the run's workload: the Sim's [`NodeRuntime`].
+pub struct Runtime<B> {
+    backend: B,
+    addressing: Addressing,
+    workload: RunWorkload,
+    nodes: HashMap<NodeId, RuntimeNode>,
+}
+
+impl<B: Backend> Runtime<B> {
+    pub fn new(backend: B, addressing: Addressing, workload: RunWorkload) -> Self {
+        Runtime {
+            backend,
+            addressing,
+            workload,
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// Every node's workload: starting, ready or failed. It keeps working after the runtime
+    /// is handed to the Sim.
+    pub fn workload_status(&self) -> watch::Receiver<WorkloadStatus> {
+        self.workload.status()
+    }
+
+    /// The namespace of a node, for `exec` and tests.
+    pub fn namespace(&self, id: NodeId) -> Option<&NetNs> {
+        self.nodes.get(&id).map(|n| &n.net.ns)
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    async fn start_workload(
+        &mut self,
+        info: &NodeInfo,
+        workload: NodeWorkload,
+        host: Arc<dyn NodeHost>,
+    ) -> Result<Option<Running>, RuntimeError> {
+        Ok(self.workload.start(info, workload, host).await?)
+    }
+}
+
+impl<B: Backend> NodeRuntime for Runtime<B> {
+    fn run_info(&self) -> RunInfo {
+        RunInfo {
+            backend: self.backend.name(),
+            workload: self.workload.name(),
+        }
+    }
+
+    fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal> {
+        self.backend.admit(id, nodes)
+    }
+
+    async fn create_node(
         &mut self,
         id: NodeId,
         workload: NodeWorkload,
-    ) -> impl Future<Output = Result<NodeFacts, RuntimeError>> + Send;
-    fn remove_node(&mut self, id: NodeId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    fn set_routes(
+    ) -> Result<NodeFacts, HostError> {
+        let info = NodeInfo {
+            id,
+            name: id.name(),
+            ip: self.addressing.node(id).map_err(RuntimeError::from)?,
+        };
+        let made = self
+            .backend
+            .create(id, &self.workload.needs(workload))
+            .await?;
+        let running = match self.start_workload(&info, workload, made.host).await {
+            Ok(running) => running,
+            Err(e) => {
+                let _ = self.backend.remove(id).await;
+                return Err(e.into());
+            }
+        };
+        let facts = NodeFacts {
+            id,
+            name: info.name.clone(),
+            ip: info.ip,
+            mac: Addressing::mac(id),
+            port: made.port,
+            workload,
+        };
+        self.nodes.insert(
+            id,
+            RuntimeNode {
+                info,
+                net: made.net,
+                running,
+            },
+        );
+        Ok(facts)
+    }
+
+    async fn remove_node(&mut self, id: NodeId) -> Result<(), HostError> {
+        let node = self
+            .nodes
+            .remove(&id)
+            .ok_or(RuntimeError::UnknownNode(id))?;
+        if let Some(running) = node.running {
+            self.workload.stop(&node.info, running).await;
+        }
+        drop(node.net);
+        self.backend.remove(id).await?;
+        Ok(())
+    }
+
+    async fn set_routes(&mut self, id: NodeId, changes: &[RouteChange]) -> Result<(), HostError> {
+        let node = self.nodes.get(&id).ok_or(RuntimeError::UnknownNode(id))?;
+        node.net.set_routes(&self.addressing, changes).await?;
+        Ok(())
+    }
+
+    /// Every node (its workload first, then the node), then what the backend made for the
+    /// run, then what the workload made for it.
+    async fn shutdown(&mut self) -> Result<(), HostError> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.remove_node(id).await?;
+        }
+        self.backend.finish().await?;
+        self.workload.finish();
+        Ok(())
+    }
+}
+
+/// Either backend, so a run is one type whichever it uses.
+pub enum AnyBackend {
+    Netns(NetnsBackend),
+    Docker(DockerBackend),
+}
+
+impl Backend for AnyBackend {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyBackend::Netns(b) => b.name(),
+            AnyBackend::Docker(b) => b.name(),
+        }
+    }
+
+    fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal> {
+        match self {
+            AnyBackend::Netns(b) => b.admit(id, nodes),
+            AnyBackend::Docker(b) => b.admit(id, nodes),
+        }
+    }
+
+    async fn create(
         &mut self,
         id: NodeId,
-        changes: Vec<RouteChange>,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    /// Removes every node and what the runtime made for them.
-    fn shutdown(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+        needs: &crate::workload::host::NodeNeeds,
+    ) -> Result<BackendNode, RuntimeError> {
+        match self {
+            AnyBackend::Netns(b) => b.create(id, needs).await,
+            AnyBackend::Docker(b) => b.create(id, needs).await,
+        }
+    }
+
+    async fn remove(&mut self, id: NodeId) -> Result<(), RuntimeError> {
+        match self {
+            AnyBackend::Netns(b) => b.remove(id).await,
+            AnyBackend::Docker(b) => b.remove(id).await,
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), RuntimeError> {
+        match self {
+            AnyBackend::Netns(b) => b.finish().await,
+            AnyBackend::Docker(b) => b.finish().await,
+        }
+    }
+}
+
+/// Prepares the workload, then starts the backend `run` names. Nothing is left behind
+/// when either fails.
+pub async fn start(
+    run: &RunConfig,
+    workload: &WorkloadKind,
+) -> Result<Runtime<AnyBackend>, RuntimeError> {
+    let workload = RunWorkload::prepare(workload, run).await?;
+    let backend = match run.backend {
+        BackendKind::Netns => NetnsBackend::start(run.addressing)
+            .await
+            .map(AnyBackend::Netns),
+        BackendKind::Docker => {
+            let image = run
+                .image
+                .clone()
+                .or_else(|| workload.docker_image().map(str::to_owned))
+                .unwrap_or_else(|| docker::BASE_IMAGE.to_owned());
+            DockerBackend::start(run.addressing, image)
+                .await
+                .map(AnyBackend::Docker)
+        }
+    };
+    match backend {
+        Ok(backend) => Ok(Runtime::new(backend, run.addressing, workload)),
+        Err(e) => {
+            workload.finish();
+            Err(e)
+        }
+    }
 }

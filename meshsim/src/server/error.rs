@@ -37,9 +37,14 @@ pub enum ApiError {
     /// The body is larger than the server takes (413).
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
-    /// A node that does not exist, named by the input `field` (404).
-    #[error("no node {id}")]
-    UnknownNode { id: String, field: Option<String> },
+    /// A node that does not exist, named by the input `field` (404); `known` says which
+    /// nodes there are, when the caller knows.
+    #[error("no node {id:?}{}", known.as_ref().map(|k| format!(" ({k})")).unwrap_or_default())]
+    UnknownNode {
+        id: String,
+        field: Option<String>,
+        known: Option<String>,
+    },
     /// No route has this path (404).
     #[error("no such resource: {0}")]
     NoRoute(String),
@@ -99,7 +104,8 @@ impl ApiError {
     pub fn from_sim(e: SimError, path: &[(&str, NodeId)]) -> Self {
         match e {
             SimError::Model(ModelError::UnknownNode(id)) => Self::UnknownNode {
-                id: id.0.to_string(),
+                id: id.name(),
+                known: None,
                 field: path
                     .iter()
                     .find(|(_, p)| *p == id)
@@ -114,14 +120,14 @@ impl ApiError {
                 message: e.to_string(),
             },
             SimError::Model(e @ ModelError::IdsExhausted) => Self::Conflict(e.to_string()),
+            // A limit of the host (addresses, bridge ports, map capacity): nothing changed.
+            SimError::Refused(refusal) => Self::Conflict(refusal.to_string()),
             // A drag's earlier position was folded into a later one that failed.
             SimError::Folded(why) => {
                 Self::Conflict(format!("superseded by a later move that failed: {why}"))
             }
             SimError::Stopped => Self::Stopped,
-            e @ (SimError::Runtime(_) | SimError::Datapath(_) | SimError::Netlink(_)) => {
-                Self::Internal(e.to_string())
-            }
+            e @ SimError::Host(_) => Self::Internal(e.to_string()),
         }
     }
 }

@@ -9,8 +9,8 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{ApiError, BODY_LIMIT};
-use crate::model::NodeId;
+use super::{ApiError, AppState, BODY_LIMIT};
+use crate::{model::NodeId, sim::MeshState};
 
 /// A JSON body. Syntax errors are 400; a well-formed body with a bad value is 422 and names
 /// the value's path (`x`, `settings.loss_pct`, `nodes[2].x`).
@@ -97,52 +97,80 @@ fn named_field(message: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_owned())
 }
 
-/// A node id in a path segment, e.g. `/api/nodes/{id}`. Ids are the numeric [`NodeId`]; a
-/// segment that is not one names no node, so it is a 404 like an id that is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathId(pub NodeId);
-
-impl PathId {
-    pub fn parse(field: &str, segment: &str) -> Result<Self, ApiError> {
-        segment
-            .parse::<u32>()
-            .ok()
-            .filter(|&id| id > 0)
-            .map(|id| PathId(NodeId(id)))
-            .ok_or_else(|| ApiError::UnknownNode {
-                id: segment.to_owned(),
-                field: Some(field.to_owned()),
-            })
+/// A node named in a path segment, e.g. `/api/nodes/{id}`: by its name (`n3`, as the
+/// canvas, `/metrics` and the CLI show it) or by its number (`3`). One that does not exist
+/// is a 404 that says what was looked up and which nodes there are.
+pub fn resolve_node(field: &str, segment: &str, state: &MeshState) -> Result<NodeId, ApiError> {
+    let id = segment
+        .parse::<NodeId>()
+        .ok()
+        .or_else(|| segment.parse::<u32>().ok().filter(|&n| n > 0).map(NodeId));
+    match id {
+        Some(id) if state.nodes.contains_key(&id) => Ok(id),
+        _ => Err(ApiError::UnknownNode {
+            id: segment.to_owned(),
+            field: Some(field.to_owned()),
+            known: Some(known_nodes(state)),
+        }),
     }
 }
 
-/// One node id in the path: `/{id}`.
+/// `n1, n2, n3` (at most 20, then how many more), or that there are none.
+pub fn known_nodes(state: &MeshState) -> String {
+    const SHOWN: usize = 20;
+    if state.nodes.is_empty() {
+        return "the mesh has no nodes".to_owned();
+    }
+    let mut names: Vec<String> = state
+        .nodes
+        .values()
+        .take(SHOWN)
+        .map(|n| n.name.clone())
+        .collect();
+    if state.nodes.len() > SHOWN {
+        names.push(format!("and {} more", state.nodes.len() - SHOWN));
+    }
+    format!("nodes: {}", names.join(", "))
+}
+
+/// One node in the path: `/{id}`.
 pub struct NodePath(pub NodeId);
 
-impl<S: Send + Sync> FromRequestParts<S> for NodePath {
+impl FromRequestParts<AppState> for NodePath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let segments = segments(parts, state).await?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let segments = segments(parts, app).await?;
         let [id] = segments.as_slice() else {
             return Err(ApiError::NoRoute(parts.uri.path().to_owned()));
         };
-        Ok(NodePath(PathId::parse("id", id)?.0))
+        let state = app.sim.state().borrow().clone();
+        Ok(NodePath(resolve_node("id", id, &state)?))
     }
 }
 
-/// Two node ids in the path: `/{a}/{b}`.
+/// Two nodes in the path: `/{a}/{b}`.
 pub struct PairPath(pub NodeId, pub NodeId);
 
-impl<S: Send + Sync> FromRequestParts<S> for PairPath {
+impl FromRequestParts<AppState> for PairPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let segments = segments(parts, state).await?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let segments = segments(parts, app).await?;
         let [a, b] = segments.as_slice() else {
             return Err(ApiError::NoRoute(parts.uri.path().to_owned()));
         };
-        Ok(PairPath(PathId::parse("a", a)?.0, PathId::parse("b", b)?.0))
+        let state = app.sim.state().borrow().clone();
+        Ok(PairPath(
+            resolve_node("a", a, &state)?,
+            resolve_node("b", b, &state)?,
+        ))
     }
 }
 
@@ -219,16 +247,6 @@ mod tests {
             r#"{"x":1,"y":2} {}"#,
         ] {
             assert_eq!(field_of(body), (StatusCode::BAD_REQUEST, None), "{body:?}");
-        }
-    }
-
-    #[test]
-    fn path_ids_are_positive_numbers() {
-        assert_eq!(PathId::parse("id", "7").unwrap(), PathId(NodeId(7)));
-        for bad in ["0", "n7", "-1", "99999999999", ""] {
-            let e = PathId::parse("id", bad).unwrap_err();
-            assert_eq!(e.status(), StatusCode::NOT_FOUND, "{bad:?}");
-            assert_eq!(e.field(), Some("id"));
         }
     }
 

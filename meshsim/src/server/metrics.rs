@@ -1,6 +1,6 @@
 //! `/metrics`: every directed link's counters and configured parameters, in Prometheus form.
 //!
-//! A collector reads the counter maps at scrape time (through its own [`CounterReader`]), so
+//! A collector reads the counter maps at scrape time (through its own [`ReadCounters`]), so
 //! a scrape shows exactly what the maps hold then, and nothing is kept in between.
 //!
 //! prometheus-client writes OpenMetrics text, which Prometheus asks for first. Other
@@ -28,9 +28,8 @@ use tokio::sync::watch;
 
 use super::{ApiError, AppState};
 use crate::{
-    datapath::CounterReader,
     model::{LinkParams, NodeId},
-    sim::MeshState,
+    sim::{MeshState, ReadCounters},
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,7 +45,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(state: watch::Receiver<Arc<MeshState>>, reader: CounterReader) -> Self {
+    pub fn new(state: watch::Receiver<Arc<MeshState>>, reader: Box<dyn ReadCounters>) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(MeshCollector { state, reader }));
         Self { registry }
@@ -151,7 +150,7 @@ pub fn to_classic(openmetrics: &str) -> String {
 /// Reads the mesh at scrape time.
 struct MeshCollector {
     state: watch::Receiver<Arc<MeshState>>,
-    reader: CounterReader,
+    reader: Box<dyn ReadCounters>,
 }
 
 impl std::fmt::Debug for MeshCollector {

@@ -151,7 +151,8 @@ fn found(app: &AppState, id: NodeId) -> Result<NodeBody, ApiError> {
 
 fn unknown(id: NodeId) -> ApiError {
     ApiError::UnknownNode {
-        id: id.0.to_string(),
+        id: id.name(),
         field: Some("id".into()),
+        known: None,
     }
 }

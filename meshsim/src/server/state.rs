@@ -40,7 +40,7 @@ impl StateBody {
         Self {
             settings: state.snapshot.settings.clone(),
             run: RunBody {
-                backend: state.run.backend.name(),
+                backend: state.run.backend,
                 workload: state.run.workload,
             },
             nodes: state

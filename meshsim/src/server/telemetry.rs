@@ -2,7 +2,7 @@
 //! directed link carried since the previous poll, and broadcasts one serialised frame to
 //! every WebSocket client.
 //!
-//! The counters are read through a [`CounterReader`] of the task's own, never through the
+//! The counters are read through a [`ReadCounters`] of the task's own, never through the
 //! Sim, so polling costs the Sim nothing; the deltas are computed once however many clients
 //! watch; and a broadcast channel never waits for a receiver: a client that falls behind
 //! loses the oldest frames (it gets the next ones), the task and the Sim carry on.
@@ -22,7 +22,10 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use crate::{datapath::CounterReader, model::NodeId, sim::MeshState};
+use crate::{
+    model::NodeId,
+    sim::{MeshState, ReadCounters},
+};
 
 /// How many frames a client may fall behind before it skips some (about half a second).
 pub const BACKLOG: usize = 8;
@@ -110,7 +113,7 @@ fn went_down(old: &LinkCounters, new: &LinkCounters) -> bool {
 }
 
 /// Reads every link of `state` (a link whose read fails is left out of this poll).
-fn poll(reader: &CounterReader, state: &MeshState) -> Poll {
+fn poll(reader: &dyn ReadCounters, state: &MeshState) -> Poll {
     state
         .link_slots
         .iter()
@@ -127,12 +130,12 @@ fn poll(reader: &CounterReader, state: &MeshState) -> Poll {
 /// Starts the polling task; frames go to `tx` every `interval` while anyone listens. It ends
 /// when the Sim stops (its state channel closes) or when aborted.
 pub fn spawn(
-    reader: CounterReader,
+    reader: Box<dyn ReadCounters>,
     mut state: watch::Receiver<Arc<MeshState>>,
     tx: broadcast::Sender<Utf8Bytes>,
     interval: Duration,
 ) -> JoinHandle<()> {
-    let reader = Arc::new(reader);
+    let reader: Arc<dyn ReadCounters> = Arc::from(reader);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -150,7 +153,8 @@ pub fn spawn(
             let current = state.borrow_and_update().clone();
             let r = Arc::clone(&reader);
             // Map reads are syscalls, one per link: keep them off the async workers.
-            let Ok(now_poll) = tokio::task::spawn_blocking(move || poll(&r, &current)).await else {
+            let Ok(now_poll) = tokio::task::spawn_blocking(move || poll(&*r, &current)).await
+            else {
                 return;
             };
             let now = Instant::now();

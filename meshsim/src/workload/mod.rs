@@ -1,26 +1,46 @@
 //! What runs on every node: nothing, a command of the user's, or a Synapse homeserver.
 //!
 //! The kind is chosen once per run (a flag, or the topology file's `[run]` table); each node
-//! then runs it or nothing ([`NodeWorkload`]): a bare router between homeservers, say. The
-//! backend (see `runtime::netns`) starts it with each node and stops it with the node; this module holds what does not depend on the backend:
-//! the Synapse install (`venv`), its per-run CA (`pki`), its configuration (`synapse`), and
-//! how nodes find each other by name without any public DNS (`names`, `dns`).
+//! then runs it or nothing ([`NodeWorkload`]): a bare router between homeservers, say. A
+//! workload's whole lifecycle is here, once: prepared for the run ([`RunWorkload::prepare`]),
+//! started in each node and stopped with it, through the small interface every backend
+//! implements ([`host`]). The runtime calls these; no backend knows what a workload is.
+//!
+//! - `command`: `--node-cmd`;
+//! - `synapse`: the homeserver, its install (`venv`), its per-run CA (`pki`), and how nodes
+//!   find each other by name without any public DNS (`names`, `dns`);
+//! - `http`: HTTP to a server on a node's own loopback, never across a link.
 
+mod command;
 pub mod dns;
+pub mod host;
+pub mod http;
 pub mod names;
 pub mod pki;
 pub mod synapse;
 pub mod venv;
 
 use std::{
-    collections::BTreeMap,
-    path::PathBuf,
+    collections::{BTreeMap, HashSet},
+    io::Read as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 pub use synapse::SynapseOptions;
+use tokio::{sync::watch, task::JoinHandle};
 
-use crate::model::NodeId;
+use self::{
+    command::CommandRun,
+    host::{NodeHost, NodeNeeds, NodeProcess},
+    synapse::SynapseRun,
+};
+use crate::{
+    model::NodeId,
+    run_config::{BackendKind, RunConfig},
+};
 
 /// What every node of a run runs.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -191,6 +211,15 @@ pub enum WorkloadError {
          be one to cover (an empty one will do: `touch {0}`)"
     )]
     NothingToCover(PathBuf),
+    #[error("starting `{program}` in {node} failed: {source}")]
+    Spawn {
+        node: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
     #[error("could not {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -208,6 +237,184 @@ impl WorkloadError {
         let path = path.into();
         move |source| WorkloadError::Io { what, path, source }
     }
+}
+
+/// A node, as a workload knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub ip: Ipv4Addr,
+}
+
+/// A workload running in a node: its main process and the tasks that serve it.
+pub struct Running {
+    pub process: Arc<dyn NodeProcess>,
+    /// Watches the start (Synapse: until it answers and has its user); stopped first, so
+    /// that it does not report the stop as a failure.
+    pub watcher: Option<JoinHandle<()>>,
+    /// Serves the node while it runs (Synapse: its DNS answerer).
+    pub serving: Vec<JoinHandle<()>>,
+}
+
+/// The run's workload, prepared once and shared by its nodes.
+enum Prepared {
+    None,
+    Command(CommandRun),
+    Synapse(Arc<SynapseRun>),
+}
+
+/// What every node of the run runs, with every node's state ([`NodeStatus`]).
+pub struct RunWorkload {
+    prepared: Prepared,
+    name: &'static str,
+    status: watch::Sender<WorkloadStatus>,
+}
+
+impl RunWorkload {
+    /// Everything before the first node: the log directory, and for Synapse its install
+    /// (for namespace nodes), the run directory, the CA and the name files.
+    pub async fn prepare(kind: &WorkloadKind, run: &RunConfig) -> Result<Self, WorkloadError> {
+        let prepared = match kind {
+            WorkloadKind::None => Prepared::None,
+            WorkloadKind::Command(template) => {
+                let logs = NodeLogs::new(&run.log_dir)?;
+                tracing::info!(cmd = %template, logs = %run.log_dir.display(), "every node runs a command");
+                Prepared::Command(CommandRun::new(template, logs))
+            }
+            WorkloadKind::Synapse(options) => {
+                let logs = NodeLogs::new(&run.log_dir)?;
+                let host_install = run.backend == BackendKind::Netns;
+                let synapse =
+                    SynapseRun::prepare(options, &run.addressing, logs, host_install).await?;
+                Prepared::Synapse(Arc::new(synapse))
+            }
+        };
+        Ok(RunWorkload {
+            prepared,
+            name: kind.name(),
+            status: watch::Sender::new(WorkloadStatus::new()),
+        })
+    }
+
+    /// `none`, `command` or `synapse`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Every node's workload: starting, ready or failed.
+    pub fn status(&self) -> watch::Receiver<WorkloadStatus> {
+        self.status.subscribe()
+    }
+
+    /// The container image this workload's nodes need, if a particular one.
+    pub fn docker_image(&self) -> Option<&'static str> {
+        match self.prepared {
+            Prepared::Synapse(_) => Some(synapse::SYNAPSE_IMAGE),
+            _ => None,
+        }
+    }
+
+    /// What a node that runs `workload` needs from its backend.
+    pub fn needs(&self, workload: NodeWorkload) -> NodeNeeds {
+        match (&self.prepared, workload) {
+            (_, NodeWorkload::None) => NodeNeeds {
+                runs_processes: true,
+                ..NodeNeeds::default()
+            },
+            (Prepared::None, NodeWorkload::Run) => NodeNeeds::default(),
+            (Prepared::Command(command), NodeWorkload::Run) => command.needs(),
+            (Prepared::Synapse(synapse), NodeWorkload::Run) => synapse.needs(),
+        }
+    }
+
+    /// Starts the workload in a new node (nothing for a node that runs nothing). A failure
+    /// leaves nothing of it behind.
+    pub async fn start(
+        &self,
+        node: &NodeInfo,
+        workload: NodeWorkload,
+        host: Arc<dyn NodeHost>,
+    ) -> Result<Option<Running>, WorkloadError> {
+        if workload == NodeWorkload::None {
+            return Ok(None);
+        }
+        match &self.prepared {
+            Prepared::None => Ok(None),
+            Prepared::Command(command) => command.start(node, host, &self.status).await.map(Some),
+            Prepared::Synapse(synapse) => synapse.start(node, host, &self.status).await.map(Some),
+        }
+    }
+
+    /// Stops a node's workload: its watcher, its process (SIGTERM, then SIGKILL), then what
+    /// served it.
+    pub async fn stop(&self, node: &NodeInfo, running: Running) {
+        if let Some(watcher) = running.watcher {
+            watcher.abort();
+        }
+        let process = running.process;
+        let _ = tokio::task::spawn_blocking(move || process.stop()).await;
+        for task in running.serving {
+            task.abort();
+        }
+        if let Prepared::Synapse(synapse) = &self.prepared {
+            synapse.forget(&node.name);
+        }
+        self.status.send_modify(|s| {
+            s.remove(&node.id);
+        });
+    }
+
+    /// When the run ends, after every node: what the run made (Synapse's run directory).
+    pub fn finish(&self) {
+        if let Prepared::Synapse(synapse) = &self.prepared {
+            synapse.finish();
+        }
+    }
+}
+
+/// Where each node's workload writes its output: `<log_dir>/<name>.log`, emptied the first
+/// time a node of that name starts in a run, appended to when it comes back.
+pub struct NodeLogs {
+    dir: PathBuf,
+    started: Mutex<HashSet<String>>,
+}
+
+impl NodeLogs {
+    /// Makes the log directory.
+    pub fn new(dir: &Path) -> Result<Self, WorkloadError> {
+        std::fs::create_dir_all(dir).map_err(WorkloadError::io("create the log directory", dir))?;
+        Ok(NodeLogs {
+            dir: dir.to_owned(),
+            started: Mutex::default(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log of `node`, empty if this is its first start in the run.
+    pub fn open(&self, node: &str) -> Result<PathBuf, WorkloadError> {
+        let path = self.dir.join(format!("{node}.log"));
+        let first = self
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_owned());
+        if first {
+            std::fs::File::create(&path).map_err(WorkloadError::io("create", &path))?;
+        }
+        Ok(path)
+    }
+}
+
+/// The last `n` lines of a log, for error messages.
+pub fn log_tail(log: &Path, n: usize) -> String {
+    let mut text = String::new();
+    let _ = std::fs::File::open(log).and_then(|mut f| f.read_to_string(&mut text));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

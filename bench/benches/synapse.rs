@@ -1,0 +1,420 @@
+//! How many Synapse homeservers fit on this machine (needs root and the cached Synapse venv,
+//! which the first run installs; `cargo xtask bench` runs it).
+//!
+//! The real Sim and netns runtime with `--workload synapse` grow a mesh live, `STEP` nodes at
+//! a time through `SimHandle::add_node`. After each step the bench waits until every node is
+//! ready (the runtime's own probe on the plain port, and the test user made), then asks every
+//! node `GET https://nK:8448/_matrix/federation/v1/version` `PROBES` times from the host, with
+//! curl verifying the run's CA as another homeserver would. It stops at the first step where
+//! a node is not ready within `READY_BOUND` or answers slower than `LATENCY_LIMIT`, when
+//! MemAvailable falls below `MEM_FLOOR`, at `CAP` nodes, or when the next step would pass
+//! `BUDGET`. The servers are idle (no rooms): the figure is what idle homeservers cost.
+//!
+//! Nothing is asserted, but any failure ends the bench with an error. It takes the run lock
+//! and removes every `ms-` namespace and interface before and after.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use common::isolated;
+use meshsim::{
+    datapath::{Datapath, DatapathOptions},
+    model::{NodeId, Settings},
+    net::{FqSupport, probe_fq},
+    run_config::RunConfig,
+    runtime,
+    sim::{Sim, SimHandle},
+    workload::{NodeState, SynapseOptions, WorkloadKind, WorkloadStatus, synapse::FEDERATION_PORT},
+};
+use tokio::sync::watch;
+
+/// Nodes added per step.
+const STEP: usize = 8;
+/// Never more nodes than this.
+const CAP: usize = 200;
+/// Every node must answer the federation version within this...
+const LATENCY_LIMIT: Duration = Duration::from_secs(1);
+/// ...this many times in a row.
+const PROBES: usize = 3;
+/// A probe slower than this counts as no answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a step's new nodes may take to be ready.
+const READY_BOUND: Duration = Duration::from_secs(180);
+/// Stop growing when the kernel has less than this available.
+const MEM_FLOOR: u64 = 2 << 30;
+/// The whole bench, bring-up of the last step included.
+const BUDGET: Duration = Duration::from_secs(15 * 60);
+/// Nodes sit on a grid this many px apart, `COLUMNS` to a row: near enough to link.
+const SPACING: f64 = 80.0;
+const COLUMNS: usize = 8;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "synapse bench: the real Sim + netns runtime with a Synapse per node, kernel {}, {cpus} CPUs, {:.1} GiB RAM, {:.1} GiB available",
+        kernel.trim(),
+        gib(meminfo("MemTotal")?),
+        gib(meminfo("MemAvailable")?)
+    );
+    println!(
+        "growing by {STEP} nodes up to {CAP}; a step passes when every node is ready within {} s and answers https /_matrix/federation/v1/version {PROBES} times within {} s each; stops below {:.0} GiB available or after {} min",
+        READY_BOUND.as_secs(),
+        LATENCY_LIMIT.as_secs_f64(),
+        gib(MEM_FLOOR),
+        BUDGET.as_secs() / 60
+    );
+    let options = SynapseOptions::default();
+    let venv = options.clone();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || venv.prepare(&mut |line: &str| println!("{line}")))
+        .await?
+        .context("installing Synapse")?;
+    println!(
+        "synapse {} venv ready in {}",
+        options.version,
+        secs(started.elapsed())
+    );
+    isolated(grow(options)).await
+}
+
+/// One row of the table.
+struct StepFigures {
+    nodes: usize,
+    /// From the step's first `add_node` to every node ready and answering over TLS.
+    to_ready: Duration,
+    worst: Duration,
+    median: Duration,
+    /// Every Synapse's resident memory, MiB.
+    rss_mib: Vec<f64>,
+    mem_available: u64,
+}
+
+/// Why the growth ended.
+enum Stop {
+    Failed(String),
+    Memory,
+    Cap,
+    Budget,
+}
+
+/// Starts the Sim, grows the mesh step by step, prints the table; the Sim is shut down
+/// whatever happened.
+async fn grow(options: SynapseOptions) -> Result<()> {
+    let fq = matches!(probe_fq().await, FqSupport::Available);
+    let dp = Datapath::load(DatapathOptions {
+        fq,
+        ..DatapathOptions::default()
+    })
+    .context("loading the classifier")?;
+    let run = RunConfig {
+        log_dir: std::env::temp_dir().join("meshsim-synapse-bench-logs"),
+        ..RunConfig::default()
+    };
+    let runtime = runtime::start(&run, &WorkloadKind::Synapse(options.clone()))
+        .await
+        .context("starting the netns runtime")?;
+    let status = runtime.workload_status();
+    let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
+    let result = steps(&sim, status, &options).await;
+    let stopped = sim.shutdown().await;
+    let joined = task.await;
+    let (rows, stop) = result?;
+    stopped.context("shutting the Sim down")?;
+    joined.context("the Sim's task")?;
+    report(&rows, &stop)
+}
+
+async fn steps(
+    sim: &SimHandle,
+    mut status: watch::Receiver<WorkloadStatus>,
+    options: &SynapseOptions,
+) -> Result<(Vec<StepFigures>, Stop)> {
+    let bench = Instant::now();
+    let ca = options.run_dir.join("ca.pem");
+    let mut rows: Vec<StepFigures> = Vec::new();
+    loop {
+        let have = rows.last().map_or(0, |r| r.nodes);
+        if have + STEP > CAP {
+            return Ok((rows, Stop::Cap));
+        }
+        // The next step takes about as long as the last one did, or longer.
+        let expected = rows.last().map_or(Duration::ZERO, |r| r.to_ready);
+        if bench.elapsed() + expected > BUDGET {
+            return Ok((rows, Stop::Budget));
+        }
+        let nodes = have + STEP;
+        println!(
+            "\nstep to {nodes} nodes ({} into the bench)",
+            secs(bench.elapsed())
+        );
+        let started = Instant::now();
+        for i in have..nodes {
+            let (x, y) = grid(i);
+            sim.add_node(x, y)
+                .await
+                .with_context(|| format!("adding node {}", i + 1))?;
+        }
+        if let Err(why) = all_ready(&mut status, nodes, started).await {
+            return Ok((rows, Stop::Failed(why)));
+        }
+        let ips: BTreeMap<NodeId, Ipv4Addr> = sim
+            .state()
+            .borrow()
+            .nodes
+            .iter()
+            .map(|(id, facts)| (*id, facts.ip))
+            .collect();
+        // Ready means the plain port answers; federating means TLS on 8448 answers too.
+        let deadline = started + READY_BOUND;
+        for (id, ip) in &ips {
+            while probe(&ca, *id, *ip).await.is_err() {
+                if Instant::now() > deadline {
+                    let why = format!("{id} never answered over TLS");
+                    return Ok((rows, Stop::Failed(why)));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        let to_ready = started.elapsed();
+        println!(
+            "  all {nodes} ready and answering over TLS {} after the step began; probing",
+            secs(to_ready)
+        );
+        let mut latencies = Vec::new();
+        let mut slow = None;
+        for _ in 0..PROBES {
+            for (id, ip) in &ips {
+                match probe(&ca, *id, *ip).await {
+                    Ok(took) => {
+                        if took > LATENCY_LIMIT && slow.is_none() {
+                            slow = Some(format!("{id} answered in {}", ms(took)));
+                        }
+                        latencies.push(took);
+                    }
+                    Err(why) => {
+                        slow.get_or_insert(format!("{id}: {why}"));
+                    }
+                }
+            }
+        }
+        latencies.sort();
+        let pids: Vec<u32> = status.borrow().values().filter_map(|s| s.pid).collect();
+        let mut rss_mib = pids
+            .iter()
+            .map(|pid| rss_kib(*pid).map(|kib| kib as f64 / 1024.0))
+            .collect::<Result<Vec<_>>>()?;
+        rss_mib.sort_by(f64::total_cmp);
+        let row = StepFigures {
+            nodes,
+            to_ready,
+            worst: *latencies.last().context("no probe answered")?,
+            median: latencies[latencies.len() / 2],
+            rss_mib,
+            mem_available: meminfo("MemAvailable")?,
+        };
+        println!(
+            "  version latency p50 {}, worst {}; RSS total {:.0} MiB (median {:.0}, max {:.0} per node); MemAvailable {:.1} GiB",
+            ms(row.median),
+            ms(row.worst),
+            row.rss_mib.iter().sum::<f64>(),
+            median(&row.rss_mib),
+            row.rss_mib.last().copied().unwrap_or(0.0),
+            gib(row.mem_available)
+        );
+        let low_memory = row.mem_available < MEM_FLOOR;
+        if let Some(why) = slow {
+            rows.push(row);
+            return Ok((rows, Stop::Failed(why)));
+        }
+        rows.push(row);
+        if low_memory {
+            return Ok((rows, Stop::Memory));
+        }
+    }
+}
+
+/// Waits until `nodes` nodes are ready, printing progress; why not, if one fails or the bound
+/// passes.
+async fn all_ready(
+    status: &mut watch::Receiver<WorkloadStatus>,
+    nodes: usize,
+    started: Instant,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::from_std(started + READY_BOUND);
+    let mut said = 0;
+    loop {
+        let now = status.borrow_and_update().clone();
+        if let Some((id, why)) = now.iter().find_map(|(id, s)| match &s.state {
+            NodeState::Failed(why) => Some((id, why.clone())),
+            _ => None,
+        }) {
+            return Err(format!("{id} failed: {why}"));
+        }
+        let ready = now.values().filter(|s| s.state == NodeState::Ready).count();
+        if ready != said {
+            println!(
+                "  {ready}/{nodes} ready ({} into the step)",
+                secs(started.elapsed())
+            );
+            said = ready;
+        }
+        if ready == nodes && now.len() == nodes {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, status.changed())
+            .await
+            .is_err()
+        {
+            return Err(format!(
+                "only {ready} of {nodes} ready within {} s",
+                READY_BOUND.as_secs()
+            ));
+        }
+    }
+}
+
+/// Asks `https://<name>:8448/_matrix/federation/v1/version` from the host, verifying the
+/// run's CA; curl's own `time_total` (connect, TLS handshake, request, answer).
+async fn probe(ca: &Path, id: NodeId, ip: Ipv4Addr) -> Result<Duration, String> {
+    let name = id.name();
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--output", "/dev/null"])
+        .args(["--write-out", "%{http_code} %{time_total}"])
+        .arg("--max-time")
+        .arg(PROBE_TIMEOUT.as_secs().to_string())
+        .arg("--cacert")
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{name}:{FEDERATION_PORT}:{ip}"))
+        .arg(format!(
+            "https://{name}:{FEDERATION_PORT}/_matrix/federation/v1/version"
+        ));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("running curl: {e}"))?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, total) = said.split_once(' ').unwrap_or((&said, ""));
+    if !out.status.success() || code != "200" {
+        return Err(format!(
+            "status {code}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    total
+        .trim()
+        .parse::<f64>()
+        .map(Duration::from_secs_f64)
+        .map_err(|e| format!("curl's time_total {total:?}: {e}"))
+}
+
+fn report(rows: &[StepFigures], stop: &Stop) -> Result<()> {
+    ensure!(!rows.is_empty(), "no step passed: {}", describe(stop));
+    println!(
+        "\n| nodes | all ready + TLS | version p50 | version worst | total RSS | RSS per node (median / max) | MemAvailable |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {:.0} MiB | {:.0} / {:.0} MiB | {:.1} GiB |",
+            r.nodes,
+            secs(r.to_ready),
+            ms(r.median),
+            ms(r.worst),
+            r.rss_mib.iter().sum::<f64>(),
+            median(&r.rss_mib),
+            r.rss_mib.last().copied().unwrap_or(0.0),
+            gib(r.mem_available)
+        );
+    }
+    let passed = rows.iter().take_while(|r| r.worst <= LATENCY_LIMIT).last();
+    let first = &rows[0];
+    println!(
+        "\nfrom an empty mesh to {} nodes federating (ready, answering over TLS): {}",
+        first.nodes,
+        secs(first.to_ready)
+    );
+    match passed {
+        Some(last) => println!(
+            "the last step that passed: {} Synapse nodes, every one answering within {} s (worst {}); RSS per node median {:.0} MiB, max {:.0} MiB",
+            last.nodes,
+            LATENCY_LIMIT.as_secs_f64(),
+            ms(last.worst),
+            median(&last.rss_mib),
+            last.rss_mib.last().copied().unwrap_or(0.0)
+        ),
+        None => println!("no step passed"),
+    }
+    println!("stopped: {}", describe(stop));
+    if let Stop::Failed(_) = stop
+        && passed.is_none()
+    {
+        bail!("no step passed: {}", describe(stop));
+    }
+    Ok(())
+}
+
+fn describe(stop: &Stop) -> String {
+    match stop {
+        Stop::Failed(why) => format!("the next step failed ({why})"),
+        Stop::Memory => format!("MemAvailable fell below {:.0} GiB", gib(MEM_FLOOR)),
+        Stop::Cap => format!("the cap of {CAP} nodes"),
+        Stop::Budget => format!(
+            "another step would pass the {} min budget",
+            BUDGET.as_secs() / 60
+        ),
+    }
+}
+
+/// Grid position of the `i`th node.
+fn grid(i: usize) -> (f64, f64) {
+    let (row, col) = (i / COLUMNS, i % COLUMNS);
+    (SPACING * (col as f64 + 1.0), SPACING * (row as f64 + 1.0))
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    field_kib(&status, "VmRSS").with_context(|| format!("no VmRSS for {pid}"))
+}
+
+/// Bytes of a /proc/meminfo field.
+fn meminfo(field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    field_kib(&text, field)
+        .map(|kib| kib * 1024)
+        .with_context(|| format!("no {field} in /proc/meminfo"))
+}
+
+/// A `Name:   123 kB` line's number.
+fn field_kib(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}

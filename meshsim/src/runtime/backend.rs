@@ -1,0 +1,39 @@
+//! What a backend does: make a node (its namespace or container, its veth on the bridge and
+//! its addressing) and take it away. Everything else, the workload in the node and the
+//! routes, the runtime does the same way for both (`runtime::Runtime`).
+
+use std::{future::Future, sync::Arc};
+
+use super::{RuntimeError, node::NodeNet};
+use crate::{
+    model::NodeId,
+    sim::Refusal,
+    workload::host::{NodeHost, NodeNeeds},
+};
+
+/// A node a backend made.
+pub struct BackendNode {
+    /// Its bridge port (host-side veth) in the root namespace.
+    pub port: u32,
+    /// Its namespace and `eth0`, addressed.
+    pub net: NodeNet,
+    /// How workloads run things in it.
+    pub host: Arc<dyn NodeHost>,
+}
+
+pub trait Backend: Send {
+    /// `netns` or `docker`.
+    fn name(&self) -> &'static str;
+    /// Whether node `id` fits when the mesh holds `nodes` nodes (see `sim::NodeRuntime`).
+    fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal>;
+    /// Makes node `id` with the node's MAC and address; a failure leaves nothing of it.
+    fn create(
+        &mut self,
+        id: NodeId,
+        needs: &NodeNeeds,
+    ) -> impl Future<Output = Result<BackendNode, RuntimeError>> + Send;
+    /// Takes a node away with everything still running in it.
+    fn remove(&mut self, id: NodeId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// After the last node: the bridge or network the backend made at its start.
+    fn finish(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+}

@@ -1,0 +1,213 @@
+//! Processes in nodes: a child process meshsim spawns in a node's namespace (netns), or a
+//! process a container runs for it (Docker), both stopped the same way. And the mount
+//! namespace trick that lets a process see the run's files over the host's.
+
+use std::{
+    ffi::CString,
+    fs::OpenOptions,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _, process::CommandExt as _},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill, killpg},
+    unistd::Pid,
+};
+
+use crate::workload::host::NodeProcess;
+
+/// How long a process gets to exit after SIGTERM before it is killed.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// A process meshsim spawned, in a process group of its own.
+pub struct ChildProcess {
+    child: Mutex<Child>,
+    pid: u32,
+}
+
+impl ChildProcess {
+    /// Starts `cmd` with stdout and stderr appended to `log`, in a process group of its own,
+    /// so that stopping it stops whatever it started; and if meshsim dies without cleaning
+    /// up, the kernel stops it too.
+    ///
+    /// The death signal fires when the *thread* that forked exits, not the process: call
+    /// this from a thread that lives as long as the run (a runtime worker, as the Sim's
+    /// task is on), never from `spawn_blocking`, whose threads end when idle.
+    pub fn spawn(mut cmd: Command, log: &Path) -> std::io::Result<Self> {
+        let out = OpenOptions::new().create(true).append(true).open(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        cmd.process_group(0);
+        // SAFETY: the hook runs between fork and exec and makes one async-signal-safe call
+        // (prctl) without allocating.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        Ok(ChildProcess {
+            pid: child.id(),
+            child: Mutex::new(child),
+        })
+    }
+}
+
+impl NodeProcess for ChildProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn alive(&self) -> bool {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(child.try_wait(), Ok(None))
+    }
+
+    fn stop(&self) {
+        let group = Pid::from_raw(self.pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                // The leader is gone; make sure nothing it started lingers.
+                let _ = killpg(group, Signal::SIGKILL);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
+/// A process known by its host pid only: one a container runs for meshsim (an exec). Its
+/// parent is the container's runtime, which reaps it.
+pub struct HostPid(pub u32);
+
+impl NodeProcess for HostPid {
+    fn pid(&self) -> u32 {
+        self.0
+    }
+
+    fn alive(&self) -> bool {
+        pid_alive(self.0)
+    }
+
+    fn stop(&self) {
+        // The exec runs `setsid`, so the pid leads a group of what it started.
+        let group = Pid::from_raw(self.0 as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let _ = kill(group, Signal::SIGTERM);
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline && pid_alive(self.0) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = kill(group, Signal::SIGKILL);
+    }
+}
+
+/// Whether `pid` runs (a zombie does not: it exited and waits to be reaped).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// Gives `cmd`'s process a mount namespace of its own in which each `(file, target)` is
+/// bind-mounted over `target`, as `ip netns exec` does with `/etc/netns/NAME/*`: the node
+/// sees its own `/etc/hosts` and `/etc/resolv.conf`, the host sees nothing change.
+///
+/// Mounts are made `slave` first, so the binds never propagate back to the host's mount
+/// tree (which is `shared` on systemd hosts), while unmounts on the host (a deleted
+/// namespace under /run/netns) still reach the child.
+pub fn with_private_files(cmd: &mut Command, binds: &[(&Path, &Path)]) -> std::io::Result<()> {
+    if binds.is_empty() {
+        return Ok(());
+    }
+    let to_c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other(format!("{} contains a NUL byte", p.display())))
+    };
+    // Everything the child touches is made before the fork: it must not allocate.
+    let binds: Vec<(CString, CString)> = binds
+        .iter()
+        .map(|(file, target)| Ok((to_c(file)?, to_c(target)?)))
+        .collect::<std::io::Result<_>>()?;
+    // SAFETY: runs between fork and exec, making only async-signal-safe calls (unshare,
+    // mount) on strings that already exist; an error converts without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (file, target) in &binds {
+                if libc::mount(
+                    file.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// SIGKILLs every process whose network namespace is the one bound at `path`; a process
+/// inside would keep the namespace (and its veth) alive after the mount is gone.
+pub fn kill_processes_in(path: &str) -> usize {
+    let Ok(target) = std::fs::metadata(path) else {
+        return 0;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if ns.ino() == target.ino()
+            && ns.dev() == target.dev()
+            && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}

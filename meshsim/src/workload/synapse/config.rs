@@ -1,0 +1,429 @@
+//! Synapse's files: the install options, the per-node directory and configuration meshsim
+//! writes, and the run directory they live in.
+//!
+//! Every option in `homeserver_yaml` is one of Synapse's documented configuration options;
+//! docs/synapse.md says why each choice was made.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use base64::Engine as _;
+
+use crate::{
+    random::{random_bytes, random_hex},
+    workload::{
+        WorkloadError,
+        pki::{NodeCert, RunCa},
+        venv::{VenvError, VenvSpec},
+    },
+};
+
+/// The Synapse release meshsim installs (from PyPI: there is no Debian package).
+pub const SYNAPSE_VERSION: &str = "1.163.2";
+/// Federation, over TLS, as on the real network.
+pub const FEDERATION_PORT: u16 = 8448;
+/// Plain HTTP for clients, registration and health checks: client and federation resources,
+/// so `/_matrix/federation/v1/version` can be asked without TLS. Servers never use it.
+pub const CLIENT_PORT: u16 = 8008;
+/// Written into a run directory meshsim made, so it may empty it again.
+pub const RUN_MARKER: &str = ".meshsim-run";
+
+/// How Synapse nodes are set up; the defaults suit `--workload synapse`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SynapseOptions {
+    /// The `matrix-synapse` release to install.
+    pub version: String,
+    /// The Python that makes the venv.
+    pub python: String,
+    /// Where venvs are kept between runs.
+    pub cache_dir: PathBuf,
+    /// Where each node's configuration, keys and database go (`<run_dir>/<name>/`); emptied
+    /// at the start and the end of a run.
+    pub run_dir: PathBuf,
+    /// The user made on every node at start (`@<user>:<node>`), and its password.
+    pub user: String,
+    pub password: String,
+    /// How long a node may take to answer before it counts as failed.
+    pub start_timeout: Duration,
+}
+
+impl Default for SynapseOptions {
+    fn default() -> Self {
+        SynapseOptions {
+            version: SYNAPSE_VERSION.to_owned(),
+            python: "python3".to_owned(),
+            cache_dir: default_cache_dir(),
+            run_dir: PathBuf::from("/tmp/meshsim/run"),
+            user: "meshsim".to_owned(),
+            password: "meshsim".to_owned(),
+            start_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/meshsim` when set, else `/var/cache/meshsim` (meshsim runs as root).
+pub fn default_cache_dir() -> PathBuf {
+    match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("meshsim"),
+        _ => PathBuf::from("/var/cache/meshsim"),
+    }
+}
+
+impl SynapseOptions {
+    /// The cached venv for this version.
+    pub fn venv(&self) -> VenvSpec {
+        VenvSpec {
+            dir: self
+                .cache_dir
+                .join(format!("synapse-venv-{}", self.version)),
+            python: self.python.clone(),
+            packages: vec![format!("matrix-synapse=={}", self.version)],
+            what: format!("synapse {}", self.version),
+            approx_mb: 240,
+        }
+    }
+
+    /// Installs Synapse unless the cache has it. Blocks (about 20 s the first time).
+    pub fn prepare(&self, progress: &mut dyn FnMut(&str)) -> Result<VenvSpec, VenvError> {
+        let venv = self.venv();
+        venv.ensure(progress)?;
+        Ok(venv)
+    }
+}
+
+/// One node's files, under `<run_dir>/<name>/`.
+#[derive(Clone, Debug)]
+pub struct NodeDir {
+    pub name: String,
+    pub dir: PathBuf,
+    /// The directory was left by an earlier node of the same name in this run and kept as
+    /// it was: the server comes back as itself, with its database, keys and users.
+    pub reused: bool,
+}
+
+impl NodeDir {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("homeserver.yaml")
+    }
+}
+
+/// What differs between nodes of a run, and what they share.
+pub struct NodeConfig<'a> {
+    pub name: &'a str,
+    /// The mesh's subnet, which Synapse must be allowed to reach (it refuses private
+    /// addresses by default).
+    pub mesh_cidr: &'a str,
+    pub ca_path: &'a Path,
+    pub registration_secret: &'a str,
+}
+
+/// Whether `<run_dir>/<name>/` holds a node an earlier node of this name finished writing:
+/// its configuration and signing key are there (both are written last).
+pub fn node_dir_written(run_dir: &Path, name: &str) -> bool {
+    let dir = run_dir.join(name);
+    dir.join("homeserver.yaml").is_file() && dir.join("signing.key").is_file()
+}
+
+/// Writes a node's directory: TLS certificate and key (from the run's CA), signing key,
+/// `homeserver.yaml`. A directory an earlier node of the same name wrote in this run is
+/// kept as it is (the run directory is emptied when a run starts, so it can only be this
+/// run's): a node removed and added again returns as the same server, with its rooms,
+/// users and signing key, so its peers' federation with it resumes. A half-written one is
+/// replaced.
+pub fn write_node_dir(
+    run_dir: &Path,
+    config: &NodeConfig<'_>,
+    ca: &RunCa,
+) -> Result<NodeDir, WorkloadError> {
+    let dir = run_dir.join(config.name);
+    let node = |reused| NodeDir {
+        name: config.name.to_owned(),
+        dir: dir.clone(),
+        reused,
+    };
+    if node_dir_written(run_dir, config.name) {
+        return Ok(node(true));
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(WorkloadError::io("remove", &dir))?;
+    }
+    fs::create_dir_all(dir.join("media")).map_err(WorkloadError::io("create", &dir))?;
+    let NodeCert { cert_pem, key_pem } = ca.issue(config.name)?;
+    let write = |file: &str, text: &str| {
+        let path = dir.join(file);
+        fs::write(&path, text).map_err(WorkloadError::io("write", path))
+    };
+    write("tls.crt", &cert_pem)?;
+    write("tls.key", &key_pem)?;
+    // A key id of its own: should a server ever be made anew under a name its peers have
+    // seen (its directory removed by hand), peers cache keys by id for the key's validity,
+    // a day, and would take the new server's signatures under a reused id as forged.
+    let key_id = format!("a_{}", random_hex(4));
+    write("signing.key", &signing_key(&random_bytes(32), &key_id))?;
+    write(
+        "homeserver.yaml",
+        &homeserver_yaml(config, &dir, &random_hex(24), &random_hex(24)),
+    )?;
+    Ok(node(false))
+}
+
+/// Synapse's signing key file: `ed25519 <key id> <unpadded base64 of the 32-byte seed>`.
+pub fn signing_key(seed: &[u8], key_id: &str) -> String {
+    let seed = base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed);
+    format!("ed25519 {key_id} {seed}\n")
+}
+
+/// The node's `homeserver.yaml`.
+pub fn homeserver_yaml(
+    node: &NodeConfig<'_>,
+    dir: &Path,
+    macaroon_secret: &str,
+    form_secret: &str,
+) -> String {
+    let q = |s: &str| yaml_string(s);
+    let p = |file: &str| yaml_string(&dir.join(file).to_string_lossy());
+    let mut y = String::new();
+    let _ = write!(
+        y,
+        "\
+# Written by meshsim for node {name} of this run (see README, \"Synapse nodes\").
+server_name: {server_name}
+public_baseurl: {baseurl}
+pid_file: {pid}
+report_stats: false
+
+listeners:
+  # Federation, over TLS with a certificate from the run's CA.
+  - port: {federation_port}
+    type: http
+    tls: true
+    bind_addresses: [\"0.0.0.0\"]
+    resources:
+      - names: [federation]
+        compress: false
+  # Clients, registration and health checks, plain HTTP.
+  - port: {client_port}
+    type: http
+    tls: false
+    bind_addresses: [\"0.0.0.0\"]
+    resources:
+      - names: [client, federation]
+        compress: false
+
+tls_certificate_path: {tls_crt}
+tls_private_key_path: {tls_key}
+federation_verify_certificates: true
+federation_custom_ca_list: [{ca}]
+federation_client_minimum_tls_version: \"1.2\"
+
+# Keys come from the servers themselves, never from matrix.org.
+trusted_key_servers: []
+suppress_key_server_warning: true
+signing_key_path: {signing_key}
+
+# Synapse refuses private addresses by default; the mesh is one.
+ip_range_whitelist: [{cidr}]
+
+database:
+  name: sqlite3
+  args:
+    database: {db}
+
+enable_media_repo: false
+media_store_path: {media}
+url_preview_enabled: false
+enable_metrics: false
+
+enable_registration: false
+registration_shared_secret: {registration_secret}
+# Clients in a lab log in often, all from their node's address; the default allows 5 and
+# then one every 5 min.
+rc_login:
+  address:
+    per_second: 10
+    burst_count: 100
+  account:
+    per_second: 10
+    burst_count: 100
+macaroon_secret_key: {macaroon}
+form_secret: {form}
+
+# Retry soon after a link or node comes back (the defaults back off for days).
+federation:
+  client_timeout: 30s
+  max_short_retry_delay: 2s
+  max_long_retry_delay: 10s
+  max_short_retries: 3
+  max_long_retries: 5
+  destination_min_retry_interval: 5s
+  destination_retry_multiplier: 2
+  destination_max_retry_interval: 1m
+",
+        name = node.name,
+        server_name = q(node.name),
+        baseurl = q(&format!("http://{}:{CLIENT_PORT}/", node.name)),
+        pid = p("homeserver.pid"),
+        federation_port = FEDERATION_PORT,
+        client_port = CLIENT_PORT,
+        tls_crt = p("tls.crt"),
+        tls_key = p("tls.key"),
+        ca = q(&node.ca_path.to_string_lossy()),
+        signing_key = p("signing.key"),
+        cidr = q(node.mesh_cidr),
+        db = p("homeserver.db"),
+        media = p("media"),
+        registration_secret = q(node.registration_secret),
+        macaroon = q(macaroon_secret),
+        form = q(form_secret),
+    );
+    y
+}
+
+/// A YAML double-quoted scalar.
+fn yaml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Prepares the run directory: makes it, or empties one a previous run left (only if
+/// meshsim made it), and marks it as meshsim's.
+pub fn prepare_run_dir(run_dir: &Path) -> Result<(), WorkloadError> {
+    if run_dir.exists() {
+        if !run_dir.join(RUN_MARKER).exists() {
+            return Err(WorkloadError::ForeignRunDir {
+                path: run_dir.to_owned(),
+                marker: RUN_MARKER,
+            });
+        }
+        fs::remove_dir_all(run_dir).map_err(WorkloadError::io("empty", run_dir))?;
+    }
+    fs::create_dir_all(run_dir).map_err(WorkloadError::io("create", run_dir))?;
+    let marker = run_dir.join(RUN_MARKER);
+    fs::write(&marker, "made by meshsim; removed when the run stops\n")
+        .map_err(WorkloadError::io("write", marker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signing_key_is_in_synapses_format() {
+        let key = signing_key(&[0u8; 32], "a_mesh");
+        assert_eq!(
+            key,
+            "ed25519 a_mesh AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
+        );
+    }
+
+    #[test]
+    fn the_config_names_the_node_and_its_files() {
+        let node = NodeConfig {
+            name: "n3",
+            mesh_cidr: "10.77.0.0/16",
+            ca_path: Path::new("/tmp/meshsim/run/ca.pem"),
+            registration_secret: "s3cret",
+        };
+        let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), "mac", "form");
+        for want in [
+            "server_name: \"n3\"",
+            "tls_certificate_path: \"/tmp/meshsim/run/n3/tls.crt\"",
+            "federation_custom_ca_list: [\"/tmp/meshsim/run/ca.pem\"]",
+            "trusted_key_servers: []",
+            "ip_range_whitelist: [\"10.77.0.0/16\"]",
+            "database: \"/tmp/meshsim/run/n3/homeserver.db\"",
+            "registration_shared_secret: \"s3cret\"",
+            "report_stats: false",
+            "  - port: 8448\n    type: http\n    tls: true",
+            "rc_login:\n  address:\n    per_second: 10\n    burst_count: 100",
+        ] {
+            assert!(y.contains(want), "missing {want:?} in\n{y}");
+        }
+    }
+
+    #[test]
+    fn yaml_strings_are_escaped() {
+        assert_eq!(yaml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\x0a\"");
+    }
+
+    #[test]
+    fn a_node_written_again_in_the_same_run_keeps_its_identity() {
+        let run_dir = std::env::temp_dir().join(format!("meshsim-nodedir-{}", std::process::id()));
+        let _remove = RemoveOnDrop(run_dir.clone());
+        prepare_run_dir(&run_dir).unwrap();
+        let ca = RunCa::new("test").unwrap();
+        let ca_path = run_dir.join("ca.pem");
+        let node = NodeConfig {
+            name: "n4",
+            mesh_cidr: "10.77.0.0/16",
+            ca_path: &ca_path,
+            registration_secret: "s3cret",
+        };
+        let read = |dir: &NodeDir, file: &str| fs::read_to_string(dir.dir.join(file)).unwrap();
+        let first = write_node_dir(&run_dir, &node, &ca).unwrap();
+        assert!(!first.reused, "a new node gets a new directory");
+        // What the first server left: its database.
+        fs::write(first.dir.join("homeserver.db"), "rooms").unwrap();
+        let files = ["signing.key", "homeserver.yaml", "tls.crt", "tls.key"];
+        let before: Vec<String> = files.iter().map(|f| read(&first, f)).collect();
+
+        let again = write_node_dir(&run_dir, &node, &ca).unwrap();
+        assert!(again.reused, "the directory of this run is reused");
+        assert_eq!(again.dir, first.dir);
+        let after: Vec<String> = files.iter().map(|f| read(&again, f)).collect();
+        assert_eq!(before, after, "the same keys and configuration");
+        assert_eq!(read(&again, "homeserver.db"), "rooms");
+
+        // One that was never finished is written anew, with a key of its own.
+        fs::remove_file(again.dir.join("homeserver.yaml")).unwrap();
+        let anew = write_node_dir(&run_dir, &node, &ca).unwrap();
+        assert!(!anew.reused);
+        assert!(!anew.dir.join("homeserver.db").exists());
+        assert_ne!(read(&anew, "signing.key"), before[0]);
+    }
+
+    /// Removes a test's directory, also when the test fails.
+    struct RemoveOnDrop(PathBuf);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_run_dir_that_is_not_meshsims_is_left_alone() {
+        let dir = std::env::temp_dir().join(format!("meshsim-rundir-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("precious"), "x").unwrap();
+        let err = prepare_run_dir(&dir).unwrap_err();
+        assert!(err.to_string().contains("not made by meshsim"), "{err}");
+        assert!(dir.join("precious").exists());
+        fs::remove_file(dir.join("precious")).unwrap();
+        fs::remove_dir(&dir).unwrap();
+        prepare_run_dir(&dir).unwrap();
+        fs::write(dir.join("stale"), "x").unwrap();
+        prepare_run_dir(&dir).unwrap();
+        assert!(
+            !dir.join("stale").exists(),
+            "meshsim's own run dir is emptied"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,349 @@
+//! A Synapse homeserver on every node, whose server name is the node's name.
+//!
+//! Once per run ([`SynapseRun::prepare`]): the install (a cached venv for namespace nodes;
+//! containers have it in their image), the run directory, the run's CA, the registration
+//! secret and the name files. Per node ([`SynapseRun::start`]): its name in the hosts file,
+//! its directory (kept for the run, so a node added again is the same server), its DNS
+//! answerer, the process, and a task that waits for it to answer and makes its test user.
+//! All of it through [`NodeHost`], so it is the same on every backend.
+
+mod config;
+mod register;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+pub use config::*;
+use tokio::sync::watch;
+
+use super::{
+    NodeInfo, NodeLogs, NodeState, NodeStatus, Running, WorkloadError, WorkloadStatus, dns,
+    host::{Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program},
+    http::NodeHttp,
+    log_tail,
+    names::MeshNames,
+    pki::RunCa,
+    venv::VenvSpec,
+};
+use crate::{random::random_hex, run_config::Addressing};
+
+/// What a Synapse node sees of the run instead of the host's files (see `workload::names`).
+const HOSTS: &str = "/etc/hosts";
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Where Synapse is inside `meshsim/synapse` (images/synapse/Dockerfile).
+const IMAGE_PYTHON: &str = "/opt/synapse/bin/python";
+/// The image of Synapse containers.
+pub const SYNAPSE_IMAGE: &str = "meshsim/synapse";
+/// How often a starting Synapse is asked whether it answers.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// What every Synapse node of a run shares.
+pub struct SynapseRun {
+    pub options: SynapseOptions,
+    /// The host's install, for namespace nodes (`None` when every node is a container).
+    venv: Option<VenvSpec>,
+    ca: RunCa,
+    ca_path: PathBuf,
+    names: MeshNames,
+    /// One registration secret for the run: meshsim makes the test users.
+    registration_secret: String,
+    mesh_cidr: String,
+    logs: NodeLogs,
+}
+
+impl SynapseRun {
+    /// Installs Synapse for namespace nodes (`host_install`; the first time takes a while and
+    /// says so), then makes the run directory, the CA and the name files. Nothing is left
+    /// behind when it fails.
+    pub async fn prepare(
+        options: &SynapseOptions,
+        addressing: &Addressing,
+        logs: NodeLogs,
+        host_install: bool,
+    ) -> Result<Self, WorkloadError> {
+        for target in [HOSTS, RESOLV_CONF] {
+            if !Path::new(target).exists() {
+                return Err(WorkloadError::NothingToCover(target.into()));
+            }
+        }
+        let venv = if host_install {
+            let install = options.clone();
+            let venv = tokio::task::spawn_blocking(move || {
+                install.prepare(&mut |line: &str| tracing::info!("{line}"))
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            Some(venv)
+        } else {
+            None
+        };
+        prepare_run_dir(&options.run_dir)?;
+        let logs_dir = logs.dir().to_owned();
+        let made = Self::in_run_dir(options, venv, addressing, logs);
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&options.run_dir);
+        }
+        let run = made?;
+        tracing::info!(
+            version = %options.version,
+            run_dir = %options.run_dir.display(),
+            logs = %logs_dir.display(),
+            "every node runs Synapse: server name = node name, user @{}:<node>",
+            options.user
+        );
+        Ok(run)
+    }
+
+    fn in_run_dir(
+        options: &SynapseOptions,
+        venv: Option<VenvSpec>,
+        addressing: &Addressing,
+        logs: NodeLogs,
+    ) -> Result<Self, WorkloadError> {
+        let ca = RunCa::new(&format!("pid {} {}", std::process::id(), random_hex(4)))?;
+        let ca_path = options.run_dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).map_err(WorkloadError::io("write", &ca_path))?;
+        let names = MeshNames::create(&options.run_dir).map_err(WorkloadError::io(
+            "write the name files in",
+            &options.run_dir,
+        ))?;
+        Ok(SynapseRun {
+            options: options.clone(),
+            venv,
+            ca,
+            ca_path,
+            names,
+            registration_secret: random_hex(24),
+            mesh_cidr: addressing.cidr(),
+            logs,
+        })
+    }
+
+    /// The run's hosts file over `/etc/hosts` and its resolv.conf over `/etc/resolv.conf`;
+    /// containers also get the run and log directories.
+    pub fn needs(&self) -> NodeNeeds {
+        NodeNeeds {
+            covers: vec![
+                Cover {
+                    file: self.names.hosts_path().to_owned(),
+                    target: HOSTS.into(),
+                },
+                Cover {
+                    file: self.names.resolv_path().to_owned(),
+                    target: RESOLV_CONF.into(),
+                },
+            ],
+            dirs: vec![self.options.run_dir.clone(), self.logs.dir().to_owned()],
+            runs_processes: true,
+        }
+    }
+
+    /// Starts Synapse on a new node: its name, its directory, its DNS answerer, the process,
+    /// and the task that watches it start. A failure leaves nothing of it but a directory
+    /// an earlier node of the same name left (the node's data, kept for the run).
+    pub async fn start(
+        self: &Arc<Self>,
+        node: &NodeInfo,
+        host: Arc<dyn NodeHost>,
+        status: &watch::Sender<WorkloadStatus>,
+    ) -> Result<Running, WorkloadError> {
+        // The name first: the server resolves its own name too.
+        self.names
+            .insert(&node.name, node.ip)
+            .map_err(WorkloadError::io("rewrite", self.names.hosts_path()))?;
+        let started = self.start_in(node, host, status).await;
+        if started.is_err() {
+            let _ = self.names.remove(&node.name);
+        }
+        started
+    }
+
+    async fn start_in(
+        self: &Arc<Self>,
+        node: &NodeInfo,
+        host: Arc<dyn NodeHost>,
+        status: &watch::Sender<WorkloadStatus>,
+    ) -> Result<Running, WorkloadError> {
+        let config = NodeConfig {
+            name: &node.name,
+            mesh_cidr: &self.mesh_cidr,
+            ca_path: &self.ca_path,
+            registration_secret: &self.registration_secret,
+        };
+        let dir = write_node_dir(&self.options.run_dir, &config, &self.ca)?;
+        let remove_new_dir = |dir: &NodeDir| {
+            // A reused directory holds the node's data from earlier in the run.
+            if !dir.reused {
+                let _ = std::fs::remove_dir_all(&dir.dir);
+            }
+        };
+        let socket = match dns::bind_in(host.netns()) {
+            Ok(socket) => socket,
+            Err(e) => {
+                remove_new_dir(&dir);
+                return Err(e.into());
+            }
+        };
+        let dns = tokio::spawn(dns::serve(socket, self.names.clone()));
+        let python = match host.kind() {
+            HostKind::Namespace => self
+                .venv
+                .as_ref()
+                .expect("namespace nodes have the host's install")
+                .python_bin(),
+            HostKind::Container => PathBuf::from(IMAGE_PYTHON),
+        };
+        let log = match self.logs.open(&node.name) {
+            Ok(log) => log,
+            Err(e) => {
+                dns.abort();
+                remove_new_dir(&dir);
+                return Err(e);
+            }
+        };
+        let program = Program::new(
+            python,
+            &["-m", "synapse.app.homeserver", "--config-path"],
+            &log,
+        )
+        .with_arg(dir.config().to_string_lossy())
+        .in_dir(&dir.dir);
+        let process: Arc<dyn NodeProcess> = match host.spawn(&program).await {
+            Ok(process) => Arc::from(process),
+            Err(source) => {
+                dns.abort();
+                remove_new_dir(&dir);
+                return Err(WorkloadError::Spawn {
+                    node: node.name.clone(),
+                    program: program.describe(),
+                    source,
+                });
+            }
+        };
+        let at = Instant::now();
+        status.send_modify(|s| {
+            s.insert(
+                node.id,
+                NodeStatus {
+                    name: node.name.clone(),
+                    state: NodeState::Starting,
+                    pid: Some(process.pid()),
+                    spawned: at,
+                    answered_after: None,
+                    log: log.clone(),
+                },
+            );
+        });
+        let watcher = tokio::spawn(Arc::clone(self).watch_start(
+            node.clone(),
+            host,
+            Arc::clone(&process),
+            status.clone(),
+            log,
+            at,
+        ));
+        Ok(Running {
+            process,
+            watcher: Some(watcher),
+            serving: vec![dns],
+        })
+    }
+
+    /// Asks the node until it answers `/_matrix/federation/v1/version`, makes its test user,
+    /// and publishes the outcome. Gives up when the process dies or the start timeout passes.
+    async fn watch_start(
+        self: Arc<Self>,
+        node: NodeInfo,
+        host: Arc<dyn NodeHost>,
+        process: Arc<dyn NodeProcess>,
+        status: watch::Sender<WorkloadStatus>,
+        log: PathBuf,
+        at: Instant,
+    ) {
+        let mut http = NodeHttp::new(host.netns().clone(), CLIENT_PORT);
+        let deadline = at + self.options.start_timeout;
+        let outcome = loop {
+            let answer = http
+                .get(
+                    "/_matrix/federation/v1/version",
+                    None,
+                    Duration::from_secs(2),
+                )
+                .await;
+            if answer.is_ok_and(|a| a.ok()) {
+                break Ok(at.elapsed());
+            }
+            if !process.alive() {
+                break Err(format!(
+                    "synapse on {} exited while starting; the end of {}:\n{}",
+                    node.name,
+                    log.display(),
+                    log_tail(&log, 12)
+                ));
+            }
+            if Instant::now() >= deadline {
+                break Err(format!(
+                    "synapse on {} did not answer within {} s: see {}",
+                    node.name,
+                    self.options.start_timeout.as_secs(),
+                    log.display()
+                ));
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        };
+        let outcome = match outcome {
+            Ok(answered) => register::test_user(
+                &mut http,
+                &self.registration_secret,
+                &self.options.user,
+                &self.options.password,
+            )
+            .await
+            .map(|()| answered)
+            .map_err(|e| format!("synapse on {}: making the test user: {e}", node.name)),
+            Err(e) => Err(e),
+        };
+        match &outcome {
+            Ok(after) => tracing::info!(
+                node = %node.name,
+                "synapse answers after {:.1} s; @{}:{} is ready",
+                after.as_secs_f64(),
+                self.options.user,
+                node.name
+            ),
+            Err(why) => tracing::error!("{why}"),
+        }
+        status.send_modify(|s| {
+            if let Some(entry) = s.get_mut(&node.id) {
+                match outcome {
+                    Ok(after) => {
+                        entry.state = NodeState::Ready;
+                        entry.answered_after = Some(after);
+                    }
+                    Err(why) => entry.state = NodeState::Failed(why),
+                }
+            }
+        });
+    }
+
+    /// After the node's process stopped: its line in the hosts file goes. Its directory
+    /// stays until the run ends, so the node can be added back as itself.
+    pub fn forget(&self, node: &str) {
+        if let Err(e) = self.names.remove(node) {
+            tracing::warn!(
+                "could not update {}: {e}",
+                self.names.hosts_path().display()
+            );
+        }
+    }
+
+    /// When the run ends: the run directory goes.
+    pub fn finish(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.options.run_dir) {
+            tracing::warn!("could not remove {}: {e}", self.options.run_dir.display());
+        }
+    }
+}

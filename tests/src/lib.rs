@@ -1,0 +1,26 @@
+//! What every privileged test tier (and the benchmarks) share: labs with their cleanup
+//! guards and meshsim's run lock, topology fixtures, polling with a deadline, temporary
+//! directories, and the real Matrix client the Synapse tests drive.
+//!
+//! - [`hub`]: node namespaces on a bridge in a namespace of the test's own, with the
+//!   classifier at each port: datapath tests that never touch the host's links.
+//! - [`mesh`]: the real Sim with a real runtime (netns or Docker) and the classifier, under
+//!   meshsim's run lock, swept on drop.
+//! - [`serving`]: a [`mesh::MeshLab`] behind the real HTTP server.
+//! - [`matrix`]: matrix-nio (a Matrix client that is not ours) in a cached venv.
+//! - [`dockerd`]: a Docker daemon for the Docker tier when none runs;
+//! - [`Running`]: a process a test started (meshsim, chromedriver), ended with its guard.
+//!
+//! Every lab removes what it made when dropped, also when the test fails.
+
+pub mod dockerd;
+pub mod fixtures;
+pub mod hub;
+pub mod matrix;
+pub mod mesh;
+mod process;
+pub mod serving;
+mod util;
+
+pub use process::Running;
+pub use util::{TempDir, eventually, growth, id, meshsim_bin, processes_in, target_dir};

@@ -1,0 +1,210 @@
+//! A real mesh through the library: the Sim with a real runtime (netns or Docker, with a
+//! workload or none) and the classifier. It uses the real names (`ms-*`), so it holds
+//! meshsim's run lock (waiting for another test or bench that holds it) and sweeps what a
+//! crashed run left, before it starts and when it is dropped.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use meshsim::{
+    datapath::{Datapath, DatapathOptions},
+    model::{NodeId, Settings},
+    net::{FqSupport, NetNs, Netlink, probe_fq},
+    run_config::{BackendKind, RunConfig},
+    runtime::{
+        self,
+        cleanup::remove_leftovers,
+        lock::{self, LockError, RunLock},
+        names::PREFIX,
+    },
+    sim::{Sim, SimHandle},
+    workload::{NodeState, WorkloadKind, WorkloadStatus},
+};
+use tokio::sync::watch;
+
+/// How a test's mesh is made.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    pub backend: BackendKind,
+    pub workload: WorkloadKind,
+    pub settings: Settings,
+    /// Put fq on node ports when the kernel has it, so delays are enforced.
+    pub fq_if_available: bool,
+    pub log_dir: PathBuf,
+}
+
+impl Default for MeshConfig {
+    /// netns, no workload, default settings, links only counted.
+    fn default() -> Self {
+        MeshConfig {
+            backend: BackendKind::Netns,
+            workload: WorkloadKind::None,
+            settings: Settings::default(),
+            fq_if_available: false,
+            log_dir: std::env::temp_dir().join("meshsim-test-logs"),
+        }
+    }
+}
+
+pub struct MeshLab {
+    pub sim: SimHandle,
+    /// Every node's workload (starting, ready, failed).
+    pub status: watch::Receiver<WorkloadStatus>,
+    /// Whether delays are enforced (fq on the node ports).
+    pub fq: bool,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _lock: RunLock,
+}
+
+/// meshsim's run lock; another test or bench may hold it for a while.
+pub async fn run_lock() -> RunLock {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match lock::acquire() {
+            Ok(lock) => return lock,
+            Err(LockError::Held) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the run lock (is a meshsim running?): {e}"),
+        }
+    }
+}
+
+impl MeshLab {
+    pub async fn start(config: MeshConfig) -> MeshLab {
+        let lock = run_lock().await;
+        remove_leftovers().await.unwrap();
+        let fq = config.fq_if_available && probe_fq().await == FqSupport::Available;
+        let dp = Datapath::load(DatapathOptions {
+            fq,
+            ..DatapathOptions::default()
+        })
+        .unwrap();
+        let run = RunConfig {
+            backend: config.backend,
+            log_dir: config.log_dir.clone(),
+            ..RunConfig::default()
+        };
+        let runtime = match runtime::start(&run, &config.workload).await {
+            Ok(runtime) => runtime,
+            Err(e) => panic!("starting the {} runtime: {e}", run.backend),
+        };
+        let status = runtime.workload_status();
+        let (sim, task) = Sim::spawn(runtime, dp, config.settings).unwrap();
+        MeshLab {
+            sim,
+            status,
+            fq,
+            task: Some(task),
+            _lock: lock,
+        }
+    }
+
+    /// Waits until `nodes` nodes' workloads are ready; panics with the reason if one fails.
+    pub async fn ready(&mut self, nodes: usize, timeout: Duration) -> WorkloadStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status.borrow_and_update().clone();
+            for (id, s) in &status {
+                if let NodeState::Failed(why) = &s.state {
+                    panic!("{id}: {why}");
+                }
+            }
+            let ready = status
+                .values()
+                .filter(|s| s.state == NodeState::Ready)
+                .count();
+            if ready == nodes && status.len() == nodes {
+                return status;
+            }
+            if tokio::time::timeout_at(deadline, self.status.changed())
+                .await
+                .is_err()
+            {
+                panic!("not every workload was ready within {timeout:?}: {status:#?}");
+            }
+        }
+    }
+
+    pub fn ip(&self, id: NodeId) -> String {
+        self.sim.state().borrow().nodes[&id].ip.to_string()
+    }
+
+    /// Node `id`'s namespace.
+    pub fn ns(&self, id: NodeId) -> NetNs {
+        NetNs::open(&format!("{PREFIX}{}", id.name())).expect("the node's namespace")
+    }
+
+    /// `ping -c count -i interval` from inside `from` to `to`.
+    pub fn ping(&self, from: NodeId, to: NodeId, count: u32, interval: &str) -> Output {
+        self.ns(from)
+            .command("ping")
+            .args(["-n", "-q", "-c", &count.to_string(), "-i", interval])
+            .args(["-W", "1", &self.ip(to)])
+            .output()
+            .expect("run ping (iputils-ping)")
+    }
+
+    /// Removes every node and checks that nothing is left: no namespace, no link with
+    /// meshsim's prefix, no process of a workload.
+    pub async fn stop(mut self) {
+        let pids: Vec<u32> = self
+            .status
+            .borrow()
+            .values()
+            .filter_map(|s| s.pid)
+            .collect();
+        self.sim.shutdown().await.unwrap();
+        self.task.take().unwrap().await.unwrap();
+        assert_nothing_left().await;
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "process {pid} outlived its node"
+            );
+        }
+    }
+}
+
+/// No namespace and no root-namespace link with meshsim's prefix.
+pub async fn assert_nothing_left() {
+    assert_eq!(
+        NetNs::list_with_prefix(PREFIX).unwrap(),
+        Vec::<String>::new(),
+        "namespaces left"
+    );
+    let root = Netlink::connect().unwrap();
+    assert!(
+        root.links_with_prefix(PREFIX).await.unwrap().is_empty(),
+        "links left"
+    );
+}
+
+impl Drop for MeshLab {
+    fn drop(&mut self) {
+        // A failed test still leaves nothing behind: the Sim removes its nodes when its last
+        // handle goes; if it is already gone, sweep by prefix and label.
+        if self.task.is_some() {
+            sweep();
+        }
+    }
+}
+
+/// Removes whatever meshsim's names say is left, from a thread of its own (a drop may run
+/// inside the test's runtime, which cannot be blocked on).
+pub fn sweep() {
+    let _ = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = remove_leftovers().await;
+        })
+    })
+    .join();
+}

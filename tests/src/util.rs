@@ -1,0 +1,109 @@
+//! Small helpers the tiers share.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use meshsim::{model::NodeId, runtime::names::PREFIX, sim::Counters};
+
+/// Polls `probe` until it gives a value, or fails naming `what` after `timeout`.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A directory of the test's own, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("meshsim-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `n3` as a [`NodeId`].
+pub fn id(name: &str) -> NodeId {
+    name.parse().expect("a node name")
+}
+
+/// Packets each directed link carried between two readings, for links that carried any.
+pub fn growth(before: &Counters, after: &Counters) -> BTreeMap<(NodeId, NodeId), u64> {
+    after
+        .links
+        .iter()
+        .map(|(k, c)| (*k, c.packets - before.links.get(k).map_or(0, |b| b.packets)))
+        .filter(|(_, grew)| *grew > 0)
+        .collect()
+}
+
+/// The command lines of every process in node `name`'s network namespace (`ms-<name>`),
+/// read from /proc.
+pub fn processes_in(name: &str) -> Vec<String> {
+    let ns = std::fs::metadata(format!("/run/netns/{PREFIX}{name}")).expect("the node's namespace");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            ((net.dev(), net.ino()) == (ns.dev(), ns.ino())).then(|| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            })
+        })
+        .collect()
+}
+
+/// The `n`th directory above the test binary, which lives in `target/<profile>/deps/`.
+fn above_the_binary(n: usize) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(n)
+        .expect("test binaries live in target/<profile>/deps/")
+        .to_path_buf()
+}
+
+/// `target/`, where tests leave what a person may want to look at (screenshots, logs).
+pub fn target_dir() -> PathBuf {
+    above_the_binary(3)
+}
+
+/// The `meshsim` binary of this build (`cargo xtask test` builds it before the tests).
+pub fn meshsim_bin() -> PathBuf {
+    let bin = above_the_binary(2).join("meshsim");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p meshsim` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}

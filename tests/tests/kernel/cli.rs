@@ -1,0 +1,249 @@
+//! The `meshsim` command as a user runs it: bad topology files fail with one clear line and
+//! start nothing; `up` runs until SIGTERM and then removes everything; `down` cleans up
+//! after a `kill -9`.
+//!
+//! These need root (and no other meshsim running): `cargo xtask test` runs them.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use meshsim::{net::NetNs, runtime::names::PREFIX};
+use meshsim_tests::{Running, fixtures::examples_dir, meshsim_bin, processes_in};
+
+fn example() -> String {
+    examples_dir().join("mesh6.toml").display().to_string()
+}
+
+fn leftovers() -> Vec<String> {
+    let mut found = NetNs::list_with_prefix(PREFIX).unwrap();
+    let links = std::fs::read_dir("/sys/class/net").unwrap();
+    found.extend(
+        links
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(PREFIX)),
+    );
+    found
+}
+
+/// Removes whatever a failed test left, so later tests start clean.
+struct Sweep;
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let _ = Command::new(meshsim_bin()).arg("down").output();
+    }
+}
+
+/// Starts `meshsim ARGS` and waits until it says it is running; returns its guard (which
+/// ends it, also when the test fails) and the receiver of the rest of its stderr.
+fn start(args: &[&str]) -> (Running, mpsc::Receiver<String>) {
+    let mut meshsim = Running::spawn(
+        "meshsim",
+        Command::new(meshsim_bin())
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped()),
+        Duration::from_secs(20),
+    );
+    meshsim.sweep = true;
+    let stderr = BufReader::new(meshsim.child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains("running:") => return (meshsim, rx),
+            Ok(_) => {}
+            Err(e) => panic!("meshsim did not come up: {e}"),
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn bad_topology_files_fail_with_one_line_and_start_nothing() {
+    let _sweep = Sweep;
+    let dir = std::env::temp_dir().join(format!("meshsim-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = |name: &str, x: &str| format!("[[nodes]]\nname = \"{name}\"\nx = {x}\ny = 0\n");
+    let cases = [
+        (
+            "syntax.toml",
+            "[settings\nneighbours = 3\n".to_owned(),
+            ":1:",
+            "unclosed table",
+        ),
+        (
+            "unknown.toml",
+            "[settings]\nneighbors = 3\n".to_owned(),
+            ":2:",
+            "neighbors",
+        ),
+        (
+            "negative.toml",
+            "[settings]\nmax_latency_ms = -5.0\n".to_owned(),
+            ":2:",
+            "max_latency_ms",
+        ),
+        ("nan.toml", node("n1", "nan"), ":3:", "nodes[0].x"),
+        (
+            "duplicate.toml",
+            node("n1", "0") + &node("n1", "10"),
+            ":6:",
+            "nodes[1].name",
+        ),
+        ("far.toml", node("n1", "1e9"), ":3:", "nodes[0].x"),
+        (
+            "workload.toml",
+            "[run]\nworkload = \"dendrite\"\n".to_owned(),
+            ":2:",
+            "run.workload",
+        ),
+        (
+            "backend.toml",
+            "[run]\nbackend = \"vm\"\n".to_owned(),
+            ":2:",
+            "run.backend",
+        ),
+        // The run has no workload (no flag, no [run]): a node cannot ask for Synapse.
+        (
+            "router.toml",
+            node("n1", "0") + "workload = \"synapse\"\n",
+            ":5:",
+            "nodes[0].workload",
+        ),
+    ];
+    for (file, text, line, field) in cases {
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(meshsim_bin())
+            .arg("up")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} was accepted");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{file}: one line, got {stderr}");
+        assert!(
+            lines[0].contains(&format!("{file}{line}")) && lines[0].contains(field),
+            "{file}: {stderr}"
+        );
+        assert_eq!(
+            leftovers(),
+            Vec::<String>::new(),
+            "{file} started something"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn up_runs_until_sigterm_and_then_removes_everything() {
+    let _sweep = Sweep;
+    let (mut meshsim, _rest) = start(&[
+        "up",
+        &example(),
+        "--node-cmd",
+        "echo {name} {ip}; exec sleep 600",
+    ]);
+    // n6 is 10.77.0.7; n1 reaches it over three hops.
+    let out = Command::new(meshsim_bin())
+        .args([
+            "exec",
+            "n1",
+            "--",
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "10.77.0.7",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let log = std::fs::read_to_string("/tmp/meshsim/logs/n3.log").unwrap();
+    assert_eq!(log.trim(), "n3 10.77.0.4");
+    let unknown = Command::new(meshsim_bin())
+        .args(["exec", "n9", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("running nodes: n1 n2 n3 n4 n5 n6"));
+    assert!(meshsim.terminate().success());
+    assert_eq!(leftovers(), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_files_run_table_holds_unless_a_flag_overrides_it() {
+    let _sweep = Sweep;
+    let dir = std::env::temp_dir().join(format!("meshsim-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.toml");
+    // Docker is asked for, but `--backend netns` wins (no daemon is needed); the node
+    // command comes from the file, and n2 runs nothing.
+    std::fs::write(
+        &path,
+        "[run]\nbackend = \"docker\"\nnode_cmd = \"exec sleep 601\"\n\n\
+         [[nodes]]\nname = \"n1\"\nx = 0\ny = 0\n\n\
+         [[nodes]]\nname = \"n2\"\nx = 100\ny = 0\nworkload = \"none\"\n",
+    )
+    .unwrap();
+    let (mut meshsim, _rest) = start(&["up", path.to_str().unwrap(), "--backend", "netns"]);
+    // The shell execs the command a moment after meshsim spawned it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while processes_in("n1") != ["sleep 601 "] && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(processes_in("n1"), ["sleep 601 "]);
+    assert_eq!(processes_in("n2"), Vec::<String>::new());
+    assert!(meshsim.terminate().success());
+    assert_eq!(leftovers(), Vec::<String>::new());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn down_cleans_up_after_kill_9() {
+    let _sweep = Sweep;
+    let (mut meshsim, _rest) = start(&["up", &example(), "--node-cmd", "exec sleep 600"]);
+    meshsim.kill_9();
+    assert!(
+        !leftovers().is_empty(),
+        "a killed meshsim leaves its namespaces"
+    );
+    let out = Command::new(meshsim_bin()).arg("down").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(leftovers(), Vec::<String>::new());
+    let sleepers = Command::new("pgrep")
+        .args(["-f", "^sleep 600$"])
+        .output()
+        .unwrap();
+    assert!(
+        sleepers.stdout.is_empty(),
+        "workloads survived: {}",
+        String::from_utf8_lossy(&sleepers.stdout)
+    );
+    // And a new run starts cleanly after another crash, without a manual down.
+    let (mut meshsim, _rest) = start(&["up", &example()]);
+    meshsim.kill_9();
+    let (mut meshsim, _rest) = start(&["up", &example()]);
+    assert!(meshsim.terminate().success());
+    assert_eq!(leftovers(), Vec::<String>::new());
+}

@@ -1,0 +1,181 @@
+//! `meshsim up` end to end on the host kernel, through the library: the Sim applies the
+//! example topology with the netns runtime, real `ping` crosses the routed mesh, and the
+//! per-link counters grow exactly along the Dijkstra path.
+//!
+//! These need root and use the real names (`ms-*`), so they take meshsim's run lock: they
+//! refuse to run while a meshsim is running. `cargo xtask test` runs them.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use meshsim::{
+    model::{Model, NodeId, Topology},
+    net::Netlink,
+};
+use meshsim_tests::{
+    fixtures::mesh6,
+    growth, id,
+    mesh::{MeshConfig, MeshLab},
+};
+
+const ECHO_FRAME: u64 = 98;
+
+/// The example mesh, loaded into a fresh lab.
+async fn start(topology: &Topology) -> MeshLab {
+    let mesh = MeshLab::start(MeshConfig::default()).await;
+    mesh.sim.load(topology.clone(), None).await.unwrap();
+    mesh
+}
+
+fn path(model: &Model, from: NodeId, to: NodeId) -> Vec<NodeId> {
+    let mut p = vec![from];
+    while *p.last().unwrap() != to {
+        p.push(model.next_hop(*p.last().unwrap(), to).expect("reachable"));
+        assert!(p.len() <= 64, "routing loop");
+    }
+    p
+}
+
+/// Both directions of every hop on `path`.
+fn hops(path: &[NodeId]) -> Vec<(NodeId, NodeId)> {
+    path.windows(2)
+        .flat_map(|w| [(w[0], w[1]), (w[1], w[0])])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: run with cargo xtask test"]
+async fn ping_follows_the_shortest_path_and_reroutes() {
+    let topology = mesh6();
+    let mut model = Model::from_topology(&topology).unwrap();
+    let (n1, n6) = (id("n1"), id("n6"));
+    let first = path(&model, n1, n6);
+    assert_eq!(
+        first.len(),
+        4,
+        "the example's n1 -> n6 path is 3 hops: {first:?}"
+    );
+    let mesh = start(&topology).await;
+
+    // Warm up ARP, then count exactly one round of pings.
+    assert!(mesh.ping(n1, n6, 1, "0.2").status.success());
+    let before = mesh.sim.counters().await.unwrap();
+    let out = mesh.ping(n1, n6, 5, "0.2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let after = mesh.sim.counters().await.unwrap();
+    let want: BTreeMap<_, _> = hops(&first).into_iter().map(|h| (h, 5)).collect();
+    assert_eq!(
+        growth(&before, &after),
+        want,
+        "counters grew off the path {first:?}"
+    );
+    for hop in hops(&first) {
+        let bytes = after.links[&hop].bytes - before.links[&hop].bytes;
+        assert_eq!(bytes, 5 * ECHO_FRAME, "bytes on {hop:?}");
+    }
+
+    // Move a middle node far away: the path changes while pings flow, and none is lost
+    // after the switch (the one in flight may be).
+    let (mover, to) = first[1..3]
+        .iter()
+        .flat_map(|&m| [(m, 50_000.0, 50_000.0), (m, -50_000.0, 50_000.0)])
+        .find(|&(m, x, y)| {
+            let mut trial = model.clone();
+            trial.move_node(m, x, y).is_ok() && trial.next_hop(n1, n6).is_some()
+        })
+        .map(|(m, x, y)| (m, (x, y)))
+        .expect("a middle node whose move keeps n1 and n6 connected");
+    model.move_node(mover, to.0, to.1).unwrap();
+    let second = path(&model, n1, n6);
+    assert_ne!(second, first);
+    let pinger = {
+        let ns = mesh.ns(n1);
+        let ip = mesh.ip(n6);
+        std::thread::spawn(move || {
+            ns.command("ping")
+                .args(["-n", "-q", "-c", "30", "-i", "0.1", "-W", "1", &ip])
+                .output()
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    mesh.sim.move_node(mover, to.0, to.1).await.unwrap();
+    let out = pinger.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received: u32 = text
+        .split(" received")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        received >= 29,
+        "lost more than the ping in flight while rerouting: {text}"
+    );
+    assert!(mesh.ping(n1, n6, 1, "0.2").status.success());
+    let before = mesh.sim.counters().await.unwrap();
+    assert!(mesh.ping(n1, n6, 5, "0.2").status.success());
+    let after = mesh.sim.counters().await.unwrap();
+    let want: BTreeMap<_, _> = hops(&second).into_iter().map(|h| (h, 5)).collect();
+    assert_eq!(
+        growth(&before, &after),
+        want,
+        "after the move the path is {second:?}"
+    );
+
+    // Remove a middle node of the new path: traffic reroutes around it, if the mesh allows.
+    if let Some(&gone) = second[1..second.len() - 1].iter().find(|&&m| {
+        let mut trial = model.clone();
+        trial.remove_node(m).is_ok() && trial.next_hop(n1, n6).is_some()
+    }) {
+        model.remove_node(gone).unwrap();
+        mesh.sim.remove_node(gone).await.unwrap();
+        let third = path(&model, n1, n6);
+        assert!(!third.contains(&gone));
+        let out = mesh.ping(n1, n6, 3, "0.2");
+        assert!(
+            out.status.success(),
+            "no route around {gone}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    } else {
+        panic!("the example has no middle node whose removal keeps n1 and n6 connected");
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: run with cargo xtask test"]
+async fn a_forced_route_between_unlinked_nodes_is_stopped_at_l2() {
+    let topology = mesh6();
+    let model = Model::from_topology(&topology).unwrap();
+    let (n1, n6) = (id("n1"), id("n6"));
+    assert!(
+        model.link(n1, n6).is_none(),
+        "n1 and n6 must not be linked in the example"
+    );
+    let mesh = start(&topology).await;
+    // Route n1's traffic for n6 straight at n6, as a user could by hand.
+    let ns = mesh.ns(n1);
+    let nl = Netlink::connect_in(&ns).unwrap();
+    let eth0 = nl.link_by_name("eth0").await.unwrap().unwrap().index;
+    let ip6 = mesh.ip(n6).parse().unwrap();
+    nl.replace_route(ip6, ip6, eth0).await.unwrap();
+    let before = mesh.sim.counters().await.unwrap();
+    let out = mesh.ping(n1, n6, 3, "0.2");
+    assert!(!out.status.success(), "n1 reached n6 without a link");
+    let after = mesh.sim.counters().await.unwrap();
+    // ARP for n6 goes out as a broadcast (passes); its unicast answer and the echoes die.
+    assert!(after.global.unlinked_packets > before.global.unlinked_packets);
+    assert_eq!(
+        growth(&before, &after),
+        BTreeMap::new(),
+        "no link carried the forced traffic"
+    );
+    drop(nl);
+    drop(ns);
+    mesh.stop().await;
+}

@@ -1,0 +1,424 @@
+//! Real homeservers on the netns backend: three Synapse nodes in a line, n1 - n2 - n3, and a
+//! real Matrix client (matrix-nio, from PyPI) that is not ours. A user on n1 makes a room and
+//! invites a user on n3, who joins; a message from n1 arrives on n3; the counters show the
+//! federation going n1 -> n2 -> n3 and back, and nothing straight between n1 and n3.
+//!
+//! Needs root, Python 3 with venv, and PyPI the first time (Synapse and matrix-nio are
+//! installed into cached venvs, ~30 s; later runs reuse them). `cargo xtask test` runs it.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use meshsim::{
+    model::{Model, NodeDoc, NodeId, Topology},
+    topology_file,
+    workload::{SynapseOptions, WorkloadKind},
+};
+use meshsim_tests::{
+    fixtures::{check_line, line},
+    growth, id,
+    matrix::Nio,
+    mesh::{MeshConfig, MeshLab},
+};
+
+/// A square standing on a corner: n1 and n4 at opposite corners, 200 ms apart (beyond
+/// `max_latency_ms`, so not linked), n2 above and n3 below; every side is 141 ms. n1 reaches
+/// n4 over n2 or over n3 at the same cost; ties go through the lowest id, n2. n2 and n3 are
+/// 200 ms apart too, so without n2 the only path is n1 - n3 - n4.
+const SQUARE: &str = r#"
+[settings]
+max_latency_ms = 150.0
+latency_scale_pct = 100.0
+bandwidth_bps = 10_000_000
+
+[[nodes]]
+name = "n1"
+x = 100
+y = 200
+
+[[nodes]]
+name = "n2"
+x = 200
+y = 100
+
+[[nodes]]
+name = "n3"
+x = 200
+y = 300
+
+[[nodes]]
+name = "n4"
+x = 300
+y = 200
+"#;
+
+/// A node that returns gets this long to receive what was sent while it was away.
+const RETURN_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A lab of Synapse nodes on the netns backend, with fq where the kernel has it.
+async fn start(options: &SynapseOptions, topology: &Topology) -> MeshLab {
+    MeshLab::start(MeshConfig {
+        workload: WorkloadKind::Synapse(options.clone()),
+        settings: topology.settings.clone(),
+        fq_if_available: true,
+        log_dir: std::env::temp_dir().join("meshsim-synapse-test-logs"),
+        ..MeshConfig::default()
+    })
+    .await
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// What a node's Synapse sees as /etc/hosts: its own mount namespace, through /proc.
+fn hosts_seen_by(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/root/etc/hosts")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root and Synapse: run with cargo xtask test"]
+async fn a_message_crosses_two_hops_between_synapse_nodes() {
+    let (n1, n2, n3) = (id("n1"), id("n2"), id("n3"));
+    let topology = line();
+    check_line(&topology);
+
+    // The installs, before the clock starts (cached after the first run).
+    let options = SynapseOptions::default();
+    let nio = Nio::prepare(&options, true).await;
+    let mut mesh = start(&options, &topology).await;
+    let fq = mesh.fq;
+    let up = Instant::now();
+    mesh.sim.load(topology, None).await.unwrap();
+    let status = mesh.ready(3, options.start_timeout).await;
+    let all_ready = up.elapsed();
+    let all_answer = status
+        .values()
+        .map(|s| s.spawned + s.answered_after.unwrap())
+        .max()
+        .unwrap()
+        - up;
+    println!(
+        "3 Synapse nodes: all answer /_matrix/federation/v1/version {:.1} s after the load, \
+         all with their test user {:.1} s after (delays {})",
+        all_answer.as_secs_f64(),
+        all_ready.as_secs_f64(),
+        if fq {
+            "enforced"
+        } else {
+            "NOT enforced: this kernel has no sch_fq"
+        }
+    );
+    for (node, s) in &status {
+        let pid = s.pid.unwrap();
+        println!(
+            "  {node}: pid {pid}, answered after {:.1} s, RSS {:.0} MiB",
+            s.answered_after.unwrap().as_secs_f64(),
+            rss_mib(pid)
+        );
+        let hosts = hosts_seen_by(pid);
+        for other in [n1, n2, n3] {
+            let line = format!("{}\t{}\n", mesh.ip(other), other.name());
+            assert!(
+                hosts.contains(&line),
+                "{node} cannot resolve {other}: {hosts}"
+            );
+        }
+    }
+    let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap();
+    assert!(
+        !host_hosts.contains("meshsim"),
+        "the host's /etc/hosts must not change"
+    );
+
+    let before = mesh.sim.counters().await.unwrap();
+    let conversation = Instant::now();
+    let room = nio.step(&mesh, n1, "invite", "@meshsim:n3", "").await;
+    assert!(room.starts_with('!'), "a room id: {room}");
+    nio.step(&mesh, n3, "join", &room, "").await;
+    let joined = conversation.elapsed();
+    let body = format!("hello from n1 over n2 ({})", std::process::id());
+    let sent = Instant::now();
+    let event = nio.step(&mesh, n1, "send", &room, &body).await;
+    assert!(event.starts_with('$'), "an event id: {event}");
+    nio.step(&mesh, n3, "await", &room, &body).await;
+    println!(
+        "invite + join across n1 -> n2 -> n3: {:.1} s; the message reached n3 {:.1} s after \
+         it was sent (each step is a new client process: ~1 s of Python start-up)",
+        joined.as_secs_f64(),
+        sent.elapsed().as_secs_f64()
+    );
+
+    let after = mesh.sim.counters().await.unwrap();
+    let grew = growth(&before, &after);
+    println!("packets per link during the conversation: {grew:?}");
+    for hop in [(n1, n2), (n2, n3), (n3, n2), (n2, n1)] {
+        assert!(
+            grew.contains_key(&hop),
+            "no federation traffic on {hop:?}: {grew:?}"
+        );
+    }
+    assert!(
+        !after.links.contains_key(&(n1, n3)) && !after.links.contains_key(&(n3, n1)),
+        "n1 and n3 have no link"
+    );
+    assert_eq!(
+        after.global.unlinked_packets, before.global.unlinked_packets,
+        "a frame went straight between unlinked nodes"
+    );
+
+    // A new node is in everyone's hosts file at once, and gone with its node.
+    let n4 = mesh.sim.add_node(5000.0, 5000.0).await.unwrap().id;
+    let n1_pid = status[&n1].pid.unwrap();
+    let n4_ip = mesh.ip(n4);
+    assert!(
+        hosts_seen_by(n1_pid).contains(&format!("{n4_ip}\t{}\n", n4.name())),
+        "n1 does not see the new node"
+    );
+    let n4_pid = mesh.status.borrow()[&n4].pid.unwrap();
+    mesh.sim.remove_node(n4).await.unwrap();
+    assert!(!hosts_seen_by(n1_pid).contains(&n4_ip));
+    assert!(
+        !Path::new(&format!("/proc/{n4_pid}")).exists(),
+        "n4's Synapse stops with its node"
+    );
+
+    mesh.stop().await;
+    assert!(
+        !options.run_dir.exists(),
+        "the run directory is removed at the end"
+    );
+}
+
+fn square() -> Topology {
+    topology_file::parse(Path::new("square.toml"), SQUARE).unwrap()
+}
+
+/// Where `from` sends packets for `to`, as the Sim installed it.
+async fn next_hop(mesh: &MeshLab, from: NodeId, to: NodeId) -> Option<NodeId> {
+    mesh.sim
+        .routes_of(from)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.dst == to)
+        .map(|r| r.next_hop)
+}
+
+/// A node as the mesh's document has it, to add it back later under the same name.
+async fn node_doc(mesh: &MeshLab, id: NodeId) -> NodeDoc {
+    let doc = mesh.sim.topology().await.unwrap();
+    doc.nodes
+        .into_iter()
+        .find(|n| n.id == Some(id))
+        .expect("the node is in the document")
+}
+
+/// Adds a removed node back under its own name: `add_node` would give it a new id, a
+/// document keeps the ids it names (the other nodes are unchanged by the load).
+async fn add_back(mesh: &MeshLab, node: &NodeDoc) {
+    let mut doc = mesh.sim.topology().await.unwrap();
+    doc.nodes.push(node.clone());
+    mesh.sim.load(doc, None).await.unwrap();
+}
+
+/// Sends `body` from `from`'s user into `room` and waits until `to`'s user has it; the time
+/// from the send to the arrival (each step is a client process, ~1 s of Python start-up).
+async fn converse(
+    nio: &Nio,
+    mesh: &MeshLab,
+    room: &str,
+    (from, to): (NodeId, NodeId),
+    body: &str,
+) -> Duration {
+    let sent = Instant::now();
+    let event = nio.step(mesh, from, "send", room, body).await;
+    assert!(event.starts_with('$'), "an event id: {event}");
+    let accepted = sent.elapsed();
+    nio.step(mesh, to, "await", room, body).await;
+    let took = sent.elapsed();
+    println!(
+        "  {body:?}: {from} took it after {:.1} s, {to} had it {:.1} s later",
+        accepted.as_secs_f64(),
+        (took - accepted).as_secs_f64()
+    );
+    took
+}
+
+/// Waits until a line of `log` contains every one of `needles`; how long that took.
+async fn line_in_log(log: &Path, needles: &[&str], within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root and Synapse: run with cargo xtask test"]
+async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
+    let (n1, n2, n3, n4) = (id("n1"), id("n2"), id("n3"), id("n4"));
+    let topology = square();
+    let model = Model::from_topology(&topology).unwrap();
+    assert!(model.link(n1, n4).is_none(), "n1 and n4 must not be linked");
+    assert!(model.link(n2, n3).is_none(), "n2 and n3 must not be linked");
+
+    let options = SynapseOptions::default();
+    let nio = Nio::prepare(&options, true).await;
+    let mut mesh = start(&options, &topology).await;
+    let up = Instant::now();
+    mesh.sim.load(topology, None).await.unwrap();
+    mesh.ready(4, options.start_timeout).await;
+    println!(
+        "4 Synapse nodes ready with their users {:.1} s after the load",
+        up.elapsed().as_secs_f64()
+    );
+    assert_eq!(next_hop(&mesh, n1, n4).await, Some(n2));
+    assert_eq!(next_hop(&mesh, n4, n1).await, Some(n2));
+
+    let room = nio.step(&mesh, n1, "invite", "@meshsim:n4", "").await;
+    assert!(room.starts_with('!'), "a room id: {room}");
+    nio.step(&mesh, n4, "join", &room, "").await;
+    let took = converse(&nio, &mesh, &room, (n1, n4), "over n2").await;
+    println!("n1 -> n4 over n2: {:.1} s", took.as_secs_f64());
+
+    // The relay leaves: the route heals over n3 and the conversation goes on there.
+    let n2_doc = node_doc(&mesh, n2).await;
+    mesh.sim.remove_node(n2).await.unwrap();
+    assert_eq!(next_hop(&mesh, n1, n4).await, Some(n3));
+    assert_eq!(next_hop(&mesh, n4, n1).await, Some(n3));
+    let before = mesh.sim.counters().await.unwrap();
+    let took = converse(&nio, &mesh, &room, (n1, n4), "over n3, n2 gone").await;
+    let after = mesh.sim.counters().await.unwrap();
+    let grew = growth(&before, &after);
+    println!(
+        "n2 removed, n1 -> n4 over n3: {:.1} s; packets per link: {grew:?}",
+        took.as_secs_f64()
+    );
+    for hop in [(n1, n3), (n3, n4), (n4, n3), (n3, n1)] {
+        assert!(
+            grew.contains_key(&hop),
+            "no federation traffic on {hop:?}: {grew:?}"
+        );
+    }
+    assert!(
+        !after.links.keys().any(|(a, b)| *a == n2 || *b == n2),
+        "n2's links left with it: {grew:?}"
+    );
+    assert_eq!(
+        after.global.unlinked_packets, before.global.unlinked_packets,
+        "a frame went straight between unlinked nodes"
+    );
+
+    // The relay comes back under its name (itself again, never in the room): the route
+    // returns to it and so does the conversation.
+    let back = Instant::now();
+    add_back(&mesh, &n2_doc).await;
+    mesh.ready(4, options.start_timeout).await;
+    println!("n2 back and ready in {:.1} s", back.elapsed().as_secs_f64());
+    assert_eq!(next_hop(&mesh, n1, n4).await, Some(n2));
+    assert_eq!(next_hop(&mesh, n4, n1).await, Some(n2));
+    let before = mesh.sim.counters().await.unwrap();
+    let took = converse(&nio, &mesh, &room, (n1, n4), "over n2 again").await;
+    let grew = growth(&before, &mesh.sim.counters().await.unwrap());
+    println!(
+        "n1 -> n4 over n2 again: {:.1} s; packets per link: {grew:?}",
+        took.as_secs_f64()
+    );
+    for hop in [(n1, n2), (n2, n4), (n4, n2), (n2, n1)] {
+        assert!(
+            grew.contains_key(&hop),
+            "no federation traffic on {hop:?}: {grew:?}"
+        );
+    }
+
+    // The destination itself leaves mid-conversation; n1 takes a message while it is gone.
+    let n4_doc = node_doc(&mesh, n4).await;
+    let n4_dir = options.run_dir.join(n4.name());
+    let n4_key = std::fs::read_to_string(n4_dir.join("signing.key")).unwrap();
+    let old_n4_pid = mesh.status.borrow()[&n4].pid.unwrap();
+    mesh.sim.remove_node(n4).await.unwrap();
+    assert_eq!(next_hop(&mesh, n1, n4).await, None);
+    assert!(!Path::new(&format!("/proc/{old_n4_pid}")).exists());
+    assert!(
+        n4_dir.join("homeserver.db").exists(),
+        "n4's directory stays for the run"
+    );
+    let away = "sent while n4 was away";
+    let event = nio.step(&mesh, n1, "send", &room, away).await;
+    assert!(event.starts_with('$'), "n1 takes the message: {event}");
+    // Long enough for n1 to try n4 and back off at least once.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    // n4 comes back as itself: the same directory, so the same database and signing key.
+    let back = Instant::now();
+    add_back(&mesh, &n4_doc).await;
+    mesh.ready(4, options.start_timeout).await;
+    let ready_after = back.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(n4_dir.join("signing.key")).unwrap(),
+        n4_key,
+        "n4 returns with its signing key"
+    );
+    let log = mesh.status.borrow()[&n4].log.clone();
+
+    // n1 retries on its own (backoff 5 s doubling, at most 1 min; see homeserver_yaml), and
+    // n4, which still knows the room, takes the message.
+    let ready = Instant::now();
+    let (transaction, delivered) = tokio::join!(
+        line_in_log(
+            &log,
+            &["{n1} Processed request", "PUT /_matrix/federation/v1/send/"],
+            RETURN_TIMEOUT,
+        ),
+        async {
+            let got = nio
+                .try_step(&mesh, n4, "await", &room, away, RETURN_TIMEOUT)
+                .await;
+            (got, ready.elapsed())
+        }
+    );
+    let (delivered, delivered_after) = delivered;
+    if let Err(why) = delivered {
+        panic!(
+            "the message sent while n4 was away did not reach n4's user within {} s of its \
+             return: {why}; see {}",
+            RETURN_TIMEOUT.as_secs(),
+            log.display()
+        );
+    }
+    println!(
+        "n4 back and ready {:.1} s after the load; n1's first transaction reached it {} after \
+         that; n4's user had the message sent while it was away {:.1} s after it was ready",
+        ready_after.as_secs_f64(),
+        transaction.map_or("(not seen in its log)".to_owned(), |t| format!(
+            "{:.1} s",
+            t.as_secs_f64()
+        )),
+        delivered_after.as_secs_f64()
+    );
+
+    // And the conversation goes on, both ways.
+    let took = converse(&nio, &mesh, &room, (n1, n4), "after n4's return").await;
+    println!("n1 -> n4 after n4's return: {:.1} s", took.as_secs_f64());
+    let took = converse(&nio, &mesh, &room, (n4, n1), "n4 is back").await;
+    println!("n4 -> n1 after n4's return: {:.1} s", took.as_secs_f64());
+
+    mesh.stop().await;
+    assert!(
+        !options.run_dir.exists(),
+        "the run directory is removed at the end"
+    );
+}
