@@ -326,11 +326,27 @@ async fn links_are_pinned_both_ways_and_unpinned() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(read["latency_ms"], 100.0);
 
+    // The names the canvas, /metrics and the CLI show work wherever an id does.
+    let (status, by_name) = lab.get("/api/links/n1/n2").await;
+    assert_eq!((status, &by_name), (StatusCode::OK, &read));
+    let (status, node) = lab.get("/api/nodes/n3").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(node["node"]["name"], "n3");
+    // An unknown one says what was looked up and what exists.
+    let missing = lab.get("/api/links/n1/n7").await;
+    assert_error(&missing, StatusCode::NOT_FOUND, Some("b"));
+    assert_eq!(
+        missing.1["error"],
+        "no node \"n7\" (nodes: n1, n2, n3)",
+        "{}",
+        missing.1
+    );
+
     // Pinned through either order of the pair.
     let (status, pinned) = lab
         .call(
             Method::PUT,
-            &format!("/api/links/{}/{}", n2.0, n1.0),
+            &format!("/api/links/{}/{}", n2.name(), n1.0),
             Some(json!({"latency_ms": 25, "loss_pct": 1.5})),
         )
         .await;
