@@ -10,6 +10,8 @@
 //   interact.js pointer and keyboard: create, drag (throttled moves), select, pan, zoom
 //   panels.js   sidebar (link, node, settings), banners, save/load, toasts
 //   format.js   units for labels and panels
+//   colours.js  the colours, read from style.css's custom properties (defined once there)
+//   dom.js      elements built from text (names never go in as HTML)
 
 import { api } from "./api.js";
 import { Interaction } from "./interact.js";

@@ -7,6 +7,7 @@
 // edited from its first keystroke until it is applied or the selection changes.
 
 import { api, ApiError } from "./api.js";
+import { el } from "./dom.js";
 import * as fmt from "./format.js";
 import { LINK_FIELDS } from "./state.js";
 
@@ -137,7 +138,7 @@ export class Panels {
       row.dataset.field = field;
       const label = document.createElement("span");
       label.className = "label";
-      label.innerHTML = `${info.label} <span class="unit">${info.unit}</span>`;
+      label.append(`${info.label} `, el("span", { class: "unit" }, info.unit));
       const input = document.createElement("input");
       input.id = `link-${field}`;
       input.inputMode = "decimal";
@@ -248,9 +249,17 @@ export class Panels {
     const s = this.#store;
     const rows = [[l.a, l.b], [l.b, l.a]].map(([a, b]) => {
       const r = this.#traffic.rate(a, b);
-      return `<tr><td>${s.name(a)} → ${s.name(b)}</td><td>${fmt.rate(r?.bitsPerS ?? 0)}</td><td>${Math.round(r?.pps ?? 0)} pkt/s</td><td>${(r?.dropsPerS ?? 0).toFixed(1)} drop/s</td></tr>`;
+      return el(
+        "tr",
+        {},
+        el("td", {}, `${s.name(a)} → ${s.name(b)}`),
+        el("td", {}, fmt.rate(r?.bitsPerS ?? 0)),
+        el("td", {}, `${Math.round(r?.pps ?? 0)} pkt/s`),
+        el("td", {}, `${(r?.dropsPerS ?? 0).toFixed(1)} drop/s`),
+      );
     });
-    table.innerHTML = `<tr><th>now</th><th>rate</th><th>packets</th><th>drops</th></tr>${rows.join("")}`;
+    const head = el("tr", {}, ...["now", "rate", "packets", "drops"].map((h) => el("th", {}, h)));
+    table.replaceChildren(head, ...rows);
   }
 
   // ---- node panel ----
@@ -311,9 +320,7 @@ export class Panels {
       return tr;
     });
     if (!rows.length) {
-      const tr = document.createElement("tr");
-      tr.innerHTML = `<td colspan="2" class="muted">no routes: the node reaches nobody</td>`;
-      rows.push(tr);
+      rows.push(el("tr", {}, el("td", { colspan: 2, class: "muted" }, "no routes: the node reaches nobody")));
     }
     $("node-routes").replaceChildren(...rows);
   }

@@ -10,17 +10,18 @@
 // links that is the difference between a few and several hundred stroke calls per redraw.
 // Frame times are measured here and published as window.meshsimStats.
 
+import { COLOURS, alpha } from "./colours.js";
 import * as fmt from "./format.js";
 import { Traffic } from "./traffic.js";
 
 export const NODE_R = 7;
 /** The seed page's palette (d3's category10), ring colour by node id. */
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-const LINK = "#9aa3ad";
-const PINNED = "#d62828";
-const SELECTED = "#2563eb";
-const TRAFFIC = "#1d4ed8";
-const DROP = "#e11d48";
+const LINK = COLOURS.link;
+const PINNED = COLOURS.pinned;
+const SELECTED = COLOURS.accent;
+const TRAFFIC = COLOURS.traffic;
+const DROP = COLOURS.drop;
 /** A link label needs at least this many screen pixels of link to be readable. */
 const LABEL_MIN_PX = 70;
 const LABEL_BANDWIDTH_MIN_PX = 150;
@@ -287,7 +288,7 @@ export class Renderer {
     }
     if (selected) {
       const [, p, q] = selected;
-      ctx.strokeStyle = "rgba(37, 99, 235, 0.25)";
+      ctx.strokeStyle = alpha(SELECTED, 0.25);
       ctx.lineWidth = 9;
       ctx.lineCap = "round";
       ctx.beginPath();
@@ -344,12 +345,12 @@ export class Renderer {
       }
     }
     // Backgrounds in one pass, then text: fewer state changes than alternating.
-    ctx.fillStyle = "rgba(251, 252, 253, 0.85)";
+    ctx.fillStyle = alpha(COLOURS.canvas, 0.85);
     ctx.beginPath();
     for (const b of boxes) ctx.rect(...b);
     ctx.fill();
     for (const pinnedPass of [false, true]) {
-      ctx.fillStyle = pinnedPass ? PINNED : "#4b5563";
+      ctx.fillStyle = pinnedPass ? PINNED : COLOURS.muted;
       for (const [text, x, y, pinned] of texts) if (pinned === pinnedPass) ctx.fillText(text, x, y);
     }
   }
@@ -366,14 +367,14 @@ export class Renderer {
     }
     const selectedAt = sel?.kind === "node" ? screen.get(sel.id) : null;
     if (selectedAt) {
-      ctx.fillStyle = "rgba(37, 99, 235, 0.18)";
+      ctx.fillStyle = alpha(SELECTED, 0.18);
       ctx.beginPath();
       ctx.arc(selectedAt.x, selectedAt.y, NODE_R + 7, 0, Math.PI * 2);
       ctx.fill();
     }
 
     // One fill for every node, then one stroke per palette colour.
-    ctx.fillStyle = "#ffffff";
+    ctx.fillStyle = COLOURS.node;
     ctx.beginPath();
     for (const [, p] of visible) {
       ctx.moveTo(p.x + NODE_R, p.y);
@@ -405,8 +406,8 @@ export class Renderer {
     ctx.textBaseline = "middle";
     ctx.lineJoin = "round";
     ctx.lineWidth = 3;
-    ctx.strokeStyle = "rgba(251, 252, 253, 0.9)";
-    ctx.fillStyle = "#1f2328";
+    ctx.strokeStyle = alpha(COLOURS.canvas, 0.9);
+    ctx.fillStyle = COLOURS.text;
     for (const [id, p] of visible) {
       const name = store.nodes.get(id)?.name ?? "";
       ctx.strokeText(name, p.x + NODE_R + 3, p.y + 1);
@@ -419,7 +420,7 @@ export class Renderer {
     const pending = this.#store.pending;
     if (!pending.size) return;
     ctx.setLineDash([3, 3]);
-    ctx.strokeStyle = "#6b7280";
+    ctx.strokeStyle = COLOURS.muted;
     ctx.lineWidth = 2;
     ctx.beginPath();
     for (const p of pending.values()) {
@@ -434,7 +435,7 @@ export class Renderer {
   #drawOverlay(now) {
     const ctx = this.#ctx;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.fillStyle = "#fbfcfd";
+    ctx.fillStyle = COLOURS.canvas;
     ctx.fillRect(0, 0, this.#canvas.width, this.#canvas.height);
     ctx.drawImage(this.#layer, 0, 0);
     ctx.setTransform(this.#dpr, 0, 0, this.#dpr, 0, 0);
@@ -486,7 +487,7 @@ export class Renderer {
     for (let i = 0; i < buckets; i++) {
       if (!used[i]) continue;
       const rel = (i + 1) / buckets;
-      ctx.strokeStyle = `rgba(37, 99, 235, ${0.15 + 0.4 * rel})`;
+      ctx.strokeStyle = alpha(SELECTED, 0.15 + 0.4 * rel);
       ctx.lineWidth = 1.5 + 3.5 * rel;
       ctx.stroke(paths[i]);
     }
@@ -543,13 +544,13 @@ export class Renderer {
       if (!s) continue;
       const age = (now - p.start) / Traffic.PULSE_MS;
       if (age < 0 || age > 1) continue;
-      ctx.strokeStyle = `rgba(29, 78, 216, ${(1 - age) * p.strength})`;
+      ctx.strokeStyle = alpha(TRAFFIC, (1 - age) * p.strength);
       ctx.beginPath();
       ctx.arc(s.x, s.y, NODE_R + 2 + 16 * age, 0, Math.PI * 2);
       ctx.stroke();
       // The node itself flashes while the ring is young.
       if (age < 0.4) {
-        ctx.fillStyle = `rgba(29, 78, 216, ${(0.4 - age) * p.strength * 1.5})`;
+        ctx.fillStyle = alpha(TRAFFIC, (0.4 - age) * p.strength * 1.5);
         ctx.beginPath();
         ctx.arc(s.x, s.y, NODE_R - 1, 0, Math.PI * 2);
         ctx.fill();
@@ -563,7 +564,7 @@ export class Renderer {
     if (h.kind === "node") {
       const s = this.screenOf(h.id);
       if (!s) return;
-      ctx.strokeStyle = "rgba(37, 99, 235, 0.6)";
+      ctx.strokeStyle = alpha(SELECTED, 0.6);
       ctx.lineWidth = 2;
       ctx.beginPath();
       ctx.arc(s.x, s.y, NODE_R + 3, 0, Math.PI * 2);
@@ -574,7 +575,7 @@ export class Renderer {
     const p = this.screenOf(h.a);
     const q = this.screenOf(h.b);
     if (!l || !p || !q) return;
-    ctx.strokeStyle = "rgba(37, 99, 235, 0.35)";
+    ctx.strokeStyle = alpha(SELECTED, 0.35);
     ctx.lineWidth = 6;
     ctx.lineCap = "round";
     ctx.beginPath();
@@ -600,11 +601,11 @@ export class Renderer {
     let y = this.pointer.y + 14;
     if (x + w > this.#view.width) x = this.pointer.x - w - 8;
     if (y + hgt > this.#view.height) y = this.pointer.y - hgt - 8;
-    ctx.fillStyle = "rgba(31, 35, 40, 0.88)";
+    ctx.fillStyle = alpha(COLOURS.text, 0.88);
     ctx.beginPath();
     ctx.roundRect(x, y, w, hgt, 4);
     ctx.fill();
-    ctx.fillStyle = "#ffffff";
+    ctx.fillStyle = COLOURS.node;
     lines.forEach((t, i) => ctx.fillText(t, x + 6, y + 5 + i * 16));
   }
 

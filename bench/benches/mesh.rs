@@ -18,7 +18,6 @@ mod common;
 
 use std::{
     f64::consts::PI,
-    io::Write as _,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -678,30 +677,8 @@ fn tc(node: &VmNode, command: &[String]) -> Result<String> {
 }
 
 fn tc_batch(node: &VmNode, commands: &[Vec<String>]) -> Result<()> {
-    let mut child = node
-        .ns
-        .command("tc")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting tc -batch")?;
-    let mut stdin = child.stdin.take().context("tc's stdin")?;
-    for command in commands {
-        writeln!(stdin, "{}", command.join(" "))?;
-    }
-    drop(stdin);
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "tc -batch in {} failed ({}): {}",
-            node.ns.name(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let batch: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
+    meshsim_tests::tc::tc_batch(&node.ns, &batch).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// The rebuilt tree is the seed's: every band shaped and filtered (checked once, untimed).

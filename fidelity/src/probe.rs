@@ -9,28 +9,9 @@ pub(crate) fn reconf_flow(pair: (usize, usize)) -> Flow {
     flow
 }
 
+/// `tc -batch` in the lab's hub, where the bridge ports are.
 pub(crate) fn tc_batch(lab: &Lab, batch: &str) -> Result<()> {
-    let mut child = lab
-        .hub
-        .command("tc")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting tc -batch")?;
-    child
-        .stdin
-        .take()
-        .context("tc's stdin")?
-        .write_all(batch.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "tc -batch failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    meshsim_tests::tc::tc_batch(&lab.hub, batch).map_err(|e| anyhow!(e))
 }
 
 /// A stream of timestamped UDP probes from `pair.0` to `pair.1`.

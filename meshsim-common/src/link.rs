@@ -60,7 +60,7 @@ pub struct LinkParams {
     /// division (see [`ns_per_byte_q20`]).
     pub ns_per_byte_q20: u64,
     /// `BLEND_LEN / jitter_corr_ns` in Q32: the phase within a segment, again without dividing
-    /// (see [`crate::jitter::jitter_phase_q32`]).
+    /// (computed with the jitter module's `jitter_phase_q32`).
     pub jitter_phase_q32: u64,
     /// Packets lost per million.
     pub loss_ppm: u32,

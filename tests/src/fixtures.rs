@@ -59,3 +59,38 @@ pub fn check_line(topology: &Topology) {
     assert_eq!(model.next_hop(n1, n3), Some(n2));
     assert_eq!(model.next_hop(n3, n1), Some(n2));
 }
+
+/// A square standing on a corner: n1 and n4 at opposite corners, 200 ms apart (beyond
+/// `max_latency_ms`, so not linked), n2 above and n3 below; every side is 141 ms. n1 reaches
+/// n4 over n2 or over n3 at the same cost; ties go through the lowest id, n2. n2 and n3 are
+/// 200 ms apart too, so without n2 the only path is n1 - n3 - n4.
+pub const SQUARE: &str = r#"
+[settings]
+max_latency_ms = 150.0
+latency_scale_pct = 100.0
+bandwidth_bps = 10_000_000
+
+[[nodes]]
+name = "n1"
+x = 100
+y = 200
+
+[[nodes]]
+name = "n2"
+x = 200
+y = 100
+
+[[nodes]]
+name = "n3"
+x = 200
+y = 300
+
+[[nodes]]
+name = "n4"
+x = 300
+y = 200
+"#;
+
+pub fn square() -> Topology {
+    topology_file::parse(Path::new("square.toml"), SQUARE).expect("the square parses")
+}

@@ -20,7 +20,10 @@ pub mod matrix;
 pub mod mesh;
 mod process;
 pub mod serving;
+pub mod tc;
 mod util;
 
 pub use process::Running;
-pub use util::{TempDir, eventually, growth, id, meshsim_bin, processes_in, target_dir};
+pub use util::{
+    TempDir, assert_carried, eventually, growth, id, meshsim_bin, processes_in, target_dir,
+};

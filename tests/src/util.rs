@@ -65,6 +65,22 @@ pub fn growth(before: &Counters, after: &Counters) -> BTreeMap<(NodeId, NodeId),
         .collect()
 }
 
+/// Asserts that every directed link in `hops` carried traffic between the two readings, and
+/// that no frame went straight between nodes that are not linked; prints what each link
+/// carried.
+#[track_caller]
+pub fn assert_carried(before: &Counters, after: &Counters, hops: &[(NodeId, NodeId)]) {
+    let grew = growth(before, after);
+    println!("packets per link: {grew:?}");
+    for hop in hops {
+        assert!(grew.contains_key(hop), "no traffic on {hop:?}: {grew:?}");
+    }
+    assert_eq!(
+        after.global.unlinked_packets, before.global.unlinked_packets,
+        "a frame went straight between unlinked nodes"
+    );
+}
+
 /// The command lines of every process in node `name`'s network namespace (`ms-<name>`),
 /// read from /proc.
 pub fn processes_in(name: &str) -> Vec<String> {

@@ -141,26 +141,7 @@ impl NetNs {
     ///
     /// Fails with [`NetNsError::AlreadyExists`] if the name is taken.
     pub fn create(name: &str) -> Result<Self, NetNsError> {
-        check_netns_name(name)?;
-        prepare_netns_dir(name)?;
-        let path = path_of(name);
-        // The mount point must exist as a file; O_EXCL makes a name collision an error
-        // instead of silently stacking a second namespace on the first.
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o000)
-            .open(&path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(NetNsError::AlreadyExists {
-                    name: name.to_owned(),
-                    path,
-                });
-            }
-            Err(e) => return Err(NetNsError::io(name, "create its mount point", e)),
-        }
+        let path = new_mount_point(name)?;
         if let Err(e) = mount_new_netns(name, &path) {
             let _ = fs::remove_file(&path);
             return Err(e);
@@ -174,24 +155,7 @@ impl NetNs {
     /// and opens it. The namespace then outlives the process until [`NetNs::delete`], and
     /// `ip netns exec NAME` works in it.
     pub fn bind(name: &str, source: &Path) -> Result<Self, NetNsError> {
-        check_netns_name(name)?;
-        prepare_netns_dir(name)?;
-        let path = path_of(name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o000)
-            .open(&path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(NetNsError::AlreadyExists {
-                    name: name.to_owned(),
-                    path,
-                });
-            }
-            Err(e) => return Err(NetNsError::io(name, "create its mount point", e)),
-        }
+        let path = new_mount_point(name)?;
         if let Err(e) = mount(
             Some(source),
             &path,
@@ -394,6 +358,28 @@ fn prepare_netns_dir(name: &str) -> Result<(), NetNsError> {
     }
     *ready = true;
     Ok(())
+}
+
+/// Makes the file a namespace `name` is mounted on, `/run/netns/NAME`. O_EXCL makes a name
+/// collision an error ([`NetNsError::AlreadyExists`]) instead of silently stacking a second
+/// namespace on the first.
+fn new_mount_point(name: &str) -> Result<PathBuf, NetNsError> {
+    check_netns_name(name)?;
+    prepare_netns_dir(name)?;
+    let path = path_of(name);
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(&path)
+    {
+        Ok(_) => Ok(path),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(NetNsError::AlreadyExists {
+            name: name.to_owned(),
+            path,
+        }),
+        Err(e) => Err(NetNsError::io(name, "create its mount point", e)),
+    }
 }
 
 /// Creates a namespace on a throwaway thread and pins it with a bind mount on `path`.

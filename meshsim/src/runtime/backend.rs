@@ -7,7 +7,6 @@ use std::{future::Future, sync::Arc};
 use super::{RuntimeError, node::NodeNet};
 use crate::{
     model::NodeId,
-    sim::Refusal,
     workload::host::{NodeHost, NodeNeeds},
 };
 
@@ -24,8 +23,8 @@ pub struct BackendNode {
 pub trait Backend: Send {
     /// `netns` or `docker`.
     fn name(&self) -> &'static str;
-    /// Whether node `id` fits when the mesh holds `nodes` nodes (see `sim::NodeRuntime`).
-    fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal>;
+    /// Whether the backend holds `nodes` nodes; if not, what the limit is and what to do.
+    fn room_for(&self, nodes: usize) -> Result<(), String>;
     /// Makes node `id` with the node's MAC and address; a failure leaves nothing of it.
     fn create(
         &mut self,

@@ -56,9 +56,8 @@ use super::{
 };
 use crate::{
     model::NodeId,
-    net::{NetNs, NetNsError, Netlink},
+    net::{NetNs, Netlink},
     run_config::Addressing,
-    sim::Refusal,
     workload::host::{HostKind, NodeHost, NodeNeeds, NodeProcess, Program, Spawning},
 };
 
@@ -282,15 +281,8 @@ impl DockerBackend {
                 container: container.to_owned(),
                 what: "it stopped right after starting".to_owned(),
             })?;
-        let ns =
-            NetNs::bind(ns_name, Path::new(&format!("/proc/{pid}/ns/net"))).map_err(
-                |e| match e {
-                    NetNsError::AlreadyExists { .. } => {
-                        RuntimeError::Leftover(format!("the namespace {ns_name}"))
-                    }
-                    e => e.into(),
-                },
-            )?;
+        let ns = NetNs::bind(ns_name, Path::new(&format!("/proc/{pid}/ns/net")))
+            .map_err(RuntimeError::from_netns)?;
         let net = NodeNet::open(ns.clone()).await?;
         let port = self.host_side(container, &net).await?;
         net.nl.flush_addresses_v4(net.eth0).await?;
@@ -349,19 +341,12 @@ impl Backend for DockerBackend {
         "docker"
     }
 
-    fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal> {
-        self.addressing.node(id).map_err(|e| Refusal {
-            node: Some(id),
-            reason: e.to_string(),
-        })?;
+    fn room_for(&self, nodes: usize) -> Result<(), String> {
         if nodes > BRIDGE_PORTS {
-            return Err(Refusal {
-                node: Some(id),
-                reason: format!(
-                    "the Docker network's bridge takes at most {BRIDGE_PORTS} containers: \
-                     remove nodes first (the netns backend grows past it)"
-                ),
-            });
+            return Err(format!(
+                "the Docker network's bridge takes at most {BRIDGE_PORTS} containers: remove \
+                 nodes first (the netns backend grows past it)"
+            ));
         }
         Ok(())
     }

@@ -54,6 +54,18 @@ pub enum RuntimeError {
     Workload(#[from] WorkloadError),
 }
 
+impl RuntimeError {
+    /// A namespace that exists already is a leftover of another run; other errors as they are.
+    fn from_netns(e: NetNsError) -> Self {
+        match e {
+            NetNsError::AlreadyExists { name, .. } => {
+                RuntimeError::Leftover(format!("the namespace {name}"))
+            }
+            e => e.into(),
+        }
+    }
+}
+
 impl From<RuntimeError> for HostError {
     fn from(e: RuntimeError) -> Self {
         HostError::new(e)
@@ -118,8 +130,16 @@ impl<B: Backend> NodeRuntime for Runtime<B> {
         }
     }
 
+    /// The node's address must fit the subnet, and the backend must have room.
     fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal> {
-        self.backend.admit(id, nodes)
+        let refuse = |reason: String| Refusal {
+            node: Some(id),
+            reason,
+        };
+        self.addressing
+            .node(id)
+            .map_err(|e| refuse(e.to_string()))?;
+        self.backend.room_for(nodes).map_err(refuse)
     }
 
     async fn create_node(
@@ -208,10 +228,10 @@ impl Backend for AnyBackend {
         }
     }
 
-    fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal> {
+    fn room_for(&self, nodes: usize) -> Result<(), String> {
         match self {
-            AnyBackend::Netns(b) => b.admit(id, nodes),
-            AnyBackend::Docker(b) => b.admit(id, nodes),
+            AnyBackend::Netns(b) => b.room_for(nodes),
+            AnyBackend::Docker(b) => b.room_for(nodes),
         }
     }
 

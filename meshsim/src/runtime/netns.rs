@@ -17,9 +17,8 @@ use super::{
 };
 use crate::{
     model::NodeId,
-    net::{NETNS_DIR, NetNs, NetNsError, Netlink},
+    net::{NETNS_DIR, NetNs, Netlink},
     run_config::Addressing,
-    sim::Refusal,
     workload::host::{Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program, Spawning},
 };
 
@@ -96,30 +95,18 @@ impl Backend for NetnsBackend {
         "netns"
     }
 
-    fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal> {
-        self.addressing.node(id).map_err(|e| Refusal {
-            node: Some(id),
-            reason: e.to_string(),
-        })?;
+    fn room_for(&self, nodes: usize) -> Result<(), String> {
         if nodes > BRIDGE_PORTS {
-            return Err(Refusal {
-                node: Some(id),
-                reason: format!(
-                    "the mesh bridge takes at most {BRIDGE_PORTS} nodes: remove nodes first"
-                ),
-            });
+            return Err(format!(
+                "the mesh bridge takes at most {BRIDGE_PORTS} nodes: remove nodes first"
+            ));
         }
         Ok(())
     }
 
     async fn create(&mut self, id: NodeId, needs: &NodeNeeds) -> Result<BackendNode, RuntimeError> {
         let name = port_name(id);
-        let ns = NetNs::create(&name).map_err(|e| match e {
-            NetNsError::AlreadyExists { .. } => {
-                RuntimeError::Leftover(format!("the namespace {name}"))
-            }
-            e => e.into(),
-        })?;
+        let ns = NetNs::create(&name).map_err(RuntimeError::from_netns)?;
         match self.build(id, &ns).await {
             Ok((port, net)) => {
                 self.nodes.insert(id, ns.clone());

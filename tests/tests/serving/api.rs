@@ -336,8 +336,7 @@ async fn links_are_pinned_both_ways_and_unpinned() {
     let missing = lab.get("/api/links/n1/n7").await;
     assert_error(&missing, StatusCode::NOT_FOUND, Some("b"));
     assert_eq!(
-        missing.1["error"],
-        "no node \"n7\" (nodes: n1, n2, n3)",
+        missing.1["error"], "no node \"n7\" (nodes: n1, n2, n3)",
         "{}",
         missing.1
     );
