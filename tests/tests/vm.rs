@@ -116,7 +116,7 @@ async fn one_mbit_link_carries_one_mbit_of_tcp() {
 #[tokio::test]
 #[ignore = "needs sch_fq: runs in the VM (cargo xtask vm-test)"]
 async fn held_packets_do_not_throttle_tcp_at_10mbit_and_50ms() {
-    // DESIGN.md trap 1: were held packets still charged to the socket, this flow would get
+    // The socket charge (docs/architecture.md): were held packets still charged to the socket, this flow would get
     // under 1 Mbit/s.
     let lab = pair(&LinkShape {
         bandwidth_bytes_per_s: 1_250_000,

@@ -134,8 +134,8 @@ fn update_doc(root: &Path, md: &str) -> Result<()> {
     Ok(())
 }
 
-/// `page` with `md` (its title dropped, every heading one level down) and the plot between
-/// the markers.
+/// `page` with `md` (its title dropped: the page has its own) and the plot between the
+/// markers.
 fn splice(page: &str, md: &str) -> Result<String> {
     let (Some(start), Some(end)) = (page.find(DOC_START), page.find(DOC_END)) else {
         bail!(
@@ -145,13 +145,7 @@ fn splice(page: &str, md: &str) -> Result<String> {
     let body: String = md
         .lines()
         .filter(|l| !l.starts_with("# "))
-        .map(|l| {
-            if l.starts_with('#') {
-                format!("#{l}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
+        .map(|l| format!("{l}\n"))
         .collect();
     Ok(format!(
         "{}{DOC_START}\n{}\n![Delay distributions: configured, meshsim, netem]({DOC_PLOT_LINK})\n\n{}",
@@ -265,14 +259,14 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_gets_the_report_between_its_markers_and_nothing_else_changes() {
-        let readme = format!("intro\n## Fidelity\n{DOC_START}\nold\n{DOC_END}\n## Layout\n");
-        let new = splice(&readme, MD).unwrap();
-        assert!(new.starts_with("intro\n## Fidelity\n"), "{new}");
+    fn the_page_gets_the_report_between_its_markers_and_nothing_else_changes() {
+        let page = format!("# Fidelity\nintro\n{DOC_START}\nold\n{DOC_END}\n## Layout\n");
+        let new = splice(&page, MD).unwrap();
+        assert!(new.starts_with("# Fidelity\nintro\n"), "{new}");
         assert!(new.ends_with(&format!("{DOC_END}\n## Layout\n")), "{new}");
         assert!(!new.contains("old"), "{new}");
         assert!(!new.contains("# Fidelity: meshsim"), "{new}");
-        assert!(new.contains("\n### Loss\n"), "{new}");
+        assert!(new.contains("\n## Loss\n"), "{new}");
         assert!(new.contains(DOC_PLOT_LINK), "{new}");
         // Splicing again replaces, never accumulates.
         assert_eq!(splice(&new, MD).unwrap(), new);

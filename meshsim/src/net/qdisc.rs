@@ -1,5 +1,5 @@
 //! The root qdisc of an interface: `fq`, which releases each packet at the departure time
-//! the classifier wrote into `skb->tstamp` (DESIGN.md, "The datapath contract").
+//! the classifier wrote into `skb->tstamp` (docs/architecture.md, "The datapath contract").
 
 use std::time::Duration;
 
