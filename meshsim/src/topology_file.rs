@@ -835,7 +835,7 @@ y = 40
             neighbours: 7,
             max_latency_ms: 123.25,
             jitter_ms: 0.1 + 0.2,
-            bandwidth_bps: u64::MAX,
+            bandwidth_bps: crate::model::MAX_BANDWIDTH_BPS,
             ..Settings::default()
         };
         topology.nodes[0].x = -0.3;

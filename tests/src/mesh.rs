@@ -15,13 +15,14 @@ use meshsim::{
     net::{FqSupport, NetNs, Netlink, probe_fq},
     run_config::{BackendKind, RunConfig},
     runtime::{
-        self,
+        self, AnyBackend, Runtime,
         cleanup::remove_leftovers,
         lock::{self, LockError, RunLock},
         names::PREFIX,
+        netns::NetnsBackend,
     },
     sim::{Sim, SimHandle},
-    workload::{NodeState, WorkloadKind, WorkloadStatus},
+    workload::{NodeState, RunWorkload, WorkloadKind, WorkloadStatus},
 };
 use tokio::sync::watch;
 
@@ -77,12 +78,6 @@ impl MeshLab {
     pub async fn start(config: MeshConfig) -> MeshLab {
         let lock = run_lock().await;
         remove_leftovers().await.unwrap();
-        let fq = config.fq_if_available && probe_fq().await == FqSupport::Available;
-        let dp = Datapath::load(DatapathOptions {
-            fq,
-            ..DatapathOptions::default()
-        })
-        .unwrap();
         let run = RunConfig {
             backend: config.backend,
             log_dir: config.log_dir.clone(),
@@ -92,8 +87,32 @@ impl MeshLab {
             Ok(runtime) => runtime,
             Err(e) => panic!("starting the {} runtime: {e}", run.backend),
         };
+        Self::with(lock, runtime, &config).await
+    }
+
+    /// A lab on a netns runtime whose bridges take `nodes_per_bridge` node ports each, so a
+    /// test crosses bridges without a thousand nodes.
+    pub async fn with_small_bridges(config: MeshConfig, nodes_per_bridge: usize) -> MeshLab {
+        let lock = run_lock().await;
+        remove_leftovers().await.unwrap();
+        let run = RunConfig::default();
+        let workload = RunWorkload::prepare(&config.workload, &run).await.unwrap();
+        let backend = NetnsBackend::start_with(run.addressing, nodes_per_bridge)
+            .await
+            .unwrap();
+        let runtime = Runtime::new(AnyBackend::Netns(backend), run.addressing, workload);
+        Self::with(lock, runtime, &config).await
+    }
+
+    async fn with(lock: RunLock, runtime: Runtime<AnyBackend>, config: &MeshConfig) -> MeshLab {
+        let fq = config.fq_if_available && probe_fq().await == FqSupport::Available;
+        let dp = Datapath::load(DatapathOptions {
+            fq,
+            ..DatapathOptions::default()
+        })
+        .unwrap();
         let status = runtime.workload_status();
-        let (sim, task) = Sim::spawn(runtime, dp, config.settings).unwrap();
+        let (sim, task) = Sim::spawn(runtime, dp, config.settings.clone()).unwrap();
         MeshLab {
             sim,
             status,

@@ -58,6 +58,25 @@ impl ModelError {
 /// and small enough that a sum of latencies along any path stays exact in u64 nanoseconds.
 pub const MAX_MS: f64 = 3_600_000.0;
 
+/// Largest bandwidth accepted, in bit/s (1 Tbit/s): routing by bandwidth costs
+/// `10^12 / bandwidth` and is exact up to it, and no veth carries more.
+pub const MAX_BANDWIDTH_BPS: u64 = 1_000_000_000_000;
+
+/// Largest latency per pixel accepted, in percent (100 ms per pixel): beyond it every link
+/// would exceed any reach.
+pub const MAX_LATENCY_SCALE_PCT: f64 = 10_000.0;
+
+/// Checks a bandwidth in bit/s: at most [`MAX_BANDWIDTH_BPS`] (0 is unlimited).
+pub(crate) fn check_bandwidth(field: &str, value: u64) -> Result<(), ModelError> {
+    if value > MAX_BANDWIDTH_BPS {
+        return Err(ModelError::invalid(
+            field,
+            format!("must be at most {MAX_BANDWIDTH_BPS} (1 Tbit/s; 0 is unlimited), got {value}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a duration in ms: finite, not negative, at most [`MAX_MS`].
 pub(crate) fn check_ms(field: &str, value: f64) -> Result<(), ModelError> {
     check_range(field, value, 0.0, MAX_MS)
@@ -66,13 +85,6 @@ pub(crate) fn check_ms(field: &str, value: f64) -> Result<(), ModelError> {
 /// Checks a percentage: finite and within 0..=100.
 pub(crate) fn check_pct(field: &str, value: f64) -> Result<(), ModelError> {
     check_range(field, value, 0.0, 100.0)
-}
-
-/// Checks a finite number that is not negative and has no upper bound of its own.
-pub(crate) fn check_non_negative(field: &str, value: f64) -> Result<(), ModelError> {
-    check_range(field, value, 0.0, f64::MAX).map_err(|_| {
-        ModelError::invalid(field, format!("must be a finite number >= 0, got {value}"))
-    })
 }
 
 /// Checks that `value` is a finite number within `min..=max`.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     NodeId,
-    error::{ModelError, check_ms, check_pct},
+    error::{ModelError, check_bandwidth, check_ms, check_pct},
 };
 
 /// An unordered pair of distinct nodes, lower id first, so `(a, b)` and `(b, a)` are one key.
@@ -170,6 +170,9 @@ impl LinkPins {
         }
         if let Some(v) = self.jitter_ms {
             check_ms(LinkField::JitterMs.name(), v)?;
+        }
+        if let Some(v) = self.bandwidth_bps {
+            check_bandwidth(LinkField::BandwidthBps.name(), v)?;
         }
         if let Some(v) = self.loss_pct {
             check_pct(LinkField::LossPct.name(), v)?;

@@ -41,7 +41,7 @@ mod topology;
 use std::{collections::BTreeMap, sync::Arc};
 
 pub use diff::Diff;
-pub use error::{MAX_MS, ModelError};
+pub use error::{MAX_BANDWIDTH_BPS, MAX_LATENCY_SCALE_PCT, MAX_MS, ModelError};
 pub use link::{Link, LinkField, LinkParams, LinkPins, Pair};
 pub use node::{MAX_COORD, Node, NodeId, NodeNameError};
 use routing::RouteTable;

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{ModelError, check_ms, check_non_negative, check_pct};
+use super::error::{
+    MAX_LATENCY_SCALE_PCT, ModelError, check_bandwidth, check_ms, check_pct, check_range,
+};
 
 /// How a derived link's bandwidth depends on its length.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +76,13 @@ impl Settings {
             ));
         }
         check_ms("max_latency_ms", self.max_latency_ms)?;
-        check_non_negative("latency_scale_pct", self.latency_scale_pct)?;
+        check_range(
+            "latency_scale_pct",
+            self.latency_scale_pct,
+            0.0,
+            MAX_LATENCY_SCALE_PCT,
+        )?;
+        check_bandwidth("bandwidth_bps", self.bandwidth_bps)?;
         check_ms("jitter_ms", self.jitter_ms)?;
         check_pct("loss_pct", self.loss_pct)
     }

@@ -109,6 +109,23 @@ impl Netlink {
         self.index_after_create(op, host_name).await
     }
 
+    /// Creates a veth pair with both ends in this connection's namespace (a trunk between two
+    /// bridges) and returns their indices. Both start down.
+    pub async fn create_veth_pair(&self, a: &str, b: &str) -> Result<(u32, u32), NetlinkError> {
+        check_ifname(a)?;
+        check_ifname(b)?;
+        let op = self.op(format_args!("create veth {a:?} (peer {b:?})"));
+        self.handle
+            .link()
+            .add(LinkVeth::new(a, b).build())
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(op.clone(), e))?;
+        let ia = self.index_after_create(op.clone(), a).await?;
+        let ib = self.index_after_create(op, b).await?;
+        Ok((ia, ib))
+    }
+
     /// Enslaves interface `ifindex` to bridge `bridge_ifindex`.
     pub async fn set_master(&self, ifindex: u32, bridge_ifindex: u32) -> Result<(), NetlinkError> {
         let op = self.op(format_args!(

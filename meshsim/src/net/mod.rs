@@ -16,6 +16,7 @@ mod netns;
 mod probe;
 mod qdisc;
 mod route;
+pub mod rps;
 mod rtnl;
 pub mod sysctl;
 

@@ -72,6 +72,12 @@ impl Addressing {
         Ok(Ipv4Addr::from(self.base + offset as u32))
     }
 
+    /// The host's MAC on the mesh (the bridge's): `02:6d:73:ff:ff:ff`, beyond every node
+    /// id a subnet can hold. Fixed, so nodes can keep a static neighbour entry for it.
+    pub fn host_mac() -> [u8; 6] {
+        [0x02, 0x6d, 0x73, 0xff, 0xff, 0xff]
+    }
+
     /// A locally administered unicast MAC: 02:6d:73 ("ms") and the id.
     pub fn mac(id: NodeId) -> [u8; 6] {
         let [_, a, b, c] = id.0.to_be_bytes();

@@ -179,9 +179,27 @@ impl DockerBackend {
         let root = Netlink::connect()?;
         let run_id = format!("{}-{}", std::process::id(), crate::random::random_hex(4));
         create_network(&docker, &addressing, &run_id).await?;
-        match root.link_by_name(BRIDGE).await {
-            Ok(Some(bridge)) => tracing::debug!(bridge = bridge.index, "the meshsim network"),
-            Ok(None) | Err(_) => tracing::warn!("the network's bridge {BRIDGE} was not found"),
+        // The host's MAC on the mesh is fixed (a bridge otherwise takes its lowest port's):
+        // nodes pin it as their neighbour entry for the host.
+        let bridge = root
+            .link_by_name(BRIDGE)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| DockerError::Container {
+                container: NETWORK.to_owned(),
+                what: format!("its bridge {BRIDGE} was not found"),
+            });
+        let pinned = match bridge {
+            Ok(bridge) => root
+                .set_mac(bridge.index, Addressing::host_mac())
+                .await
+                .map_err(RuntimeError::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = pinned {
+            let _ = docker.remove_network(NETWORK).await;
+            return Err(e);
         }
         tracing::info!(%image, run = %run_id, "docker backend: containers on network {NETWORK}");
         Ok(DockerBackend {
@@ -287,7 +305,7 @@ impl DockerBackend {
         let port = self.host_side(container, &net).await?;
         net.nl.flush_addresses_v4(net.eth0).await?;
         net.nl.set_mac(net.eth0, Addressing::mac(id)).await?;
-        net.configure(ip, self.addressing.host()).await?;
+        net.configure(ip, &self.addressing).await?;
         let host = DockerHost {
             docker: self.docker.clone(),
             container: container.to_owned(),

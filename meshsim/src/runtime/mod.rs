@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use self::{docker::DockerBackend, netns::NetnsBackend, node::NodeNet};
 use crate::{
     model::NodeId,
-    net::{NetNs, NetNsError, NetlinkError, SysctlError},
+    net::{NetNs, NetNsError, NetlinkError, SysctlError, rps::RpsError},
     run_config::{Addressing, AddressingError, BackendKind, RunConfig},
     sim::{HostError, NodeFacts, NodeRuntime, Refusal, RouteChange, RunInfo},
     workload::{
@@ -38,6 +38,8 @@ pub enum RuntimeError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    Rps(#[from] RpsError),
     #[error(transparent)]
     Addressing(#[from] AddressingError),
     #[error("node {0} does not exist in the runtime")]
@@ -196,7 +198,10 @@ impl<B: Backend> NodeRuntime for Runtime<B> {
     }
 
     async fn set_routes(&mut self, id: NodeId, changes: &[RouteChange]) -> Result<(), HostError> {
-        let node = self.nodes.get(&id).ok_or(RuntimeError::UnknownNode(id))?;
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or(RuntimeError::UnknownNode(id))?;
         node.net.set_routes(&self.addressing, changes).await?;
         Ok(())
     }

@@ -2,6 +2,12 @@
 //! `ip netns exec ms-n1 ...` works) with a veth pair whose host side, also `ms-<name>`, is a
 //! port of the bridge `ms-br0`. The host has the subnet's first address on the bridge.
 //!
+//! A Linux bridge takes at most 1,023 ports. A mesh that outgrows `ms-br0` gets more bridges
+//! (`ms-br1`, ...), each joined to `ms-br0` by a trunk, a veth pair `ms-tkNa` / `ms-tkNb` whose
+//! ports carry no classifier: a frame is still shaped exactly once, leaving the bridge at its
+//! destination's port, whichever bridges it crossed before. The bridges form a star, so there
+//! is no loop for the bridges to learn around.
+//!
 //! A process a workload starts in a node runs in the node's namespace, in a mount namespace
 //! of its own where the workload's covers (`NodeNeeds::covers`) are bound over their
 //! targets; it shares the host's filesystem otherwise.
@@ -22,50 +28,134 @@ use crate::{
     workload::host::{Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program, Spawning},
 };
 
-/// A Linux bridge takes at most this many ports (`BR_MAX_PORTS` is 1024, port 0 unused).
-pub const BRIDGE_PORTS: usize = 1023;
+/// Node ports per bridge. A Linux bridge takes at most 1,023 ports (`BR_MAX_PORTS` is
+/// 1024, port 0 unused); `ms-br0` also holds one trunk per other bridge.
+pub const NODES_PER_BRIDGE: usize = 1000;
+
+/// One of the mesh's bridges and how many node ports it has.
+struct Bridge {
+    index: u32,
+    /// The trunk that joins it to the first bridge (none for the first).
+    trunk: Option<u32>,
+    nodes: usize,
+}
 
 pub struct NetnsBackend {
     addressing: Addressing,
     root: Netlink,
-    bridge: u32,
-    nodes: HashMap<NodeId, NetNs>,
+    bridges: Vec<Bridge>,
+    nodes_per_bridge: usize,
+    /// Each node's namespace and the bridge its port is on.
+    nodes: HashMap<NodeId, (NetNs, usize)>,
 }
 
 impl NetnsBackend {
     /// Creates the bridge with the host's address. Fails if the bridge exists (see
     /// `cleanup`); nothing is left behind when it fails.
     pub async fn start(addressing: Addressing) -> Result<Self, RuntimeError> {
+        Self::start_with(addressing, NODES_PER_BRIDGE).await
+    }
+
+    /// [`NetnsBackend::start`] with `nodes_per_bridge` node ports per bridge (tests use a
+    /// few, to cross bridges without a thousand nodes).
+    pub async fn start_with(
+        addressing: Addressing,
+        nodes_per_bridge: usize,
+    ) -> Result<Self, RuntimeError> {
         let root = Netlink::connect()?;
         if root.link_by_name(BRIDGE).await?.is_some() {
             return Err(RuntimeError::Leftover(format!("the bridge {BRIDGE}")));
         }
         let bridge = root.create_bridge(BRIDGE).await?;
-        if let Err(e) = root
-            .add_address(bridge, addressing.host(), addressing.prefix_len())
-            .await
-        {
+        // A fixed MAC (a bridge otherwise takes its lowest port's): nodes pin it.
+        let made = async {
+            root.set_mac(bridge, Addressing::host_mac()).await?;
+            root.add_address(bridge, addressing.host(), addressing.prefix_len())
+                .await
+        };
+        if let Err(e) = made.await {
             let _ = root.delete_link(bridge).await;
             return Err(e.into());
         }
         Ok(NetnsBackend {
             addressing,
             root,
-            bridge,
+            bridges: vec![Bridge {
+                index: bridge,
+                trunk: None,
+                nodes: 0,
+            }],
+            nodes_per_bridge: nodes_per_bridge.max(1),
             nodes: HashMap::new(),
         })
     }
 
-    async fn build(&self, id: NodeId, ns: &NetNs) -> Result<(u32, NodeNet), RuntimeError> {
+    /// A bridge with room for one more node port: the first that has one, or a new one
+    /// trunked to the first.
+    async fn bridge_with_room(&mut self) -> Result<usize, RuntimeError> {
+        if let Some(i) = self
+            .bridges
+            .iter()
+            .position(|b| b.nodes < self.nodes_per_bridge)
+        {
+            return Ok(i);
+        }
+        let n = self.bridges.len();
+        let name = format!("{PREFIX}br{n}");
+        let index = self.root.create_bridge(&name).await?;
+        let trunk = async {
+            let (a, b) = self
+                .root
+                .create_veth_pair(&format!("{PREFIX}tk{n}a"), &format!("{PREFIX}tk{n}b"))
+                .await?;
+            self.root.set_master(a, self.bridges[0].index).await?;
+            self.root.set_master(b, index).await?;
+            self.root.set_up(a).await?;
+            self.root.set_up(b).await?;
+            Ok::<_, RuntimeError>(a)
+        }
+        .await;
+        match trunk {
+            Ok(trunk) => {
+                tracing::info!(
+                    "{name}: a bridge for nodes beyond {}",
+                    n * self.nodes_per_bridge
+                );
+                self.bridges.push(Bridge {
+                    index,
+                    trunk: Some(trunk),
+                    nodes: 0,
+                });
+                Ok(n)
+            }
+            Err(e) => {
+                // The trunk's ends go with the bridge or on their own.
+                if let Ok(Some(a)) = self.root.link_by_name(&format!("{PREFIX}tk{n}a")).await {
+                    let _ = self.root.delete_link(a.index).await;
+                }
+                let _ = self.root.delete_link(index).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(
+        &self,
+        id: NodeId,
+        ns: &NetNs,
+        bridge: usize,
+    ) -> Result<(u32, NodeNet), RuntimeError> {
         let ip = self.addressing.node(id)?;
         let port = self
             .root
             .create_veth(&port_name(id), "eth0", ns, Some(Addressing::mac(id)))
             .await?;
-        self.root.set_master(port, self.bridge).await?;
+        self.root
+            .set_master(port, self.bridges[bridge].index)
+            .await?;
         self.root.set_up(port).await?;
         let net = NodeNet::open(ns.clone()).await?;
-        net.configure(ip, self.addressing.host()).await?;
+        net.configure(ip, &self.addressing).await?;
         Ok((port, net))
     }
 
@@ -95,21 +185,19 @@ impl Backend for NetnsBackend {
         "netns"
     }
 
-    fn room_for(&self, nodes: usize) -> Result<(), String> {
-        if nodes > BRIDGE_PORTS {
-            return Err(format!(
-                "the mesh bridge takes at most {BRIDGE_PORTS} nodes: remove nodes first"
-            ));
-        }
+    /// Bridges are added as the mesh grows: the datapath's maps are the limit.
+    fn room_for(&self, _nodes: usize) -> Result<(), String> {
         Ok(())
     }
 
     async fn create(&mut self, id: NodeId, needs: &NodeNeeds) -> Result<BackendNode, RuntimeError> {
+        let bridge = self.bridge_with_room().await?;
         let name = port_name(id);
         let ns = NetNs::create(&name).map_err(RuntimeError::from_netns)?;
-        match self.build(id, &ns).await {
+        match self.build(id, &ns, bridge).await {
             Ok((port, net)) => {
-                self.nodes.insert(id, ns.clone());
+                self.bridges[bridge].nodes += 1;
+                self.nodes.insert(id, (ns.clone(), bridge));
                 let host = NetnsHost {
                     ns,
                     covers: needs.covers.clone(),
@@ -130,16 +218,23 @@ impl Backend for NetnsBackend {
     }
 
     async fn remove(&mut self, id: NodeId) -> Result<(), RuntimeError> {
-        let ns = self
+        let (ns, bridge) = self
             .nodes
             .remove(&id)
             .ok_or(RuntimeError::UnknownNode(id))?;
         drop(ns);
+        self.bridges[bridge].nodes -= 1;
         self.tear_down(id).await
     }
 
+    /// The bridges, trunks first (deleting one end of a veth takes the other).
     async fn finish(&mut self) -> Result<(), RuntimeError> {
-        self.root.delete_link(self.bridge).await?;
+        for bridge in self.bridges.iter().rev() {
+            if let Some(trunk) = bridge.trunk {
+                self.root.delete_link(trunk).await?;
+            }
+            self.root.delete_link(bridge.index).await?;
+        }
         Ok(())
     }
 }

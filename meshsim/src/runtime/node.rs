@@ -2,13 +2,22 @@
 //! node's address as a /32 (so it reaches others only through the routes of its links),
 //! forwarding on, redirects and IPv6 off, a route to the host; and a routing table that the
 //! Sim changes route by route.
+//!
+//! Two things keep a flow's packets in order and its first packets on time:
+//! - receive steering by flow hash on `eth0` (RPS): fq releases held packets from timers
+//!   that fire on any CPU, and each CPU has its own receive backlog, so without steering two
+//!   packets of one flow released on two CPUs could be processed, and delivered, swapped;
+//! - static neighbour entries for every next hop and for the host: MACs follow from node
+//!   ids, so no ARP request or reply ever crosses a shaped link, and the first packets of a
+//!   flow do not wait for one. A lab gives up ARP's own behaviour, which is not what it
+//!   studies.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use super::RuntimeError;
 use crate::{
     model::NodeId,
-    net::{NetNs, Netlink, sysctl},
+    net::{NetNs, Netlink, rps, sysctl},
     run_config::Addressing,
     sim::RouteChange,
 };
@@ -18,6 +27,8 @@ pub struct NodeNet {
     pub ns: NetNs,
     pub nl: Netlink,
     pub eth0: u32,
+    /// Next hops that have a static neighbour entry already.
+    neighbours: HashSet<NodeId>,
 }
 
 impl NodeNet {
@@ -29,12 +40,23 @@ impl NodeNet {
             .await?
             .ok_or_else(|| RuntimeError::NoEth0(ns.name().to_owned()))?
             .index;
-        Ok(NodeNet { ns, nl, eth0 })
+        Ok(NodeNet {
+            ns,
+            nl,
+            eth0,
+            neighbours: HashSet::new(),
+        })
     }
 
     /// Gives the node its addressing: `ip` as a /32 on `eth0`, `lo` up, forwarding on,
-    /// redirects and IPv6 off, and a route to the host, which is on the bridge.
-    pub async fn configure(&self, ip: Ipv4Addr, host: Ipv4Addr) -> Result<(), RuntimeError> {
+    /// redirects and IPv6 off, receive steering by flow, and a route (with a static
+    /// neighbour entry) to the host, which is on the bridge.
+    pub async fn configure(
+        &self,
+        ip: Ipv4Addr,
+        addressing: &Addressing,
+    ) -> Result<(), RuntimeError> {
+        let host = addressing.host();
         if let Some(lo) = self.nl.link_by_name("lo").await? {
             self.nl.set_up(lo.index).await?;
         }
@@ -45,25 +67,33 @@ impl NodeNet {
         sysctl::enable_forwarding(&self.ns)?;
         // After forwarding: changing ip_forward resets accept_redirects.
         sysctl::disable_redirects(&self.ns, &["eth0"])?;
+        rps::steer_by_flow(&self.ns, "eth0")?;
+        self.nl
+            .set_neighbour(self.eth0, host, Addressing::host_mac())
+            .await?;
         self.nl.replace_route(host, host, self.eth0).await?;
         Ok(())
     }
 
-    /// Applies route changes in order; node ids become addresses through `addressing`.
+    /// Applies route changes in order; node ids become addresses (and next hops' MACs)
+    /// through `addressing`.
     pub async fn set_routes(
-        &self,
+        &mut self,
         addressing: &Addressing,
         changes: &[RouteChange],
     ) -> Result<(), RuntimeError> {
         for change in changes {
             match *change {
                 RouteChange::Replace { dst, via } => {
+                    let via_ip = address(addressing, via)?;
+                    if !self.neighbours.contains(&via) {
+                        self.nl
+                            .set_neighbour(self.eth0, via_ip, Addressing::mac(via))
+                            .await?;
+                        self.neighbours.insert(via);
+                    }
                     self.nl
-                        .replace_route(
-                            address(addressing, dst)?,
-                            address(addressing, via)?,
-                            self.eth0,
-                        )
+                        .replace_route(address(addressing, dst)?, via_ip, self.eth0)
                         .await?
                 }
                 RouteChange::Delete { dst } => {

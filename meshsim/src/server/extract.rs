@@ -7,7 +7,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Request, rejection::BytesRejection},
     http::{StatusCode, header, request::Parts},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
 use super::{ApiError, AppState, BODY_LIMIT};
 use crate::{model::NodeId, sim::MeshState};
@@ -53,8 +53,19 @@ fn body_error(e: BytesRejection) -> ApiError {
     }
 }
 
-/// Deserialises `bytes` as one JSON value of type `T`.
+/// Deserialises `bytes` as one JSON object of type `T`. Every body the API takes is an
+/// object; serde would also read an array as a struct, field by field in order (`[1, 2]` as
+/// `{"x": 1, "y": 2}`), which no client means.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::Invalid {
+            field: None,
+            message: "the body must be a JSON object ({...})".into(),
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -182,6 +193,14 @@ async fn segments<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Vec<St
     Ok(segments)
 }
 
+/// A field that, when given, must hold a value: `null` is what a browser sends for NaN, and
+/// reading it as "not given" would silently skip the user's input.
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 /// A query string, read into `T`; a bad one is a 400 in the API's format.
 pub struct Query<T>(pub T);
 
@@ -232,6 +251,7 @@ mod tests {
             (unprocessable, Some("z".into()))
         );
         assert_eq!(field_of(r#""hello""#), (unprocessable, None));
+        assert_eq!(field_of("[1, 2]"), (unprocessable, None));
         assert_eq!(
             field_of(r#"{"x":1e999,"y":1}"#),
             (unprocessable, Some("x".into()))

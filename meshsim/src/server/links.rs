@@ -3,11 +3,11 @@
 use std::str::FromStr;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use super::{
     ApiError, AppState,
-    extract::{Json, PairPath, Query},
+    extract::{Json, PairPath, Query, present},
 };
 use crate::model::{Link, LinkField, LinkPins, NodeId, Pair};
 
@@ -37,12 +37,6 @@ struct PinRequest {
     bandwidth_bps: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     loss_pct: Option<f64>,
-}
-
-/// A field that, when given, must hold a value: `null` is what a browser sends for NaN, and
-/// reading it as "not given" would silently skip the user's input.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
 }
 
 impl PinRequest {

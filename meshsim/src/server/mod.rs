@@ -198,7 +198,13 @@ fn router(app: AppState, security: Arc<Security>) -> Router {
         .merge(links::router())
         .merge(settings::router())
         .merge(topology::router())
-        .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_owned()) });
+        .fallback(|uri: axum::extract::OriginalUri| async move {
+            ApiError::NoRoute(format!(
+                "{}: the API's resources are /api/state, /api/nodes, /api/nodes/{{id}}, \
+                 /api/links/{{a}}/{{b}}, /api/settings and /api/topology (docs/api.md)",
+                uri.path()
+            ))
+        });
     Router::new()
         .nest("/api", api)
         .merge(ws::router())

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ApiError, AppState,
-    extract::{Json, NodePath},
+    extract::{Json, NodePath, present},
     state::NodeBody,
 };
 use crate::{
@@ -42,7 +42,9 @@ struct Position {
 struct NewNode {
     x: f64,
     y: f64,
-    #[serde(default)]
+    /// Left out: the run's workload; `null` is refused (a client that sends it meant
+    /// something, and none of the workloads is called null).
+    #[serde(default, deserialize_with = "present")]
     workload: Option<String>,
 }
 

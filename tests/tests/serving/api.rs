@@ -758,3 +758,134 @@ async fn the_token_is_required_when_set() {
     assert_eq!(page.status(), StatusCode::OK);
     lab.stop().await;
 }
+
+/// Issue 16's reproductions against the real runtime: a request the host cannot take is
+/// refused whole, names its field, uses up no id, and leaves the mesh (and the host) as it
+/// was; limits answer with 4xx.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: run with cargo xtask test"]
+async fn a_change_the_host_cannot_take_leaves_the_mesh_as_it_was() {
+    let lab = Lab::start().await;
+    let n1 = lab.add_node(0.0, 0.0).await;
+    let n2 = lab.add_node(100.0, 0.0).await;
+    let (_, before) = lab.get("/api/state").await;
+
+    // An id whose address does not fit the /16: 422 naming it, nothing changed.
+    let bad = json!({"nodes": [
+        {"id": 1, "x": 0, "y": 0}, {"id": 2, "x": 100, "y": 0}, {"id": 65534, "x": 0, "y": 0}
+    ]});
+    let refused = lab.call(Method::PUT, "/api/topology", Some(bad)).await;
+    assert_error(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("nodes[2].id"),
+    );
+    assert!(
+        refused.1["error"].as_str().unwrap().contains("subnet"),
+        "{}",
+        refused.1
+    );
+    let (_, after) = lab.get("/api/state").await;
+    assert_eq!(after["nodes"], before["nodes"], "no phantom node");
+    // (processes_in reads n2's namespace, which must still be there.)
+    assert!(lab.processes_in(n2).is_empty());
+    // The mesh still works, and the refused request used up no id.
+    let moved = lab
+        .call(
+            Method::PATCH,
+            &format!("/api/nodes/{}", n1.name()),
+            Some(json!({"x": 10, "y": 0})),
+        )
+        .await;
+    assert_eq!(moved.0, StatusCode::OK, "{}", moved.1);
+    assert_eq!(
+        lab.call(Method::DELETE, &format!("/api/nodes/{}", n2.0), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(lab.add_node(200.0, 0.0).await, NodeId(3));
+
+    // Ids exhausted: the last address of the subnet is taken, the next node is a 409.
+    let last = json!({"nodes": [{"id": 65533, "x": 0, "y": 0}]});
+    let (status, body) = lab.call(Method::PUT, "/api/topology", Some(last)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let full = lab
+        .call(Method::POST, "/api/nodes", Some(json!({"x": 1, "y": 1})))
+        .await;
+    assert_error(&full, StatusCode::CONFLICT, None);
+    assert_eq!(
+        lab.get("/api/state").await.1["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Settings of an empty mesh are reported back.
+    let (status, _) = lab
+        .call(Method::PUT, "/api/topology", Some(json!({"nodes": []})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, settings) = lab
+        .call(
+            Method::PUT,
+            "/api/settings",
+            Some(json!({"jitter_ms": 3, "neighbours": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{settings}");
+    assert_eq!(
+        (
+            settings["jitter_ms"].as_f64(),
+            settings["neighbours"].as_u64()
+        ),
+        (Some(3.0), Some(2))
+    );
+    let (_, read) = lab.get("/api/settings").await;
+    assert_eq!(read, settings);
+
+    // Shapes and bounds.
+    let array = lab.call_raw(Method::POST, "/api/nodes", "[1, 2]").await;
+    assert_error(&array, StatusCode::UNPROCESSABLE_ENTITY, None);
+    let null = lab
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"x": 1, "y": 1, "workload": null})),
+        )
+        .await;
+    assert_error(&null, StatusCode::UNPROCESSABLE_ENTITY, Some("workload"));
+    let huge = lab
+        .call(
+            Method::PUT,
+            "/api/settings",
+            Some(json!({"bandwidth_bps": 18446744073709551615u64})),
+        )
+        .await;
+    assert_error(
+        &huge,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("bandwidth_bps"),
+    );
+    let scale = lab
+        .call_raw(
+            Method::PUT,
+            "/api/settings",
+            r#"{"latency_scale_pct": 1e308}"#,
+        )
+        .await;
+    assert_error(
+        &scale,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("latency_scale_pct"),
+    );
+    let api = lab.get("/api").await;
+    assert_error(&api, StatusCode::NOT_FOUND, None);
+    assert!(
+        api.1["error"].as_str().unwrap().contains("/api/state"),
+        "{}",
+        api.1
+    );
+    lab.stop().await;
+}

@@ -1,0 +1,134 @@
+//! Receive packet steering (RPS) on an interface inside a namespace: which CPUs may process
+//! the packets it receives, chosen per packet by its flow hash, so one flow's packets are
+//! processed by one CPU, in the order they arrived.
+//!
+//! The setting lives in sysfs (`/sys/class/net/IF/queues/rx-N/rps_cpus`), and a sysfs
+//! instance shows the interfaces of the namespace that mounted it. So the write happens on a
+//! thread that enters the namespace, takes a mount namespace of its own (the thread's only:
+//! made slave first, so nothing propagates back to the host), mounts a sysfs there over
+//! `/sys`, writes, and ends, taking its mounts with it.
+
+use std::{ffi::CStr, io};
+
+use super::{
+    names::{NameError, check_ifname},
+    netns::{NetNs, NetNsError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpsError {
+    #[error(transparent)]
+    NetNs(#[from] NetNsError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("could not {what} to set receive steering of {ifname} in {ns}: {source}")]
+    Io {
+        what: &'static str,
+        ifname: String,
+        ns: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Lets every CPU of the machine process `ifname`'s received packets, each flow on one CPU
+/// (its receive queues' `rps_cpus`).
+pub fn steer_by_flow(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
+    check_ifname(ifname)?;
+    let mask = cpu_mask(online_cpus());
+    let fail = |what, source| RpsError::Io {
+        what,
+        ifname: ifname.to_owned(),
+        ns: ns.name().to_owned(),
+        source,
+    };
+    ns.run(|| -> Result<(), RpsError> {
+        private_sysfs().map_err(|e| fail("mount a sysfs of the namespace", e))?;
+        let queues = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+            .map_err(|e| fail("list the receive queues", e))?;
+        for queue in queues {
+            let queue = queue.map_err(|e| fail("list the receive queues", e))?;
+            if queue.file_name().to_string_lossy().starts_with("rx-") {
+                std::fs::write(queue.path().join("rps_cpus"), &mask)
+                    .map_err(|e| fail("write rps_cpus", e))?;
+            }
+        }
+        Ok(())
+    })?
+}
+
+/// Gives the calling thread a mount namespace of its own with a sysfs of its network
+/// namespace on `/sys`.
+fn private_sysfs() -> io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let null = std::ptr::null();
+    const SYSFS: &CStr = c"sysfs";
+    // SAFETY: plain syscalls on static C strings and null pointers where the kernel takes
+    // none. unshare(CLONE_NEWNS) moves only this thread (it copies the thread's fs info);
+    // the thread ends right after its work, and with it the mount namespace.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            null,
+            c"/".as_ptr(),
+            null,
+            libc::MS_SLAVE | libc::MS_REC,
+            null.cast(),
+        ))?;
+        check(libc::mount(
+            SYSFS.as_ptr(),
+            c"/sys".as_ptr(),
+            SYSFS.as_ptr(),
+            0,
+            null.cast(),
+        ))
+    }
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A CPU bitmap as sysfs writes it: hex, in comma-separated groups of 32 bits, most
+/// significant first (`3` for two CPUs, `1,ffffffff` for 33).
+fn cpu_mask(cpus: usize) -> String {
+    let cpus = cpus.max(1);
+    let groups = cpus.div_ceil(32);
+    (0..groups)
+        .rev()
+        .map(|g| {
+            let bits = (cpus - g * 32).min(32);
+            let word: u32 = if bits == 32 {
+                u32::MAX
+            } else {
+                (1 << bits) - 1
+            };
+            if g == groups - 1 {
+                format!("{word:x}")
+            } else {
+                format!("{word:08x}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_are_hex_groups_of_32_cpus() {
+        assert_eq!(cpu_mask(1), "1");
+        assert_eq!(cpu_mask(2), "3");
+        assert_eq!(cpu_mask(32), "ffffffff");
+        assert_eq!(cpu_mask(33), "1,ffffffff");
+        assert_eq!(cpu_mask(72), "ff,ffffffff,ffffffff");
+    }
+}
