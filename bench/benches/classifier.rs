@@ -13,8 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshsim::datapath::{
-    Baseline, BaselineProgram, Datapath, DatapathOptions, LinkShape, SkBuffCtx, TestRunOutcome,
+use meshsim::{
+    datapath::{
+        Baseline, BaselineProgram, Datapath, DatapathOptions, LinkShape, SkBuffCtx, TestRunOutcome,
+    },
+    net::rps,
 };
 use meshsim_common::LinkKey;
 use meshsim_tests::hub::Lab;
@@ -248,6 +251,19 @@ async fn real_path_costs() -> anyhow::Result<()> {
         }
         println!("{name:<58} {n:>9} {cpu:>12.0} {:>8.2}", cpu / base);
     }
+    // The same 1 ms link without receive steering (meshsim's nodes steer by flow so that
+    // packets fq releases from timers on different CPUs stay in order).
+    for node in &lab.nodes {
+        rps::steer_off(&node.ns, "eth0")?;
+    }
+    let mut runs: Vec<(u64, f64)> = (0..3).map(|_| udp_cost(&lab)).collect();
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (n, cpu) = runs[1];
+    println!(
+        "{:<58} {n:>9} {cpu:>12.0} {:>8.2}",
+        "same, without receive steering (rps_cpus 0)",
+        cpu / base
+    );
     println!(
         "note: this kernel has no fq, so shaped packets are cloned and stamped but not held; the VM tier measures held traffic."
     );

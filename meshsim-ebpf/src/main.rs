@@ -224,11 +224,11 @@ unsafe fn release_clone(skb: *mut __sk_buff) -> i32 {
 /// `skb` must be the context of the running program.
 #[inline(always)]
 unsafe fn unmatched(ctx: &TcContext, skb: *mut __sk_buff, key: &LinkKey, wire_len: u32) -> i32 {
-    // SAFETY: map values read only for this packet (see `shape`).
-    let (src, dst) = unsafe { (NODES.get(&key.src), NODES.get(&key.dst)) };
+    // SAFETY: map values read only for this packet (see `shape`); the lookups run only in
+    // strict mode, and the second only when the first found a node.
     if config(CONFIG_F_STRICT)
-        && src.is_some()
-        && let Some(dst) = dst
+        && unsafe { NODES.get(&key.src).is_some() }
+        && let Some(dst) = unsafe { NODES.get(&key.dst) }
     {
         // SAFETY: `skb` is this run's context (the caller's contract).
         if dst.port_ifindex != unsafe { (*skb).ifindex } {

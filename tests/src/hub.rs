@@ -13,7 +13,7 @@ use std::{
 
 use meshsim::{
     datapath::{Datapath, DatapathOptions, LinkShape},
-    net::{FqOptions, FqSupport, NetNs, Netlink, probe_fq, sysctl},
+    net::{FqOptions, FqSupport, NetNs, Netlink, probe_fq, rps, sysctl},
 };
 use meshsim_common::LinkKey;
 
@@ -88,6 +88,8 @@ impl Lab {
             nl.add_address(eth0, ip, 32).await.unwrap();
             sysctl::enable_forwarding(&ns).unwrap();
             sysctl::disable_redirects(&ns, &["eth0"]).unwrap();
+            // As meshsim's nodes do: one flow, one CPU (runtime::node).
+            rps::steer_by_flow(&ns, "eth0").unwrap();
             // The classifier is attached from inside the hub, where the port's index means it.
             let dp = &mut lab.dp;
             lab.hub.run(|| dp.attach_egress(port)).unwrap().unwrap();

@@ -34,8 +34,17 @@ pub enum RpsError {
 /// Lets every CPU of the machine process `ifname`'s received packets, each flow on one CPU
 /// (its receive queues' `rps_cpus`).
 pub fn steer_by_flow(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
+    write_rps_cpus(ns, ifname, &cpu_mask(online_cpus()))
+}
+
+/// Turns steering off again: packets are processed on the CPU that received them (the
+/// kernel's default; benchmarks compare against it).
+pub fn steer_off(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
+    write_rps_cpus(ns, ifname, "0")
+}
+
+fn write_rps_cpus(ns: &NetNs, ifname: &str, mask: &str) -> Result<(), RpsError> {
     check_ifname(ifname)?;
-    let mask = cpu_mask(online_cpus());
     let fail = |what, source| RpsError::Io {
         what,
         ifname: ifname.to_owned(),
@@ -49,7 +58,7 @@ pub fn steer_by_flow(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
         for queue in queues {
             let queue = queue.map_err(|e| fail("list the receive queues", e))?;
             if queue.file_name().to_string_lossy().starts_with("rx-") {
-                std::fs::write(queue.path().join("rps_cpus"), &mask)
+                std::fs::write(queue.path().join("rps_cpus"), mask)
                     .map_err(|e| fail("write rps_cpus", e))?;
             }
         }

@@ -33,6 +33,8 @@ pub trait Backend: Send {
     ) -> impl Future<Output = Result<BackendNode, RuntimeError>> + Send;
     /// Takes a node away with everything still running in it.
     fn remove(&mut self, id: NodeId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Takes every node away at once (the end of a run), as fast as the backend can.
+    fn remove_all(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// After the last node: the bridge or network the backend made at its start.
     fn finish(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

@@ -46,6 +46,7 @@ use bollard::{
         CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     },
 };
+use futures_util::StreamExt as _;
 
 use super::{
     RuntimeError,
@@ -337,21 +338,6 @@ impl DockerBackend {
             .ok_or_else(|| missing("the host side of its veth was not found"))?
             .index)
     }
-
-    /// Removes a container (killing what runs in it).
-    async fn remove_container(&self, container: &str) -> Result<(), DockerError> {
-        let options = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
-        match self.docker.remove_container(container, Some(options)).await {
-            Ok(())
-            | Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(e) => Err(DockerError::api(format!("remove container {container}"))(e)),
-        }
-    }
 }
 
 impl Backend for DockerBackend {
@@ -381,7 +367,7 @@ impl Backend for DockerBackend {
                 // Nothing half-made stays, unless what was in the way was someone else's.
                 if !matches!(e, RuntimeError::Leftover(_)) {
                     let _ = NetNs::delete(&ns_name);
-                    let _ = self.remove_container(&container).await;
+                    let _ = remove_container(&self.docker, &container).await;
                 }
                 Err(e)
             }
@@ -394,7 +380,26 @@ impl Backend for DockerBackend {
             .remove(&id)
             .ok_or(RuntimeError::UnknownNode(id))?;
         NetNs::delete(&node.ns_name)?;
-        self.remove_container(&node.container).await?;
+        remove_container(&self.docker, &node.container).await?;
+        Ok(())
+    }
+
+    /// Every container at once (a few requests in flight at a time: the daemon does the
+    /// work), after their namespaces' names.
+    async fn remove_all(&mut self) -> Result<(), RuntimeError> {
+        let nodes: Vec<DockerNode> = self.nodes.drain().map(|(_, node)| node).collect();
+        for node in &nodes {
+            NetNs::delete(&node.ns_name)?;
+        }
+        let removals = futures_util::stream::iter(nodes.into_iter().map(|node| node.container))
+            .map(|container| {
+                let docker = self.docker.clone();
+                async move { remove_container(&docker, &container).await }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        removals.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(())
     }
 
@@ -406,6 +411,21 @@ impl Backend for DockerBackend {
             }) => Ok(()),
             Err(e) => Err(DockerError::api(format!("remove network {NETWORK}"))(e).into()),
         }
+    }
+}
+
+/// Removes a container (killing what runs in it); one that is gone already is fine.
+async fn remove_container(docker: &Docker, container: &str) -> Result<(), DockerError> {
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(container, Some(options)).await {
+        Ok(())
+        | Err(BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(DockerError::api(format!("remove container {container}"))(e)),
     }
 }
 
@@ -588,17 +608,8 @@ pub async fn remove_leftovers() -> Result<(Vec<String>, Vec<String>), DockerErro
             .and_then(|n| n.into_iter().next())
             .map(|n| n.trim_start_matches('/').to_owned())
             .unwrap_or_else(|| id.clone());
-        let options = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
-        match docker.remove_container(&id, Some(options)).await {
-            Ok(())
-            | Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => containers.push(name),
-            Err(e) => return Err(DockerError::api(format!("remove container {name}"))(e)),
-        }
+        remove_container(&docker, &id).await?;
+        containers.push(name);
     }
     let mut networks = Vec::new();
     match docker.inspect_network(NETWORK, None).await {

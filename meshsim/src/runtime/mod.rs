@@ -208,11 +208,25 @@ impl<B: Backend> NodeRuntime for Runtime<B> {
 
     /// Every node (its workload first, then the node), then what the backend made for the
     /// run, then what the workload made for it.
+    ///
+    /// At the end everything goes at once: the workloads stop together (each may take its
+    /// grace period), then the backend removes every node in one sweep, which lets the
+    /// kernel free the namespaces in batches rather than one by one.
     async fn shutdown(&mut self) -> Result<(), HostError> {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
-            self.remove_node(id).await?;
+        let nodes: Vec<RuntimeNode> = self.nodes.drain().map(|(_, node)| node).collect();
+        let workload = &self.workload;
+        let mut nets = Vec::with_capacity(nodes.len());
+        let mut stopping = Vec::new();
+        for node in nodes {
+            nets.push(node.net);
+            if let Some(running) = node.running {
+                stopping.push(async move { workload.stop(&node.info, running).await });
+            }
         }
+        futures_util::future::join_all(stopping).await;
+        // The namespaces' handles (and the netlink sockets inside) would keep them alive.
+        drop(nets);
+        self.backend.remove_all().await?;
         self.backend.finish().await?;
         self.workload.finish();
         Ok(())
@@ -255,6 +269,13 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Netns(b) => b.remove(id).await,
             AnyBackend::Docker(b) => b.remove(id).await,
+        }
+    }
+
+    async fn remove_all(&mut self) -> Result<(), RuntimeError> {
+        match self {
+            AnyBackend::Netns(b) => b.remove_all().await,
+            AnyBackend::Docker(b) => b.remove_all().await,
         }
     }
 

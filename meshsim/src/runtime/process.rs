@@ -3,6 +3,7 @@
 //! namespace trick that lets a process see the run's files over the host's.
 
 use std::{
+    collections::HashSet,
     ffi::CString,
     fs::OpenOptions,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _, process::CommandExt as _},
@@ -184,9 +185,19 @@ pub fn with_private_files(cmd: &mut Command, binds: &[(&Path, &Path)]) -> std::i
 /// SIGKILLs every process whose network namespace is the one bound at `path`; a process
 /// inside would keep the namespace (and its veth) alive after the mount is gone.
 pub fn kill_processes_in(path: &str) -> usize {
-    let Ok(target) = std::fs::metadata(path) else {
+    kill_processes_in_any(&[path.to_owned()])
+}
+
+/// [`kill_processes_in`] for many namespaces, in one pass over /proc.
+pub fn kill_processes_in_any(paths: &[String]) -> usize {
+    let targets: HashSet<(u64, u64)> = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    if targets.is_empty() {
         return 0;
-    };
+    }
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -202,8 +213,7 @@ pub fn kill_processes_in(path: &str) -> usize {
         let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
             continue;
         };
-        if ns.ino() == target.ino()
-            && ns.dev() == target.dev()
+        if targets.contains(&(ns.dev(), ns.ino()))
             && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
         {
             killed += 1;
