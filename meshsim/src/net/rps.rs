@@ -6,7 +6,8 @@
 //! instance shows the interfaces of the namespace that mounted it. So the write happens on a
 //! thread that enters the namespace, takes a mount namespace of its own (the thread's only:
 //! made slave first, so nothing propagates back to the host), mounts a sysfs there over
-//! `/sys`, writes, and ends, taking its mounts with it.
+//! `/sys` (writable, also for a container's namespace, whose own mount of it is read-only),
+//! writes, and ends, taking its mounts with it.
 
 use std::{ffi::CStr, io};
 
@@ -95,6 +96,16 @@ fn private_sysfs() -> io::Result<()> {
             c"/sys".as_ptr(),
             SYSFS.as_ptr(),
             0,
+            null.cast(),
+        ))?;
+        // A network namespace has one sysfs superblock, which this mount shares: a container's
+        // runtime mounted it read-only, so make the superblock writable. The container's own
+        // mount stays read-only (that flag is its mount's, not the superblock's).
+        check(libc::mount(
+            null,
+            c"/sys".as_ptr(),
+            null,
+            libc::MS_REMOUNT,
             null.cast(),
         ))
     }
