@@ -60,6 +60,8 @@ export const api = {
   putSettings: (settings) => call("PUT", "/api/settings", settings),
   topology: () => call("GET", "/api/topology"),
   putTopology: (doc) => call("PUT", "/api/topology", doc),
+  // As the node's test user, into the mesh room.
+  sendMessage: (id, body) => call("POST", `/api/nodes/${id}/messages`, { body }),
 };
 
 export function socketUrl() {

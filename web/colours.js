@@ -22,6 +22,9 @@ export const COLOURS = {
   link: css("--link"),
   traffic: css("--traffic"),
   drop: css("--drop"),
+  event: css("--event"),
+  starting: css("--starting"),
+  failed: css("--failed"),
   node: css("--panel"),
   tooltip: css("--tooltip"),
 };

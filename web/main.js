@@ -7,6 +7,8 @@
 //   view.js     the camera (pan, zoom, fit) between meshsim's positions and canvas pixels
 //   render.js   the canvas: a cached layer for the mesh, an overlay for what moves
 //   traffic.js  smoothed per-link rates, packet dots, receive pulses
+//   events.js   Matrix events: the recent list, homeserver states, bubbles along routes
+//   matrix-panel.js  the event list, slow motion, a node's homeserver and its send box
 //   interact.js pointer and keyboard: create, drag (throttled moves), select, pan, zoom
 //   panels.js   sidebar (link, node, settings), banners, save/load, toasts
 //   format.js   units for labels and panels
@@ -14,7 +16,9 @@
 //   dom.js      elements built from text (names never go in as HTML)
 
 import { api } from "./api.js";
+import { MatrixEvents } from "./events.js";
 import { Interaction } from "./interact.js";
+import { MatrixPanel } from "./matrix-panel.js";
 import { Panels } from "./panels.js";
 import { Renderer } from "./render.js";
 import { connect } from "./socket.js";
@@ -26,7 +30,8 @@ const canvas = document.getElementById("canvas");
 const store = new Store();
 const view = new View();
 const traffic = new Traffic();
-const renderer = new Renderer(canvas, store, view, traffic);
+const events = new MatrixEvents();
+const renderer = new Renderer(canvas, store, view, traffic, events);
 
 let fitOnNextState = false;
 /** id -> "x,y" as of the previous state, to tell a whole new mesh from a few edits. */
@@ -39,6 +44,24 @@ const panels = new Panels(store, traffic, {
   },
 });
 const interaction = new Interaction(canvas, store, view, renderer, (e) => panels.toast(e));
+
+/** Node name -> id, for events (which name servers) on the canvas (which draws ids). */
+let ids = new Map();
+store.addEventListener("state", () => {
+  ids = new Map([...store.nodes.values()].map((n) => [n.name, n.id]));
+});
+const idOf = (name) => ids.get(name);
+const latencyOf = (a, b) => store.link(a, b)?.latency_ms ?? 0;
+new MatrixPanel(
+  store,
+  events,
+  (id) => {
+    events.replay(id, performance.now(), idOf, latencyOf);
+    renderer.invalidateOverlay();
+  },
+  (e) => panels.toast(e),
+);
+events.addEventListener("workloads", () => renderer.invalidate());
 
 store.addEventListener("state", () => {
   traffic.forgetMissing((id) => store.nodes.has(id));
@@ -80,6 +103,11 @@ connect(
   store,
   (frame) => traffic.onFrame(frame, performance.now(), (a, b) => store.link(a, b)?.latency_ms ?? 0),
   (ms) => renderer.noteStateCost(ms),
+  (msg) => {
+    if (msg.type === "events") events.onEvents(msg, performance.now(), idOf, latencyOf);
+    else events.onWorkloads(msg);
+    renderer.invalidateOverlay();
+  },
 );
 // The WebSocket's first message carries the state too; this fetch only shows it sooner and
 // reports a wrong token or an unreachable server in words.
@@ -96,6 +124,8 @@ setInterval(() => {
 
 // For the browser test and for anyone debugging: where a world point is on the page.
 window.meshsim = {
+  /** Matrix event bubbles being drawn now, and servers popping. */
+  bubbles: () => ({ moving: events.bubbles.length, pops: events.pops.length }),
   toClient(x, y) {
     const r = canvas.getBoundingClientRect();
     const s = view.toScreen(x, y);

@@ -4,7 +4,8 @@
 //   canvas and is redrawn only when something it shows changed: a state message, a drag step,
 //   the selection, the camera;
 // - every animation frame copies it and draws what moves on top: traffic lanes, packet dots,
-//   receive rings, the hover highlight and its rate label.
+//   receive rings, Matrix event bubbles and their pops, the hover highlight and its rate
+//   label.
 //
 // Links are stroked in a few batched paths (one per style) rather than one path each: at 800
 // links that is the difference between a few and several hundred stroke calls per redraw.
@@ -12,6 +13,7 @@
 
 import { COLOURS, alpha } from "./colours.js";
 import * as fmt from "./format.js";
+import { POP_MS } from "./events.js";
 import { Traffic } from "./traffic.js";
 
 export const NODE_R = 7;
@@ -22,6 +24,8 @@ const PINNED = COLOURS.pinned;
 const SELECTED = COLOURS.accent;
 const TRAFFIC = COLOURS.traffic;
 const DROP = COLOURS.drop;
+const EVENT = COLOURS.event;
+const BUBBLE_R = 6;
 /** A link label needs at least this many screen pixels of link to be readable. */
 const LABEL_MIN_PX = 70;
 const LABEL_BANDWIDTH_MIN_PX = 150;
@@ -96,6 +100,7 @@ export class Renderer {
   #store;
   #view;
   #traffic;
+  #events;
   #dpr = 1;
   #staticDirty = true;
   /** The node left out of the static layer when it was drawn (being dragged then). */
@@ -126,8 +131,8 @@ export class Renderer {
     stateMs: 0,
   };
 
-  /** @param {Traffic} traffic */
-  constructor(canvas, store, view, traffic) {
+  /** @param {Traffic} traffic @param {import("./events.js").MatrixEvents} events */
+  constructor(canvas, store, view, traffic, events) {
     this.#canvas = canvas;
     this.#ctx = canvas.getContext("2d", { alpha: false });
     this.#layer = document.createElement("canvas");
@@ -135,6 +140,7 @@ export class Renderer {
     this.#store = store;
     this.#view = view;
     this.#traffic = traffic;
+    this.#events = events;
     window.meshsimStats = this.stats;
   }
 
@@ -179,7 +185,8 @@ export class Renderer {
     if (this.#lastFrameAt) this.#intervalMs.push(now - this.#lastFrameAt);
     this.#lastFrameAt = now;
 
-    const moving = this.#traffic.prune(now);
+    // Both prune every frame: no short-circuit.
+    const moving = this.#traffic.prune(now) | this.#events.prune(now);
     let drew = false;
     if (this.#staticDirty || (this.#store.drag?.id ?? null) !== this.#staticLeftOut) {
       const s0 = performance.now();
@@ -392,6 +399,23 @@ export class Renderer {
       }
       ctx.stroke();
     }
+    // A homeserver that is not ready: dashed amber while it starts, red when it failed.
+    const workloads = this.#events.workloads;
+    if (workloads.size) {
+      ctx.lineWidth = 2;
+      for (const [state, colour, dash] of [["starting", COLOURS.starting, [3, 3]], ["failed", COLOURS.failed, []]]) {
+        ctx.strokeStyle = colour;
+        ctx.setLineDash(dash);
+        ctx.beginPath();
+        for (const [id, p] of visible) {
+          if (workloads.get(id)?.state !== state) continue;
+          ctx.moveTo(p.x + NODE_R + 4, p.y);
+          ctx.arc(p.x, p.y, NODE_R + 4, 0, Math.PI * 2);
+        }
+        ctx.stroke();
+      }
+      ctx.setLineDash([]);
+    }
     if (selectedAt) {
       ctx.strokeStyle = SELECTED;
       ctx.lineWidth = 2;
@@ -443,7 +467,51 @@ export class Renderer {
     this.#drawLanes(ctx);
     this.#drawDots(ctx, now);
     this.#drawPulses(ctx, now);
+    this.#drawBubbles(ctx, now);
     this.#drawHover(ctx);
+  }
+
+  /** Matrix events on their way (a bubble on its current hop) and servers taking them. */
+  #drawBubbles(ctx, now) {
+    const events = this.#events;
+    for (const b of events.bubbles) {
+      const hop = b.hops.find(([, , t0, t1]) => now >= t0 && now < t1) ?? b.hops[b.hops.length - 1];
+      const [a, c, t0, t1] = hop;
+      const p = this.screenOf(a);
+      const q = this.screenOf(c);
+      if (!p || !q) continue;
+      const t = t1 > t0 ? Math.min(1, Math.max(0, (now - t0) / (t1 - t0))) : 1;
+      const x = p.x + (q.x - p.x) * t;
+      const y = p.y + (q.y - p.y) * t;
+      ctx.fillStyle = alpha(EVENT, 0.45);
+      ctx.strokeStyle = EVENT;
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      ctx.arc(x, y, BUBBLE_R, 0, Math.PI * 2);
+      ctx.fill();
+      ctx.stroke();
+    }
+    for (const pop of events.pops) {
+      const s = this.screenOf(pop.id);
+      const age = (now - pop.start) / POP_MS;
+      if (!s || age < 0 || age > 1) continue;
+      // A bubble bursting: a ring that grows and fades, with a few flecks flying off.
+      const r = NODE_R + 3 + (pop.origin ? 10 : 18) * age;
+      ctx.strokeStyle = alpha(EVENT, 1 - age);
+      ctx.lineWidth = pop.origin ? 1.5 : 2.5;
+      ctx.beginPath();
+      ctx.arc(s.x, s.y, r, 0, Math.PI * 2);
+      ctx.stroke();
+      if (!pop.origin) {
+        ctx.fillStyle = alpha(EVENT, 1 - age);
+        for (let i = 0; i < 6; i++) {
+          const a = (i / 6) * Math.PI * 2;
+          ctx.beginPath();
+          ctx.arc(s.x + Math.cos(a) * (r + 4), s.y + Math.sin(a) * (r + 4), 1.8, 0, Math.PI * 2);
+          ctx.fill();
+        }
+      }
+    }
   }
 
   /** A directed link's lane: from a to b, shifted to the right of travel, trimmed at the nodes. */

@@ -1,6 +1,6 @@
 //! Running a mesh (`meshsim`, `meshsim serve`, `meshsim up FILE`) and `meshsim down`.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use meshsim::{
@@ -12,12 +12,12 @@ use meshsim::{
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
     topology_file::{self, RunTable},
-    workload::{NodeWorkload, WorkloadKind},
+    workload::{NodeWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix},
 };
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
 };
 
 use crate::RunOptions;
@@ -118,15 +118,25 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     let runtime = runtime::start(&run, &workload)
         .await
         .with_context(|| format!("starting the {} backend", run.backend))?;
+    let views = Views {
+        matrix: runtime.matrix(),
+        workloads: runtime.workload_status(),
+    };
     let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
 
-    let result = serve_and_run(&sim, listener, topology, &options).await;
+    let result = serve_and_run(&sim, listener, topology, &options, views).await;
     eprintln!("meshsim: stopping, removing the nodes");
     if let Err(e) = sim.shutdown().await {
         tracing::error!("stopping: {e}");
     }
     let _ = task.await;
     result
+}
+
+/// What the server shows beside the Sim's state, taken from the runtime before the Sim owns it.
+struct Views {
+    matrix: Option<Arc<Matrix>>,
+    workloads: watch::Receiver<WorkloadStatus>,
 }
 
 /// A topology to start, with what its nodes run.
@@ -139,9 +149,12 @@ async fn serve_and_run(
     listener: TcpListener,
     topology: Option<Start>,
     options: &RunOptions,
+    views: Views,
 ) -> Result<()> {
     let server_options = ServerOptions {
         token: options.token.clone(),
+        matrix: views.matrix,
+        workloads: Some(views.workloads),
         ..ServerOptions::default()
     };
     let server = Server::new(listener, sim.clone(), server_options)

@@ -7,12 +7,15 @@
 //! - [`mesh`]: the real Sim with a real runtime (netns or Docker) and the classifier, under
 //!   meshsim's run lock, swept on drop.
 //! - [`serving`]: a [`mesh::MeshLab`] behind the real HTTP server.
+//! - [`browser`]: the canvas in Chromium through chromedriver, on a meshsim process.
+//! - [`ws`]: a client of the canvas's WebSocket feed.
 //! - [`matrix`]: matrix-nio (a Matrix client that is not ours) in a cached venv.
 //! - [`dockerd`]: a Docker daemon for the Docker tier when none runs;
 //! - [`Running`]: a process a test started (meshsim, chromedriver), ended with its guard.
 //!
 //! Every lab removes what it made when dropped, also when the test fails.
 
+pub mod browser;
 pub mod dockerd;
 pub mod fixtures;
 pub mod hub;
@@ -22,6 +25,7 @@ mod process;
 pub mod serving;
 pub mod tc;
 mod util;
+pub mod ws;
 
 pub use process::Running;
 pub use util::{

@@ -6,12 +6,13 @@
 use std::{
     path::{Path, PathBuf},
     process::Output,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use meshsim::{
     datapath::{Datapath, DatapathOptions},
-    model::{NodeId, Settings},
+    model::{NodeDoc, NodeId, Settings},
     net::{FqSupport, NetNs, Netlink, probe_fq},
     run_config::{BackendKind, RunConfig},
     runtime::{
@@ -22,7 +23,7 @@ use meshsim::{
         netns::NetnsBackend,
     },
     sim::{Sim, SimHandle},
-    workload::{NodeState, RunWorkload, WorkloadKind, WorkloadStatus},
+    workload::{NodeState, RunWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix},
 };
 use tokio::sync::watch;
 
@@ -54,6 +55,8 @@ pub struct MeshLab {
     pub sim: SimHandle,
     /// Every node's workload (starting, ready, failed).
     pub status: watch::Receiver<WorkloadStatus>,
+    /// The run's Matrix view, when nodes run homeservers.
+    pub matrix: Option<Arc<Matrix>>,
     /// Whether delays are enforced (fq on the node ports).
     pub fq: bool,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -112,14 +115,33 @@ impl MeshLab {
         })
         .unwrap();
         let status = runtime.workload_status();
+        let matrix = runtime.matrix();
         let (sim, task) = Sim::spawn(runtime, dp, config.settings.clone()).unwrap();
         MeshLab {
             sim,
             status,
+            matrix,
             fq,
             task: Some(task),
             _lock: lock,
         }
+    }
+
+    /// A node as the mesh's document has it, to add it back later under the same name.
+    pub async fn node_doc(&self, id: NodeId) -> NodeDoc {
+        let doc = self.sim.topology().await.unwrap();
+        doc.nodes
+            .into_iter()
+            .find(|n| n.id == Some(id))
+            .expect("the node is in the document")
+    }
+
+    /// Adds a removed node back under its own name: `add_node` would give it a new id, a
+    /// document keeps the ids it names (the other nodes are unchanged by the load).
+    pub async fn add_back(&self, node: &NodeDoc) {
+        let mut doc = self.sim.topology().await.unwrap();
+        doc.nodes.push(node.clone());
+        self.sim.load(doc, None).await.unwrap();
     }
 
     /// Waits until `nodes` nodes' workloads are ready; panics with the reason if one fails.

@@ -36,12 +36,20 @@ impl Lab {
 
     /// A lab whose nodes run `workload` (unless added with `"workload": "none"`).
     pub async fn start_running(workload: WorkloadKind, options: ServerOptions) -> Lab {
-        let mesh = MeshLab::start(MeshConfig {
+        let config = MeshConfig {
             workload,
             ..MeshConfig::default()
-        })
-        .await;
+        };
+        Self::start_mesh(config, options).await
+    }
+
+    /// A lab on a mesh made as `config` says; the server shows its Matrix events and
+    /// workloads unless `options` has its own.
+    pub async fn start_mesh(config: MeshConfig, mut options: ServerOptions) -> Lab {
+        let mesh = MeshLab::start(config).await;
         let sim = mesh.sim.clone();
+        options.matrix = options.matrix.or_else(|| mesh.matrix.clone());
+        options.workloads = options.workloads.or_else(|| Some(mesh.status.clone()));
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let token = options.token.clone();
         let server = Server::new(listener, sim.clone(), options).await.unwrap();

@@ -109,6 +109,33 @@ impl Mesh {
     }
 }
 
+/// Every node's next hops, as of one state of the model, shared (cloning is cheap): what a
+/// published state carries so that readers can follow paths without asking the Sim.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Arc<Mesh>);
+
+impl Routes {
+    /// Where `src` sends packets for `dst`.
+    pub fn next_hop(&self, src: NodeId, dst: NodeId) -> Option<NodeId> {
+        self.0.routes.get(&(src, dst)).copied()
+    }
+
+    /// The nodes a packet from `src` to `dst` passes, both ends included; `None` when `dst`
+    /// is unreachable.
+    pub fn path(&self, src: NodeId, dst: NodeId) -> Option<Vec<NodeId>> {
+        let mut path = vec![src];
+        while *path.last()? != dst {
+            let next = self.next_hop(*path.last()?, dst)?;
+            path.push(next);
+            // Routes never loop (see `routing`); this only guards a broken table.
+            if path.len() > self.0.nodes.len() + 1 {
+                return None;
+            }
+        }
+        Some(path)
+    }
+}
+
 /// The mesh model. Every mutating operation either fails and changes nothing, or succeeds
 /// and returns the [`Diff`] from the state before to the state after.
 ///
@@ -200,6 +227,11 @@ impl Model {
     /// `src`, or either node does not exist).
     pub fn next_hop(&self, src: NodeId, dst: NodeId) -> Option<NodeId> {
         self.mesh.routes.get(&(src, dst)).copied()
+    }
+
+    /// The routes of the current state, shared.
+    pub fn shared_routes(&self) -> Routes {
+        Routes(Arc::clone(&self.mesh))
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -105,6 +105,11 @@ impl<B: Backend> Runtime<B> {
         self.workload.status()
     }
 
+    /// The run's Matrix view, when nodes run homeservers.
+    pub fn matrix(&self) -> Option<Arc<crate::workload::matrix::Matrix>> {
+        self.workload.matrix()
+    }
+
     /// The namespace of a node, for `exec` and tests.
     pub fn namespace(&self, id: NodeId) -> Option<&NetNs> {
         self.nodes.get(&id).map(|n| &n.net.ns)

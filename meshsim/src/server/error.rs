@@ -63,6 +63,10 @@ pub enum ApiError {
     /// The Sim has stopped: meshsim is shutting down (503).
     #[error("meshsim is shutting down")]
     Stopped,
+    /// A node's homeserver refused or failed what meshsim asked of it for the client (502);
+    /// its answer is shown, as it is the homeserver's and says what went wrong.
+    #[error("{0}")]
+    Homeserver(String),
     /// Anything the client could not have caused (500); the detail is logged, not shown.
     #[error("internal error: see meshsim's log")]
     Internal(String),
@@ -88,6 +92,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Homeserver(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

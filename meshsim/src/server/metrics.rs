@@ -20,9 +20,9 @@ use axum::{
 use meshsim_common::LinkCounters;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
-    registry::Registry,
+    registry::{Registry, Unit},
 };
 use tokio::sync::watch;
 
@@ -30,6 +30,7 @@ use super::{ApiError, AppState};
 use crate::{
     model::{LinkParams, NodeId},
     sim::{MeshState, ReadCounters},
+    workload::matrix::{DELIVERY_BUCKETS, Matrix},
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -45,9 +46,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(state: watch::Receiver<Arc<MeshState>>, reader: Box<dyn ReadCounters>) -> Self {
+    pub fn new(
+        state: watch::Receiver<Arc<MeshState>>,
+        reader: Box<dyn ReadCounters>,
+        matrix: Option<Arc<Matrix>>,
+    ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(MeshCollector { state, reader }));
+        if let Some(matrix) = matrix {
+            registry.register_collector(Box::new(MatrixCollector { matrix }));
+        }
         Self { registry }
     }
 
@@ -145,6 +153,50 @@ pub fn to_classic(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Matrix events: the delivery time to each server (one histogram per destination, so the
+/// series grow with the nodes, not with pairs of them) and the events each node saw.
+struct MatrixCollector {
+    matrix: Arc<Matrix>,
+}
+
+impl std::fmt::Debug for MatrixCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatrixCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for MatrixCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "meshsim_matrix_event_delivery",
+            "Time from a Matrix event's sighting on its origin server to its sighting on this server, by destination.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (dst, h) in self.matrix.delivery_histograms() {
+            let mut buckets: Vec<(f64, u64)> = DELIVERY_BUCKETS
+                .iter()
+                .zip(h.buckets)
+                .map(|(&bound, count)| (bound, count))
+                .collect();
+            buckets.push((f64::INFINITY, h.buckets[DELIVERY_BUCKETS.len()]));
+            family
+                .encode_family(&[("dst", dst.as_str())])?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "meshsim_matrix_events_seen",
+            "Matrix events (room events, receipts, typing) a node's observer saw.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (node, seen) in self.matrix.seen_per_node() {
+            ConstCounter::new(seen).encode(family.encode_family(&[("node", node.as_str())])?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads the mesh at scrape time.

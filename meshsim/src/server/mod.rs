@@ -8,6 +8,7 @@
 
 mod assets;
 mod error;
+mod events;
 mod extract;
 mod links;
 mod metrics;
@@ -32,7 +33,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::sim::{SimError, SimHandle};
+use crate::{
+    sim::{SimError, SimHandle},
+    workload::{WorkloadStatus, matrix::Matrix},
+};
 
 /// The largest request body taken (413 above it). A topology document of a few thousand
 /// nodes is far below it.
@@ -55,12 +59,16 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Required as a bearer token on `/api`, `/ws` and `/metrics` when set.
     pub token: Option<String>,
     /// Time between traffic frames.
     pub traffic_interval: Duration,
+    /// The run's Matrix view (`runtime::Runtime::matrix`), when nodes run homeservers.
+    pub matrix: Option<Arc<Matrix>>,
+    /// Every node's workload state (`runtime::Runtime::workload_status`).
+    pub workloads: Option<watch::Receiver<WorkloadStatus>>,
 }
 
 impl Default for ServerOptions {
@@ -69,6 +77,8 @@ impl Default for ServerOptions {
             token: None,
             // 20 Hz: smooth dots on the canvas, and the cost of a poll stays small.
             traffic_interval: Duration::from_millis(50),
+            matrix: None,
+            workloads: None,
         }
     }
 }
@@ -77,8 +87,11 @@ impl Default for ServerOptions {
 #[derive(Clone)]
 pub struct AppState {
     sim: SimHandle,
-    /// Serialised traffic frames from the telemetry task.
-    traffic: broadcast::Sender<axum::extract::ws::Utf8Bytes>,
+    /// Serialised messages for every WebSocket client: traffic frames from the telemetry
+    /// task, Matrix events from the events task.
+    feed: broadcast::Sender<axum::extract::ws::Utf8Bytes>,
+    matrix: Option<Arc<Matrix>>,
+    workloads: Option<watch::Receiver<WorkloadStatus>>,
     metrics: Arc<metrics::Metrics>,
     /// Turns true when the server stops, so WebSocket sessions end and the graceful shutdown
     /// does not wait for them forever.
@@ -97,11 +110,11 @@ pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     router: Router,
-    telemetry: AbortOnDrop,
+    tasks: Vec<AbortOnDrop>,
     shutdown: watch::Sender<bool>,
 }
 
-/// The telemetry task lives as long as its server, also one that is dropped unserved.
+/// The server's tasks (telemetry, events) live as long as it, also one dropped unserved.
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -132,21 +145,31 @@ impl Server {
                 }
             );
         }
-        let (traffic, _) = broadcast::channel(telemetry::BACKLOG);
-        let telemetry = telemetry::spawn(
+        let (feed, _) = broadcast::channel(telemetry::BACKLOG);
+        let mut tasks = vec![AbortOnDrop(telemetry::spawn(
             sim.counter_reader().await?,
             sim.state(),
-            traffic.clone(),
+            feed.clone(),
             options.traffic_interval,
-        );
+        ))];
+        if let Some(matrix) = &options.matrix {
+            tasks.push(AbortOnDrop(events::spawn(
+                Arc::clone(matrix),
+                sim.state(),
+                feed.clone(),
+            )));
+        }
         let metrics = Arc::new(metrics::Metrics::new(
             sim.state(),
             sim.counter_reader().await?,
+            options.matrix.clone(),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let app = AppState {
             sim,
-            traffic,
+            feed,
+            matrix: options.matrix.clone(),
+            workloads: options.workloads.clone(),
             metrics,
             shutdown: shutdown_rx,
         };
@@ -155,7 +178,7 @@ impl Server {
             listener,
             addr,
             router: router(app, security),
-            telemetry: AbortOnDrop(telemetry),
+            tasks,
             shutdown,
         })
     }
@@ -174,7 +197,7 @@ impl Server {
         let Server {
             listener,
             router,
-            telemetry,
+            tasks,
             shutdown,
             ..
         } = self;
@@ -186,7 +209,7 @@ impl Server {
             .with_graceful_shutdown(stopping)
             .await
             .map_err(ServerError::Serve);
-        drop(telemetry);
+        drop(tasks);
         result
     }
 }
@@ -198,10 +221,12 @@ fn router(app: AppState, security: Arc<Security>) -> Router {
         .merge(links::router())
         .merge(settings::router())
         .merge(topology::router())
+        .merge(events::router())
         .fallback(|uri: axum::extract::OriginalUri| async move {
             ApiError::NoRoute(format!(
                 "{}: the API's resources are /api/state, /api/nodes, /api/nodes/{{id}}, \
-                 /api/links/{{a}}/{{b}}, /api/settings and /api/topology (docs/api.md)",
+                 /api/links/{{a}}/{{b}}, /api/settings, /api/topology, /api/events, \
+                 /api/nodes/{{id}}/messages and /api/rooms/mesh (docs/api.md)",
                 uri.path()
             ))
         });

@@ -10,7 +10,7 @@ use super::AppState;
 use crate::{
     model::{Link, Node, NodeId, Settings},
     sim::MeshState,
-    workload::node_workload_name,
+    workload::{NodeState, NodeStatus, node_workload_name},
 };
 
 pub fn router() -> Router<AppState> {
@@ -100,6 +100,32 @@ impl NodeBody {
             .iter()
             .find(|n| n.id == id)
             .map(|n| Self::new(n, state))
+    }
+}
+
+/// A node's workload as the canvas shows it: `starting`, `ready` or `failed` (with why).
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadBody {
+    pub id: NodeId,
+    pub name: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl WorkloadBody {
+    pub fn new(id: NodeId, status: &NodeStatus) -> Self {
+        let (state, detail) = match &status.state {
+            NodeState::Starting => ("starting", None),
+            NodeState::Ready => ("ready", None),
+            NodeState::Failed(why) => ("failed", Some(why.clone())),
+        };
+        WorkloadBody {
+            id,
+            name: status.name.clone(),
+            state,
+            detail,
+        }
     }
 }
 

@@ -1,11 +1,13 @@
-//! `/ws`: the canvas's live feed. On connect a full `state`; a new full `state` after every
-//! change; `traffic` frames from the telemetry task in between (see README, "WebSocket
-//! protocol").
+//! `/ws`: the canvas's live feed. On connect a full `state` (and, when nodes run
+//! homeservers, their `workloads` and the latest `events`); a new full `state` after every
+//! change; `workloads` when a node's workload starts, is ready or fails; `traffic` frames from
+//! the telemetry task and `events` from the observers in between (docs/api.md, "The
+//! WebSocket").
 //!
 //! Each client has its own task, and nothing it does reaches the Sim or the telemetry: state
-//! comes from a watch channel (a slow client skips to the latest state), traffic from a
-//! broadcast channel (a slow client skips frames), and a client that does not take a
-//! message within [`SEND_TIMEOUT`] is dropped.
+//! comes from a watch channel (a slow client skips to the latest state), traffic and events
+//! from a broadcast channel (a slow client skips messages), and a client that does not take
+//! a message within [`SEND_TIMEOUT`] is dropped.
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,8 +27,11 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{ApiError, AppState, state::StateBody};
-use crate::sim::MeshState;
+use super::{
+    ApiError, AppState, events,
+    state::{StateBody, WorkloadBody},
+};
+use crate::{sim::MeshState, workload::WorkloadStatus};
 
 /// How long one message may take to go out before the client counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,17 +81,59 @@ fn state_message(state: &Arc<MeshState>) -> Option<Utf8Bytes> {
     }
 }
 
+/// `{"type":"workloads","nodes":[{"id":3,"name":"n3","state":"ready","detail":...}]}`.
+#[derive(Serialize)]
+struct WorkloadsMessage {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    nodes: Vec<WorkloadBody>,
+}
+
+fn workloads_message(status: &WorkloadStatus) -> Option<Utf8Bytes> {
+    let message = WorkloadsMessage {
+        kind: "workloads",
+        nodes: status
+            .iter()
+            .map(|(&id, s)| WorkloadBody::new(id, s))
+            .collect(),
+    };
+    serde_json::to_string(&message).ok().map(Into::into)
+}
+
 async fn session(socket: WebSocket, app: AppState) {
     let (mut tx, mut rx) = socket.split();
     let mut state = app.sim.state();
-    let mut traffic = app.traffic.subscribe();
+    let mut feed = app.feed.subscribe();
     let mut shutdown = app.shutdown.clone();
-    let first = state_message(&state.borrow_and_update().clone());
-    if send(&mut tx, first).await.is_err() {
+    let mut workloads = app.workloads.clone();
+    let current = state.borrow_and_update().clone();
+    if send(&mut tx, state_message(&current)).await.is_err() {
         return;
+    }
+    if let Some(status) = &mut workloads {
+        let message = workloads_message(&status.borrow_and_update());
+        if send(&mut tx, message).await.is_err() {
+            return;
+        }
+    }
+    if let Some(matrix) = &app.matrix {
+        let latest = events::message(matrix.latest_events(events::ON_CONNECT), matrix, &current);
+        if send(&mut tx, latest).await.is_err() {
+            return;
+        }
     }
     loop {
         tokio::select! {
+            changed = async { workloads.as_mut()?.changed().await.ok() }, if workloads.is_some() => {
+                let Some(status) = workloads.as_mut().filter(|_| changed.is_some()) else {
+                    workloads = None;
+                    continue;
+                };
+                let message = workloads_message(&status.borrow_and_update());
+                if send(&mut tx, message).await.is_err() {
+                    return;
+                }
+            }
             changed = state.changed() => {
                 if changed.is_err() {
                     // The Sim has stopped.
@@ -98,14 +145,14 @@ async fn session(socket: WebSocket, app: AppState) {
                     return;
                 }
             }
-            frame = traffic.recv() => match frame {
+            frame = feed.recv() => match frame {
                 Ok(text) => {
                     if send(&mut tx, Some(text)).await.is_err() {
                         return;
                     }
                 }
                 Err(RecvError::Lagged(skipped)) => {
-                    tracing::debug!(skipped, "a slow WebSocket client skipped traffic frames");
+                    tracing::debug!(skipped, "a slow WebSocket client skipped messages");
                 }
                 Err(RecvError::Closed) => return,
             },

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     model::{
-        Diff, LinkField, LinkPins, Model, ModelError, Node, NodeId, Route, Settings, Snapshot,
-        Topology,
+        Diff, LinkField, LinkPins, Model, ModelError, Node, NodeId, Route, Routes, Settings,
+        Snapshot, Topology,
     },
     workload::NodeWorkload,
 };
@@ -37,6 +37,8 @@ pub struct MeshState {
     /// Grows by one with every applied change.
     pub version: u64,
     pub snapshot: Snapshot,
+    /// Every node's next hops (shared with the model: cheap).
+    pub routes: Routes,
     pub nodes: BTreeMap<NodeId, NodeFacts>,
     /// Where nodes live and what the run's workload is (each node's is in its facts).
     pub run: RunInfo,
@@ -308,6 +310,7 @@ impl<R: NodeRuntime + 'static, S: Shaper + 'static> Sim<R, S> {
         let initial = MeshState {
             version: 0,
             snapshot: model.snapshot(),
+            routes: model.shared_routes(),
             nodes: BTreeMap::new(),
             run: runtime.run_info(),
             delays_enforced: shaper.delays_enforced(),
@@ -519,6 +522,7 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
         let state = MeshState {
             version: self.version,
             snapshot: self.model.snapshot(),
+            routes: self.model.shared_routes(),
             nodes: self.facts.clone(),
             run: self.runtime.run_info(),
             delays_enforced: self.shaper.delays_enforced(),

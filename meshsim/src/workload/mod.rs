@@ -15,6 +15,7 @@ mod command;
 pub mod dns;
 pub mod host;
 pub mod http;
+pub mod matrix;
 pub mod names;
 pub mod pki;
 pub mod synapse;
@@ -305,6 +306,14 @@ impl RunWorkload {
     /// Every node's workload: starting, ready or failed.
     pub fn status(&self) -> watch::Receiver<WorkloadStatus> {
         self.status.subscribe()
+    }
+
+    /// The run's Matrix view (event log, observers, mesh room), when nodes run homeservers.
+    pub fn matrix(&self) -> Option<Arc<matrix::Matrix>> {
+        match &self.prepared {
+            Prepared::Synapse(synapse) => Some(Arc::clone(synapse.matrix())),
+            _ => None,
+        }
     }
 
     /// The container image this workload's nodes need, if a particular one.

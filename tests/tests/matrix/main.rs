@@ -2,5 +2,7 @@
 //! Matrix client that is not ours (matrix-nio). Needs root, Python 3 with venv, Docker and
 //! the node images, and PyPI the first time: `cargo xtask test` runs it.
 
+mod browser;
 mod docker;
+mod events;
 mod synapse;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use meshsim::{
-    model::{Model, NodeDoc, NodeId, Topology},
+    model::{Model, NodeId, Topology},
     workload::{SynapseOptions, WorkloadKind},
 };
 use meshsim_tests::{
@@ -167,23 +167,6 @@ async fn next_hop(mesh: &MeshLab, from: NodeId, to: NodeId) -> Option<NodeId> {
         .map(|r| r.next_hop)
 }
 
-/// A node as the mesh's document has it, to add it back later under the same name.
-async fn node_doc(mesh: &MeshLab, id: NodeId) -> NodeDoc {
-    let doc = mesh.sim.topology().await.unwrap();
-    doc.nodes
-        .into_iter()
-        .find(|n| n.id == Some(id))
-        .expect("the node is in the document")
-}
-
-/// Adds a removed node back under its own name: `add_node` would give it a new id, a
-/// document keeps the ids it names (the other nodes are unchanged by the load).
-async fn add_back(mesh: &MeshLab, node: &NodeDoc) {
-    let mut doc = mesh.sim.topology().await.unwrap();
-    doc.nodes.push(node.clone());
-    mesh.sim.load(doc, None).await.unwrap();
-}
-
 /// Sends `body` from `from`'s user into `room` and waits until `to`'s user has it; the time
 /// from the send to the arrival (each step is a client process, ~1 s of Python start-up).
 async fn converse(
@@ -249,7 +232,7 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
     println!("n1 -> n4 over n2: {:.1} s", took.as_secs_f64());
 
     // The relay leaves: the route heals over n3 and the conversation goes on there.
-    let n2_doc = node_doc(&mesh, n2).await;
+    let n2_doc = mesh.node_doc(n2).await;
     mesh.sim.remove_node(n2).await.unwrap();
     assert_eq!(next_hop(&mesh, n1, n4).await, Some(n3));
     assert_eq!(next_hop(&mesh, n4, n1).await, Some(n3));
@@ -279,7 +262,7 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
     // The relay comes back under its name (itself again, never in the room): the route
     // returns to it and so does the conversation.
     let back = Instant::now();
-    add_back(&mesh, &n2_doc).await;
+    mesh.add_back(&n2_doc).await;
     mesh.ready(4, options.start_timeout).await;
     println!("n2 back and ready in {:.1} s", back.elapsed().as_secs_f64());
     assert_eq!(next_hop(&mesh, n1, n4).await, Some(n2));
@@ -299,7 +282,7 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
     }
 
     // The destination itself leaves mid-conversation; n1 takes a message while it is gone.
-    let n4_doc = node_doc(&mesh, n4).await;
+    let n4_doc = mesh.node_doc(n4).await;
     let n4_dir = options.run_dir.join(n4.name());
     let n4_key = std::fs::read_to_string(n4_dir.join("signing.key")).unwrap();
     let old_n4_pid = mesh.status.borrow()[&n4].pid.unwrap();
@@ -318,7 +301,7 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
 
     // n4 comes back as itself: the same directory, so the same database and signing key.
     let back = Instant::now();
-    add_back(&mesh, &n4_doc).await;
+    mesh.add_back(&n4_doc).await;
     mesh.ready(4, options.start_timeout).await;
     let ready_after = back.elapsed();
     assert_eq!(

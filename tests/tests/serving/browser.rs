@@ -13,71 +13,15 @@
 //! Needs root (meshsim creates namespaces and loads the classifier), no other meshsim running,
 //! and `chromium` + `chromium-driver`: `cargo xtask test` runs it.
 
-use std::{
-    net::{Ipv4Addr, TcpListener},
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use fantoccini::{
-    Client, ClientBuilder, Locator,
-    actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction},
+use fantoccini::Locator;
+use meshsim_tests::{
+    Running,
+    browser::{Browser, click_at, client_point, drag, screenshot, stats, text_of},
+    eventually, meshsim_bin, processes_in, target_dir,
 };
-use hyper_util::client::legacy::connect::HttpConnector;
-use meshsim_tests::{Running, TempDir, eventually, meshsim_bin, processes_in, target_dir};
 use serde_json::{Value, json};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// True once the page has drawn a few frames and its WebSocket is up.
-const PAGE_READY: &str = "return !!window.meshsimStats && window.meshsimStats.frames > 5 \
-    && document.getElementById('connection').textContent === 'live';";
-/// The canvas is the window less the sidebar and the top bar: room for a 200-node mesh.
-const WINDOW: (u32, u32) = (1400, 900);
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-/// meshsim's HTTP API, as the test checks it behind the page's back.
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn get(&self, path: &str) -> Option<reqwest::Response> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(r)
-    }
-
-    async fn state(&self) -> Value {
-        self.get("/api/state")
-            .await
-            .expect("GET /api/state")
-            .json()
-            .await
-            .expect("state is JSON")
-    }
-
-    async fn metrics(&self) -> String {
-        self.get("/metrics")
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics are text")
-    }
-}
 
 fn nodes(state: &Value) -> &Vec<Value> {
     state["nodes"].as_array().expect("state.nodes")
@@ -121,81 +65,6 @@ fn packets_per_second(rates: &str, direction: &str) -> Option<f64> {
     words.get(unit.checked_sub(1)?)?.parse().ok()
 }
 
-/// A page point for a position in meshsim's coordinates, asked of the page itself so the
-/// test follows any pan or zoom.
-async fn client_point(page: &Client, x: f64, y: f64) -> (f64, f64) {
-    let p = page
-        .execute(
-            "return window.meshsim.toClient(arguments[0], arguments[1]);",
-            vec![json!(x), json!(y)],
-        )
-        .await
-        .expect("window.meshsim.toClient");
-    (p["x"].as_f64().unwrap(), p["y"].as_f64().unwrap())
-}
-
-async fn click_at(page: &Client, (x, y): (f64, f64)) {
-    let mouse = MouseActions::new("mouse".into())
-        .then(PointerAction::MoveTo {
-            duration: None,
-            x: x.round(),
-            y: y.round(),
-        })
-        .then(PointerAction::Down {
-            button: MOUSE_BUTTON_LEFT,
-        })
-        .then(PointerAction::Up {
-            button: MOUSE_BUTTON_LEFT,
-        });
-    page.perform_actions(mouse).await.expect("click");
-}
-
-/// Presses at `from`, moves to `to` in `steps` moves over `duration`, releases.
-async fn drag(page: &Client, from: (f64, f64), to: (f64, f64), steps: u32, duration: Duration) {
-    let mut mouse = MouseActions::new("mouse".into())
-        .then(PointerAction::MoveTo {
-            duration: None,
-            x: from.0.round(),
-            y: from.1.round(),
-        })
-        .then(PointerAction::Down {
-            button: MOUSE_BUTTON_LEFT,
-        });
-    for i in 1..=steps {
-        let t = f64::from(i) / f64::from(steps);
-        mouse = mouse.then(PointerAction::MoveTo {
-            duration: Some(duration / steps),
-            x: (from.0 + (to.0 - from.0) * t).round(),
-            y: (from.1 + (to.1 - from.1) * t).round(),
-        });
-    }
-    let mouse = mouse.then(PointerAction::Up {
-        button: MOUSE_BUTTON_LEFT,
-    });
-    page.perform_actions(mouse).await.expect("drag");
-}
-
-async fn screenshot(page: &Client, name: &str) -> PathBuf {
-    let dir = target_dir().join("browser");
-    std::fs::create_dir_all(&dir).expect("create target/browser");
-    let path = dir.join(name);
-    let png = page.screenshot().await.expect("screenshot");
-    std::fs::write(&path, png).expect("write the screenshot");
-    println!("screenshot: {}", path.display());
-    path
-}
-
-/// The text of the element with `id`, if the page has it.
-async fn text_of(page: &Client, id: &str) -> Option<String> {
-    page.find(Locator::Id(id)).await.ok()?.text().await.ok()
-}
-
-async fn stats(page: &Client) -> Value {
-    page.execute("return window.meshsimStats;", vec![])
-        .await
-        .expect("window.meshsimStats")
-}
-
 /// The command every node of the test's run runs, unless made bare.
 const NODE_CMD: &str = "exec sleep 1000";
 
@@ -226,104 +95,20 @@ fn scattered_mesh(n: usize, w: f64, h: f64, neighbours: u32) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and chromium: run with cargo xtask test"]
 async fn canvas_creates_moves_and_pins_in_a_real_browser() {
-    for tool in [CHROMIUM, CHROMEDRIVER] {
-        assert!(
-            Path::new(tool).exists(),
-            "{tool} is missing: apt-get install chromium chromium-driver"
-        );
-    }
-    let logs = target_dir().join("browser");
-    std::fs::create_dir_all(&logs).unwrap();
-
-    // meshsim, on a port of its own.
-    let port = free_port();
-    let meshsim_log = logs.join("meshsim.log");
-    let mut meshsim = Running::start(
-        "meshsim",
-        Command::new(meshsim_bin()).args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--node-cmd",
-            NODE_CMD,
-        ]),
-        &meshsim_log,
+    let browser = Browser::open(
+        &["serve", "--node-cmd", NODE_CMD],
         // Tearing down a 200-node mesh removes 200 namespaces.
         Duration::from_secs(90),
-    );
-    meshsim.sweep = true;
-    let api = Api {
-        base: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::new(),
-    };
-    eventually("meshsim to answer", Duration::from_secs(60), async || {
-        meshsim.assert_alive(&meshsim_log);
-        api.get("/api/state").await.map(drop)
-    })
-    .await;
-
-    // chromedriver, with a fresh profile (made first, so it is removed after the browser stops).
-    let profile = TempDir::new("chromium-profile");
-    let driver_port = free_port();
-    let driver_log = logs.join("chromedriver.log");
-    let mut driver = Running::start(
-        "chromedriver",
-        Command::new(CHROMEDRIVER).arg(format!("--port={driver_port}")),
-        &driver_log,
-        Duration::from_secs(10),
-    );
-    let args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
-        &format!("--user-data-dir={}", profile.0.display()),
-    ];
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({"binary": CHROMIUM, "args": args}),
-    );
-    let webdriver = format!("http://127.0.0.1:{driver_port}");
-    let page = eventually(
-        "chromedriver to start a session",
-        Duration::from_secs(30),
-        async || {
-            driver.assert_alive(&driver_log);
-            ClientBuilder::new(HttpConnector::new())
-                .capabilities(caps.clone())
-                .connect(&webdriver)
-                .await
-                .ok()
-        },
     )
     .await;
-
-    // The page is up once it draws frames and its WebSocket is live.
-    page.goto(&format!("{}/", api.base))
-        .await
-        .expect("open the page");
-    eventually(
-        "the page to draw and connect",
-        Duration::from_secs(20),
-        async || {
-            let ready = page.execute(PAGE_READY, vec![]).await.ok()?;
-            ready.as_bool().unwrap_or(false).then_some(())
-        },
-    )
-    .await;
+    let (page, api) = (&browser.page, &browser.api);
 
     // The run has a workload, so the settings offer to make new nodes bare.
     eventually(
         "the run in the top bar and the new-node choice",
         Duration::from_secs(10),
         async || {
-            let run = text_of(&page, "run").await?;
+            let run = text_of(page, "run").await?;
             let row = page.find(Locator::Id("new-workload-row")).await.ok()?;
             (run == "netns · command" && row.is_displayed().await.ok()?).then_some(())
         },
@@ -332,7 +117,7 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
 
     // Click empty space: a node where the click was, running the run's command.
     let first_at = (300.0, 250.0);
-    click_at(&page, client_point(&page, first_at.0, first_at.1).await).await;
+    click_at(page, client_point(page, first_at.0, first_at.1).await).await;
     let first = eventually(
         "the first node in /api/state",
         Duration::from_secs(20),
@@ -358,7 +143,7 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         .await
         .expect("choose none");
     let second_at = (480.0, 330.0);
-    click_at(&page, client_point(&page, second_at.0, second_at.1).await).await;
+    click_at(page, client_point(page, second_at.0, second_at.1).await).await;
     let second = eventually(
         "the second node, linked",
         Duration::from_secs(20),
@@ -400,12 +185,12 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         "{bare} runs something"
     );
     // Its panel says so.
-    click_at(&page, client_point(&page, second_at.0, second_at.1).await).await;
+    click_at(page, client_point(page, second_at.0, second_at.1).await).await;
     eventually(
         "the node panel to show a bare router",
         Duration::from_secs(10),
         async || {
-            let text = text_of(&page, "node-workload").await?;
+            let text = text_of(page, "node-workload").await?;
             (text == "nothing (a bare router)").then_some(())
         },
     )
@@ -414,7 +199,7 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         "the page to show two nodes",
         Duration::from_secs(10),
         async || {
-            let text = text_of(&page, "counts").await?;
+            let text = text_of(page, "counts").await?;
             text.starts_with("2 nodes").then_some(())
         },
     )
@@ -423,9 +208,9 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
     // Drag the second node: its position changes in meshsim.
     let moved_to = (430.0, 420.0);
     drag(
-        &page,
-        client_point(&page, second_at.0, second_at.1).await,
-        client_point(&page, moved_to.0, moved_to.1).await,
+        page,
+        client_point(page, second_at.0, second_at.1).await,
+        client_point(page, moved_to.0, moved_to.1).await,
         10,
         Duration::from_millis(500),
     )
@@ -446,8 +231,8 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         xy(node_by_id(&state, first).unwrap()),
         xy(node_by_id(&state, second).unwrap()),
     );
-    let middle = client_point(&page, (a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0).await;
-    click_at(&page, middle).await;
+    let middle = client_point(page, (a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0).await;
+    click_at(page, middle).await;
     let panel = page
         .find(Locator::Id("link-panel"))
         .await
@@ -458,7 +243,7 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         async || panel.is_displayed().await.ok()?.then_some(()),
     )
     .await;
-    let title = text_of(&page, "link-title")
+    let title = text_of(page, "link-title")
         .await
         .expect("the panel's title");
     let names = |id| {
@@ -536,7 +321,7 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
             "400",
             &second_ip,
         ]),
-        &logs.join("ping.log"),
+        &target_dir().join("browser/ping.log"),
         Duration::from_secs(5),
     );
     let direction = format!("{first_name} → {second_name}");
@@ -544,14 +329,14 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         "the link panel to show the ping's packets",
         Duration::from_secs(20),
         async || {
-            let rates = text_of(&page, "link-rates").await?;
+            let rates = text_of(page, "link-rates").await?;
             packets_per_second(&rates, &direction).filter(|&pps| pps > 0.0)
         },
     )
     .await;
     // A moment more, so the screenshot shows dots along the link and the receive rings.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    screenshot(&page, "canvas.png").await;
+    screenshot(page, "canvas.png").await;
     drop(ping);
 
     // 200 nodes: load a topology behind the page's back; the page follows over its WebSocket.
@@ -582,7 +367,7 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         "the page to show 200 nodes",
         Duration::from_secs(30),
         async || {
-            let text = text_of(&page, "counts").await?;
+            let text = text_of(page, "counts").await?;
             text.starts_with("200 nodes").then_some(())
         },
     )
@@ -590,21 +375,21 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
 
     // Idle: the page only copies its cached layer.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = stats(&page).await;
+    let idle = stats(page).await;
     // Dragging: every frame draws the node and its links over the cached layer, and each of
     // meshsim's ~20 relinks a second redraws that layer and the 200-node state is applied.
     let grabbed = xy(&nodes(&state)[100]);
-    let from = client_point(&page, grabbed.0, grabbed.1).await;
+    let from = client_point(page, grabbed.0, grabbed.1).await;
     drag(
-        &page,
+        page,
         from,
         (from.0 + 150.0, from.1 + 90.0),
         60,
         Duration::from_secs(3),
     )
     .await;
-    let dragging = stats(&page).await;
-    screenshot(&page, "canvas-200.png").await;
+    let dragging = stats(page).await;
+    screenshot(page, "canvas-200.png").await;
 
     let ms = |s: &Value, k: &str| s[k].as_f64().unwrap_or(f64::NAN);
     println!(
@@ -621,8 +406,5 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         ms(&dragging, "stateMs"),
     );
 
-    page.close().await.expect("close the browser");
-    drop(driver);
-    drop(meshsim);
-    drop(profile);
+    browser.close().await;
 }

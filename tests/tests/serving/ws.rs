@@ -11,53 +11,19 @@ use std::{
 
 use futures_util::StreamExt as _;
 use meshsim::server::ServerOptions;
-use meshsim_tests::serving::Lab;
+use meshsim_tests::{
+    serving::Lab,
+    ws::{connect, next, next_of},
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, connect_async,
+    connect_async,
     tungstenite::{self, Message, client::IntoClientRequest as _},
 };
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// An echo request and its reply as counted on a link (Ethernet + IPv4 + ICMP + 56 bytes).
 const ECHO_FRAME: u64 = 98;
-
-async fn connect(lab: &Lab, query: &str) -> Ws {
-    let (ws, response) = connect_async(format!("ws://{}/ws{query}", lab.addr))
-        .await
-        .expect("WebSocket handshake");
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    ws
-}
-
-/// The next JSON message, skipping none.
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("the socket stays open")
-            .expect("a readable message");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected message {other:?}"),
-        }
-    }
-}
-
-/// The next message of type `kind`, skipping the others.
-async fn next_of(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let m = next(ws).await;
-        if m["type"] == kind {
-            return m;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root: run with cargo xtask test"]

@@ -240,15 +240,32 @@ enable_metrics: false
 
 enable_registration: false
 registration_shared_secret: {registration_secret}
-# Clients in a lab log in often, all from their node's address; the default allows 5 and
-# then one every 5 min.
+# Rate limits out of the way: an experiment measures the network, not Synapse's limiter.
+# The defaults allow 10 messages and then one every 5 s, 10 joins (also auto-accepted
+# invites) and 5 logins, then minutes between more; a lab sends bursts from a few users.
+rc_message: {{per_second: 10000, burst_count: 100000}}
+rc_room_creation: {{per_second: 10000, burst_count: 100000}}
+rc_joins:
+  local: {{per_second: 10000, burst_count: 100000}}
+  remote: {{per_second: 10000, burst_count: 100000}}
+rc_joins_per_room: {{per_second: 10000, burst_count: 100000}}
+rc_invites:
+  per_room: {{per_second: 10000, burst_count: 100000}}
+  per_user: {{per_second: 10000, burst_count: 100000}}
+  per_issuer: {{per_second: 10000, burst_count: 100000}}
 rc_login:
-  address:
-    per_second: 10
-    burst_count: 100
-  account:
-    per_second: 10
-    burst_count: 100
+  address: {{per_second: 10000, burst_count: 100000}}
+  account: {{per_second: 10000, burst_count: 100000}}
+  failed_attempts: {{per_second: 10000, burst_count: 100000}}
+rc_federation: {{window_size: 1000, sleep_limit: 100000, sleep_delay: 1, reject_limit: 100000, concurrent: 100}}
+
+# Test users join every room they are invited to (also over federation), so a room a
+# person's own client makes and invites @meshsim:<node> into is observed too.
+auto_accept_invites:
+  enabled: true
+  only_for_direct_messages: false
+  only_from_local_users: false
+
 macaroon_secret_key: {macaroon}
 form_secret: {form}
 
@@ -351,7 +368,8 @@ mod tests {
             "registration_shared_secret: \"s3cret\"",
             "report_stats: false",
             "  - port: 8448\n    type: http\n    tls: true",
-            "rc_login:\n  address:\n    per_second: 10\n    burst_count: 100",
+            "rc_message: {per_second: 10000, burst_count: 100000}",
+            "auto_accept_invites:\n  enabled: true",
         ] {
             assert!(y.contains(want), "missing {want:?} in\n{y}");
         }

@@ -24,6 +24,7 @@ use super::{
     host::{Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program},
     http::NodeHttp,
     log_tail,
+    matrix::Matrix,
     names::MeshNames,
     pki::RunCa,
     venv::VenvSpec,
@@ -52,6 +53,8 @@ pub struct SynapseRun {
     registration_secret: String,
     mesh_cidr: String,
     logs: NodeLogs,
+    /// What the nodes' test users see: observers, the event log, the mesh room.
+    matrix: Arc<Matrix>,
 }
 
 impl SynapseRun {
@@ -119,6 +122,7 @@ impl SynapseRun {
             registration_secret: random_hex(24),
             mesh_cidr: addressing.cidr(),
             logs,
+            matrix: Matrix::new(&options.user, &options.password),
         })
     }
 
@@ -316,6 +320,7 @@ impl SynapseRun {
             ),
             Err(why) => tracing::error!("{why}"),
         }
+        let ready = outcome.is_ok();
         status.send_modify(|s| {
             if let Some(entry) = s.get_mut(&node.id) {
                 match outcome {
@@ -327,11 +332,23 @@ impl SynapseRun {
                 }
             }
         });
+        // From now on this task observes the node, until its workload stops.
+        if ready {
+            Arc::clone(&self.matrix)
+                .observe(node.name.clone(), host.netns().clone())
+                .await;
+        }
+    }
+
+    /// The run's Matrix view: event log, observers, mesh room.
+    pub fn matrix(&self) -> &Arc<Matrix> {
+        &self.matrix
     }
 
     /// After the node's process stopped: its line in the hosts file goes. Its directory
     /// stays until the run ends, so the node can be added back as itself.
     pub fn forget(&self, node: &str) {
+        self.matrix.forget(node);
         if let Err(e) = self.names.remove(node) {
             tracing::warn!(
                 "could not update {}: {e}",
