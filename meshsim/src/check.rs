@@ -1,12 +1,18 @@
 //! `meshsim check`: what this machine has of what meshsim needs, each with a fix.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Result, bail};
 use meshsim::{
     datapath::{Datapath, DatapathOptions},
     net::{FqSupport, probe_fq},
+    workload::SynapseOptions,
 };
+
+use crate::files;
 
 struct Line {
     ok: bool,
@@ -114,10 +120,55 @@ pub async fn run() -> Result<()> {
     for w in &warnings {
         println!("{:<8} {:<16} {w}", "WARNING", "host firewall");
     }
+    for (what, place) in installed_files() {
+        println!("{:<8} {what:<16} {place}", "info");
+    }
     if lines.iter().any(|l| !l.ok && !l.soft) {
         bail!("some checks failed: see the lines above for what to do");
     }
     Ok(())
+}
+
+/// Where meshsim's own files are: the binary, the man page, the completions, the examples
+/// and the Synapse cache.
+fn installed_files() -> Vec<(&'static str, String)> {
+    let shown = |p: Option<PathBuf>, missing: &str| {
+        p.map_or_else(|| missing.to_owned(), |p| p.display().to_string())
+    };
+    let not_installed = "not installed (sudo ./x install, or the .deb)";
+    let completions: Vec<String> = ["meshsim.bash", "_meshsim", "meshsim.fish"]
+        .iter()
+        .filter_map(|f| files::installed(f))
+        .map(|p| p.display().to_string())
+        .collect();
+    let synapse = SynapseOptions::default().venv();
+    vec![
+        ("binary", shown(std::env::current_exe().ok(), "unknown")),
+        (
+            "man page",
+            shown(files::installed("meshsim.1"), not_installed),
+        ),
+        (
+            "completions",
+            if completions.is_empty() {
+                not_installed.to_owned()
+            } else {
+                completions.join(", ")
+            },
+        ),
+        ("examples", shown(files::examples(), not_installed)),
+        (
+            "Synapse",
+            if synapse.dir.is_dir() {
+                format!("{} (cached)", synapse.dir.display())
+            } else {
+                format!(
+                    "{} (installed there on first use of --workload synapse)",
+                    synapse.dir.display()
+                )
+            },
+        ),
+    ]
 }
 
 /// Where the kernel says whether frames crossing a bridge go through iptables; it exists only

@@ -2,13 +2,17 @@
 
 mod check;
 mod exec;
+mod files;
 mod mesh;
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use meshsim::run_config::{Addressing, DEFAULT_LOG_DIR};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use meshsim::{
+    run_config::{Addressing, DEFAULT_LOG_DIR},
+    workload::synapse::SYNAPSE_VERSION,
+};
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +40,8 @@ enum Command {
     /// qdiscs and programs), processes still running in those namespaces, and (when Docker
     /// is reachable) containers labelled org.meshsim.run and the network `meshsim`.
     Down,
-    /// Check that this machine can run meshsim: privileges, BTF, the classifier, sch_fq.
+    /// Check that this machine can run meshsim: privileges, BTF, the classifier, sch_fq,
+    /// and where meshsim's installed files are.
     Check,
     /// Run a command inside a node: meshsim exec n1 -- ping 10.77.0.3
     Exec {
@@ -44,6 +49,42 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Write the man pages and the bash, zsh and fish completions into DIR, laid out as they
+    /// go under PREFIX (for installers: `./x install`, `./x package`).
+    #[command(hide = true)]
+    GenerateFiles {
+        dir: PathBuf,
+        #[arg(long, default_value = "/usr/local")]
+        prefix: String,
+    },
+}
+
+impl Command {
+    /// Whether the command changes the host's network (everything but `check` and
+    /// `generate-files`).
+    fn needs_root(command: Option<&Command>) -> bool {
+        !matches!(
+            command,
+            Some(Command::Check | Command::GenerateFiles { .. })
+        )
+    }
+}
+
+/// `0.1.0 (commit 1a2b3c4d5e6f, installs Synapse 1.163.2)`.
+fn version() -> String {
+    format!(
+        "{} (commit {}, installs Synapse {SYNAPSE_VERSION})",
+        env!("CARGO_PKG_VERSION"),
+        env!("MESHSIM_COMMIT")
+    )
+}
+
+/// The command line, with the version that names the commit and the Synapse release.
+fn parse() -> Cli {
+    // clap keeps the version for the life of the process: one small leak, once.
+    let command = Cli::command().version(&*version().leak());
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Where nodes live.
@@ -117,7 +158,23 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = parse();
+    if Command::needs_root(cli.command.as_ref()) && !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "meshsim: needs root: it makes network namespaces, links and routes and loads an \
+             eBPF program into the kernel; run it with sudo (`meshsim check` works without)"
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    if let Some(Command::GenerateFiles { dir, prefix }) = &cli.command {
+        return match files::generate(Cli::command().version(&*version().leak()), dir, prefix) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meshsim: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // `exec` replaces this process: no runtime, no threads (setns needs a single thread).
     if let Some(Command::Exec { node, command }) = &cli.command {
         let e = exec::run(node, command);
@@ -147,7 +204,9 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::Up { file, options }) => mesh::run(Some(file), options).await,
         Some(Command::Down) => mesh::down().await,
         Some(Command::Check) => check::run().await,
-        Some(Command::Exec { .. }) => unreachable!("handled before the runtime starts"),
+        Some(Command::Exec { .. } | Command::GenerateFiles { .. }) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

@@ -11,8 +11,14 @@ fn cargo() -> Command {
 
 /// Runs `cargo ARGS`, failing if it fails.
 pub fn run(args: &[&str]) -> Result<()> {
+    run_with_env(args, &[])
+}
+
+/// Runs `cargo ARGS` with `env` set, failing if it fails.
+pub fn run_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let status = cargo()
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("cargo {}", args.join(" ")))?;
     if !status.success() {

@@ -3,6 +3,7 @@
 mod cargo;
 mod fidelity;
 mod images;
+mod install;
 mod vm;
 
 use anyhow::{Result, bail};
@@ -17,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The whole test suite: unit, BPF_PROG_TEST_RUN, network-namespace and VM tiers.
+    /// The whole test suite: unit, BPF_PROG_TEST_RUN, network-namespace, Matrix, package
+    /// and VM tiers (the package tier needs cargo-deb: ./x test installs it).
     Test {
         /// Skip the VM tier (which boots Debian's kernel under qemu, ~1-3 minutes).
         #[arg(long)]
@@ -31,6 +33,19 @@ enum Command {
     Images,
     /// The fidelity report: meshsim's classifier against netem, side by side, in the VM.
     Fidelity,
+    /// Builds the release binary and installs it with its man pages, shell completions and
+    /// examples under PREFIX, listing every file in PREFIX/share/meshsim/installed-files.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: String,
+    },
+    /// Removes exactly what `install` installed under PREFIX.
+    Uninstall {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: String,
+    },
+    /// Builds the Debian package (cargo-deb) into target/debian/.
+    Package,
     /// Benchmarks that print figures: the classifier's cost per packet; mesh bring-up and
     /// link changes (host); a 1000-link change against the seed's `tc` way (VM).
     Bench,
@@ -40,17 +55,22 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Test { no_vm } => {
             require_root("the tests load eBPF programs and create network namespaces")?;
-            // The CLI and browser tiers run the binary itself.
+            // The CLI and browser tiers run the binary itself; the package tier installs the
+            // .deb into a clean Debian root.
             cargo::run(&["build", "-p", "meshsim"])?;
-            cargo::run(&[
-                "test",
-                "--workspace",
-                "--exclude",
-                "meshsim-ebpf",
-                "--",
-                "--include-ignored",
-                "--test-threads=1",
-            ])?;
+            let deb = install::package()?;
+            cargo::run_with_env(
+                &[
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "meshsim-ebpf",
+                    "--",
+                    "--include-ignored",
+                    "--test-threads=1",
+                ],
+                &[("MESHSIM_DEB", deb.as_os_str())],
+            )?;
             if !no_vm {
                 vm::test()?;
             }
@@ -65,6 +85,15 @@ fn main() -> Result<()> {
             fidelity::run()
         }
         Command::Images => images::run(),
+        Command::Install { prefix } => {
+            require_root("installing writes under the prefix")?;
+            install::install(&prefix)
+        }
+        Command::Uninstall { prefix } => {
+            require_root("uninstalling removes files under the prefix")?;
+            install::uninstall(&prefix)
+        }
+        Command::Package => install::package().map(drop),
         Command::Lint => {
             cargo::run(&["fmt", "--all", "--check"])?;
             cargo::run(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
@@ -87,6 +116,7 @@ fn main() -> Result<()> {
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "classifier"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "mesh"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "synapse"])?;
+            cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "events"])?;
             // The seed's way needs netem, which only the VM's kernel has.
             vm::bench("mesh", &["vm"])
         }

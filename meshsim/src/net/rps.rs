@@ -84,13 +84,21 @@ fn private_sysfs() -> io::Result<()> {
     // the thread ends right after its work, and with it the mount namespace.
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNS))?;
-        check(libc::mount(
-            null,
-            c"/".as_ptr(),
-            null,
-            libc::MS_SLAVE | libc::MS_REC,
-            null.cast(),
-        ))?;
+        // Nothing mounted here may reach the host's mounts: /sys, under which the sysfs
+        // goes, stops propagating back. "/" only when /sys is no mount point; "/" fails
+        // where it is not one itself (meshsim run in a chroot).
+        let slave = |path: &CStr| {
+            libc::mount(
+                null,
+                path.as_ptr(),
+                null,
+                libc::MS_SLAVE | libc::MS_REC,
+                null.cast(),
+            )
+        };
+        if slave(c"/sys") != 0 {
+            check(slave(c"/"))?;
+        }
         check(libc::mount(
             SYSFS.as_ptr(),
             c"/sys".as_ptr(),
