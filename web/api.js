@@ -60,6 +60,10 @@ export const api = {
   putSettings: (settings) => call("PUT", "/api/settings", settings),
   topology: () => call("GET", "/api/topology"),
   putTopology: (doc) => call("PUT", "/api/topology", doc),
+  client: (id) => call("GET", `/api/nodes/${id}/client`),
+  setClient: (id, link) => call("PUT", `/api/nodes/${id}/client`, link),
+  unsetClient: (id) => call("DELETE", `/api/nodes/${id}/client`),
+  setClientDefault: (link) => call("PUT", "/api/client", link),
   // As the node's test user, into the mesh room.
   sendMessage: (id, body) => call("POST", `/api/nodes/${id}/messages`, { body }),
 };

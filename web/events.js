@@ -28,7 +28,7 @@ export class MatrixEvents extends EventTarget {
   pops = [];
   /** How many times slower than measured the journeys are drawn. */
   slow = 4;
-  /** Whether this run has homeservers at all (a workloads message or an event came). */
+  /** Whether any event came (the run has homeservers). */
   present = false;
 
   /** event id -> node names whose arrival was drawn */
@@ -63,7 +63,6 @@ export class MatrixEvents extends EventTarget {
 
   /** Takes a "workloads" message: every node's homeserver state. */
   onWorkloads(msg) {
-    this.present = true;
     this.workloads = new Map((msg.nodes ?? []).map((n) => [n.id, n]));
     this.emit("workloads");
   }

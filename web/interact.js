@@ -136,11 +136,14 @@ export class Interaction {
     let best = null;
     let bestD = (NODE_R + 4) ** 2;
     for (const id of this.#store.nodes.keys()) {
-      const s = this.#renderer.screenOf(id);
-      const d = (s.x - sx) ** 2 + (s.y - sy) ** 2;
-      if (d <= bestD) {
-        best = id;
-        bestD = d;
+      // A node's client glyph selects the node too (its panel has the client link).
+      for (const s of [this.#renderer.screenOf(id), this.#renderer.clientAt(id)]) {
+        if (!s) continue;
+        const d = (s.x - sx) ** 2 + (s.y - sy) ** 2;
+        if (d <= bestD) {
+          best = id;
+          bestD = d;
+        }
       }
     }
     return best;

@@ -9,6 +9,7 @@
 //   traffic.js  smoothed per-link rates, packet dots, receive pulses
 //   events.js   Matrix events: the recent list, homeserver states, bubbles along routes
 //   matrix-panel.js  the event list, slow motion, a node's homeserver and its send box
+//   client-panel.js  a node's client link (host <-> node), its own or the default
 //   interact.js pointer and keyboard: create, drag (throttled moves), select, pan, zoom
 //   panels.js   sidebar (link, node, settings), banners, save/load, toasts
 //   format.js   units for labels and panels
@@ -16,6 +17,7 @@
 //   dom.js      elements built from text (names never go in as HTML)
 
 import { api } from "./api.js";
+import { ClientPanel } from "./client-panel.js";
 import { MatrixEvents } from "./events.js";
 import { Interaction } from "./interact.js";
 import { MatrixPanel } from "./matrix-panel.js";
@@ -51,7 +53,7 @@ store.addEventListener("state", () => {
   ids = new Map([...store.nodes.values()].map((n) => [n.name, n.id]));
 });
 const idOf = (name) => ids.get(name);
-const latencyOf = (a, b) => store.link(a, b)?.latency_ms ?? 0;
+const latencyOf = (a, b) => store.latency(a, b);
 new MatrixPanel(
   store,
   events,
@@ -62,6 +64,7 @@ new MatrixPanel(
   (e) => panels.toast(e),
 );
 events.addEventListener("workloads", () => renderer.invalidate());
+new ClientPanel(store, (e) => panels.toast(e));
 
 store.addEventListener("state", () => {
   traffic.forgetMissing((id) => store.nodes.has(id));
@@ -101,7 +104,7 @@ renderer.start();
 
 connect(
   store,
-  (frame) => traffic.onFrame(frame, performance.now(), (a, b) => store.link(a, b)?.latency_ms ?? 0),
+  (frame) => traffic.onFrame(frame, performance.now(), (a, b) => store.latency(a, b)),
   (ms) => renderer.noteStateCost(ms),
   (msg) => {
     if (msg.type === "events") events.onEvents(msg, performance.now(), idOf, latencyOf);

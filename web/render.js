@@ -14,9 +14,12 @@
 import { COLOURS, alpha } from "./colours.js";
 import * as fmt from "./format.js";
 import { POP_MS } from "./events.js";
+import { HOST_ID } from "./state.js";
 import { Traffic } from "./traffic.js";
 
 export const NODE_R = 7;
+/** Where a node's client (the host's end of its client link) is drawn, from the node. */
+export const CLIENT_OFFSET = { x: -20, y: 22 };
 /** The seed page's palette (d3's category10), ring colour by node id. */
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const LINK = COLOURS.link;
@@ -221,6 +224,13 @@ export class Renderer {
     return p ? this.#view.toScreen(p.x, p.y) : null;
   }
 
+  /** Screen position of node `id`'s client glyph; null when the run has no client links. */
+  clientAt(id) {
+    if (!this.#store.host) return null;
+    const s = this.screenOf(id);
+    return s ? { x: s.x + CLIENT_OFFSET.x, y: s.y + CLIENT_OFFSET.y } : null;
+  }
+
   /**
    * Everything except a node being dragged and its links: those move every frame and are
    * drawn on the overlay, so a drag only redraws this layer when a state message arrives.
@@ -240,6 +250,7 @@ export class Renderer {
     const room = new Occupancy(this.#view.width, this.#view.height);
     for (const [id, p] of screen) room.markNode(p, store.nodes.get(id)?.name ?? "");
     this.#drawLinks(ctx, links, screen, room, false);
+    this.#drawClients(ctx, screen);
     this.#drawNodes(ctx, screen);
     this.#drawPending(ctx);
   }
@@ -439,6 +450,37 @@ export class Renderer {
     }
   }
 
+  /**
+   * Each node's client: a small screen glyph below-left of it, on a dashed line, where the
+   * host's end of its client link is. Accent-coloured when the node has its own settings.
+   */
+  #drawClients(ctx, screen) {
+    const store = this.#store;
+    if (!store.host) return;
+    const W = this.#view.width;
+    const H = this.#view.height;
+    for (const own of [false, true]) {
+      const colour = own ? SELECTED : COLOURS.muted;
+      ctx.strokeStyle = colour;
+      ctx.fillStyle = COLOURS.node;
+      ctx.lineWidth = 1.5;
+      ctx.setLineDash([2, 2]);
+      const lines = new Path2D();
+      const glyphs = new Path2D();
+      for (const [id, p] of screen) {
+        if (store.hasOwnClient(id) !== own || p.x < -40 || p.y < -40 || p.x > W + 40 || p.y > H + 40) continue;
+        const g = { x: p.x + CLIENT_OFFSET.x, y: p.y + CLIENT_OFFSET.y };
+        lines.moveTo(p.x, p.y);
+        lines.lineTo(g.x, g.y);
+        glyphs.roundRect(g.x - 4, g.y - 6, 8, 12, 2);
+      }
+      ctx.stroke(lines);
+      ctx.setLineDash([]);
+      ctx.fill(glyphs);
+      ctx.stroke(glyphs);
+    }
+  }
+
   /** Nodes clicked into existence whose POST has not answered yet: dashed. */
   #drawPending(ctx) {
     const pending = this.#store.pending;
@@ -516,8 +558,9 @@ export class Renderer {
 
   /** A directed link's lane: from a to b, shifted to the right of travel, trimmed at the nodes. */
   #lane(a, b) {
-    const p = this.screenOf(a);
-    const q = this.screenOf(b);
+    // The host's end of a client link is the node's client glyph.
+    const p = a === HOST_ID ? this.clientAt(b) : this.screenOf(a);
+    const q = b === HOST_ID ? this.clientAt(a) : this.screenOf(b);
     if (!p || !q) return null;
     const dx = q.x - p.x;
     const dy = q.y - p.y;

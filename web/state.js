@@ -6,6 +6,9 @@
 // "selection", "connection".
 
 export const LINK_FIELDS = ["latency_ms", "jitter_ms", "bandwidth_bps", "loss_pct"];
+export const CLIENT_FIELDS = ["latency_ms", "jitter_ms", "loss_pct", "bandwidth_up_bps", "bandwidth_down_bps"];
+/** The host, as an end of client links in traffic frames. */
+export const HOST_ID = 0;
 
 /** How long a node confirmed by POST stays drawn while no state message includes it yet. */
 const CONFIRMED_GRACE_MS = 3000;
@@ -28,6 +31,10 @@ export class Store extends EventTarget {
   /** node id -> its links */
   linksByNode = new Map();
   delaysEnforced = true;
+  /** The host's end of the client links ({id: 0, name, ip, mac}); null without them. */
+  host = null;
+  /** Client links: {default: link, nodes: {id: link}} (link: latency_ms, jitter_ms, loss_pct, bandwidth_up_bps, bandwidth_down_bps). */
+  clients = { default: null, nodes: {} };
   /** The version of the last WebSocket state applied; null before the first. */
   version = null;
   connected = false;
@@ -60,6 +67,8 @@ export class Store extends EventTarget {
     // A restarted meshsim may have no workload to turn off.
     if (this.run?.workload === "none") this.newNodeWorkload = null;
     this.delaysEnforced = body.delays_enforced !== false;
+    this.host = body.host ?? null;
+    this.clients = body.clients ?? { default: null, nodes: {} };
 
     const nodes = new Map();
     for (const n of body.nodes ?? []) nodes.set(n.id, n);
@@ -110,6 +119,22 @@ export class Store extends EventTarget {
 
   link(a, b) {
     return this.linkByKey.get(linkKey(a, b));
+  }
+
+  /** Node `id`'s client link: its own, or the default. */
+  clientLink(id) {
+    return this.clients.nodes?.[id] ?? this.clients.default;
+  }
+
+  hasOwnClient(id) {
+    return this.clients.nodes?.[id] !== undefined;
+  }
+
+  /** The latency of directed link a -> b, client links (the host is id HOST_ID) included. */
+  latency(a, b) {
+    if (a === HOST_ID) return this.clientLink(b)?.latency_ms ?? 0;
+    if (b === HOST_ID) return this.clientLink(a)?.latency_ms ?? 0;
+    return this.link(a, b)?.latency_ms ?? 0;
   }
 
   name(id) {

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use meshsim::{
     model::NodeId,
     workload::{
-        SynapseOptions, WorkloadKind,
+        SynapseOptions,
         matrix::{EventRecord, now_ms},
     },
 };
@@ -43,19 +43,14 @@ const IDLE: Duration = Duration::from_secs(10);
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = SynapseOptions::default();
-    let install = options.clone();
-    tokio::task::spawn_blocking(move || install.prepare(&mut |l: &str| println!("{l}")))
-        .await?
-        .context("installing Synapse")?;
     let topology = mesh6();
-    let mut mesh = MeshLab::start(MeshConfig {
-        workload: WorkloadKind::Synapse(options.clone()),
-        settings: topology.settings.clone(),
-        fq_if_available: true,
-        log_dir: std::env::temp_dir().join("meshsim-events-bench-logs"),
-        ..MeshConfig::default()
-    })
+    let config = MeshConfig::synapse(
+        &options,
+        topology.settings.clone(),
+        "meshsim-events-bench-logs",
+    )
     .await;
+    let mut mesh = MeshLab::start(config).await;
     println!(
         "events bench: 6 Synapse {} nodes (examples/mesh6.toml), {MESSAGES} messages from n1, one every {} ms; delays {}",
         options.version,

@@ -329,6 +329,7 @@ fn random_topology(n: usize, seed: u64) -> Topology {
         settings,
         nodes,
         pins: Vec::new(),
+        ..Topology::default()
     }
 }
 

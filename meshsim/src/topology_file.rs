@@ -789,6 +789,27 @@ y = 40
     }
 
     #[test]
+    fn client_links_are_read_and_bad_ones_located() {
+        let text = format!(
+            "{TWO_NODES}\n[client]\nlatency_ms = 100\n\n[[clients]]\nnode = \"n2\"\nbandwidth_down_bps = 64000\nbandwidth_up_bps = 32000\n"
+        );
+        let topology = parse(Path::new(BAD), &text).unwrap();
+        let links = topology.client_links();
+        assert_eq!(links.default.latency_ms, 100.0);
+        let n2 = links.nodes[&NodeId(2)];
+        assert_eq!(
+            (n2.bandwidth_up_bps, n2.bandwidth_down_bps),
+            (32_000, 64_000)
+        );
+        assert_eq!(links.of(NodeId(1)).latency_ms, 100.0);
+
+        let text = format!("{TWO_NODES}\n[client]\nloss_pct = 120\n");
+        assert_refused(&text, 15, 12, "client.loss_pct", "got 120");
+        let text = format!("{TWO_NODES}\n[[clients]]\nnode = \"n9\"\n");
+        assert_refused(&text, 15, 8, "clients[0].node", "unknown node n9");
+    }
+
+    #[test]
     fn inline_tables_are_located_too() {
         let text = "nodes = [{ name = \"n1\", x = 1, y = 2 }, { name = \"n2\", x = 1 }]\n";
         assert_refused(text, 1, 41, "nodes[1]", "missing field `y`");

@@ -23,7 +23,9 @@ use meshsim::{
         netns::NetnsBackend,
     },
     sim::{Sim, SimHandle},
-    workload::{NodeState, RunWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix},
+    workload::{
+        NodeState, RunWorkload, SynapseOptions, WorkloadKind, WorkloadStatus, matrix::Matrix,
+    },
 };
 use tokio::sync::watch;
 
@@ -73,6 +75,29 @@ pub async fn run_lock() -> RunLock {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => panic!("the run lock (is a meshsim running?): {e}"),
+        }
+    }
+}
+
+/// Installs Synapse into meshsim's cache unless it is there (~30 s the first time).
+pub async fn install_synapse(options: &SynapseOptions) {
+    let install = options.clone();
+    tokio::task::spawn_blocking(move || install.prepare(&mut |l| eprintln!("{l}")).unwrap())
+        .await
+        .unwrap();
+}
+
+impl MeshConfig {
+    /// Synapse nodes (installed first), with fq where the kernel has it, their logs in the
+    /// temporary directory's `logs`.
+    pub async fn synapse(options: &SynapseOptions, settings: Settings, logs: &str) -> Self {
+        install_synapse(options).await;
+        MeshConfig {
+            workload: WorkloadKind::Synapse(options.clone()),
+            settings,
+            fq_if_available: true,
+            log_dir: std::env::temp_dir().join(logs),
+            ..MeshConfig::default()
         }
     }
 }

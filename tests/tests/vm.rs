@@ -60,46 +60,13 @@ async fn fifty_ms_each_way_gives_a_100ms_round_trip() {
 /// the receiver after the first `warmup` seconds.
 fn tcp_goodput(lab: &Lab, secs: u64, warmup: u64) -> f64 {
     let addr = SocketAddrV4::new(lab.nodes[1].ip, 5201);
-    let listener = lab.nodes[1]
-        .ns
-        .run(move || TcpListener::bind(addr).unwrap())
-        .unwrap();
-    std::thread::scope(|s| {
-        let receiver = s.spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut buf = vec![0u8; 1 << 16];
-            let start = Instant::now();
-            let mut counted = 0u64;
-            let mut counting_since = None;
-            loop {
-                let n = conn.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                if start.elapsed() >= Duration::from_secs(warmup) {
-                    counting_since.get_or_insert_with(Instant::now);
-                    counted += n as u64;
-                }
-            }
-            counted as f64 * 8.0
-                / counting_since
-                    .expect("no data after the warm-up")
-                    .elapsed()
-                    .as_secs_f64()
-        });
-        lab.nodes[0]
-            .ns
-            .run(|| {
-                let mut conn = TcpStream::connect(addr).unwrap();
-                let chunk = vec![0x55u8; 1 << 16];
-                let end = Instant::now() + Duration::from_secs(secs);
-                while Instant::now() < end {
-                    conn.write_all(&chunk).unwrap();
-                }
-            })
-            .unwrap();
-        receiver.join().unwrap()
-    })
+    goodput_between(
+        Some(&lab.nodes[0].ns),
+        Some(&lab.nodes[1].ns),
+        addr,
+        secs,
+        warmup,
+    )
 }
 
 #[tokio::test]
@@ -372,6 +339,152 @@ async fn a_shaped_link_keeps_every_flow_in_order() {
              alongside: {ref_late} reordered, {ref_lost} lost"
         );
         assert_eq!((late, lost), (0, 0), "{case}");
+    }
+    mesh.stop().await;
+}
+
+/// TCP from `from` to `to` (a namespace, or the host's own with `None`) for `secs`; the
+/// goodput in bit/s the receiver measured after the first `warmup` seconds.
+fn goodput_between(
+    from: Option<&meshsim::net::NetNs>,
+    to: Option<&meshsim::net::NetNs>,
+    addr: SocketAddrV4,
+    secs: u64,
+    warmup: u64,
+) -> f64 {
+    let in_ns = |ns: Option<&meshsim::net::NetNs>, f: &mut (dyn FnMut() + Send)| match ns {
+        Some(ns) => ns.run(f).unwrap(),
+        None => f(),
+    };
+    let mut listener = None;
+    in_ns(to, &mut || {
+        listener = Some(TcpListener::bind(addr).unwrap())
+    });
+    let listener = listener.unwrap();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let start = Instant::now();
+            let mut counted = 0u64;
+            let mut since = None;
+            loop {
+                let n = conn.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                if start.elapsed() >= Duration::from_secs(warmup) {
+                    // The first read after the warm-up may bring what waited in the socket
+                    // while this thread was not running: the window starts after it.
+                    match since {
+                        None => since = Some(Instant::now()),
+                        Some(_) => counted += n as u64,
+                    }
+                }
+            }
+            counted as f64 * 8.0
+                / since
+                    .expect("data after the warm-up")
+                    .elapsed()
+                    .as_secs_f64()
+        });
+        in_ns(from, &mut || {
+            let mut conn = TcpStream::connect(addr).unwrap();
+            let chunk = vec![0x55u8; 1 << 16];
+            let end = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < end {
+                conn.write_all(&chunk).unwrap();
+            }
+        });
+        receiver.join().unwrap()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs sch_fq: runs in the VM (cargo xtask vm-test)"]
+async fn a_client_link_is_shaped_each_way_on_its_own() {
+    let mesh = MeshLab::start(MeshConfig {
+        fq_if_available: true,
+        ..MeshConfig::default()
+    })
+    .await;
+    assert!(mesh.fq, "the VM's kernel has sch_fq");
+    let n1 = mesh.sim.add_node(0.0, 0.0).await.unwrap().id;
+    let ip: std::net::Ipv4Addr = mesh.ip(n1).parse().unwrap();
+    let unshaped = std::process::Command::new("ping")
+        .args(["-n", "-c", "3", "-i", "0.2", &ip.to_string()])
+        .output()
+        .unwrap();
+    let c = mesh.sim.counters().await.unwrap();
+    println!(
+        "unshaped client link: {}; host -> n1 {:?}, n1 -> host {:?}",
+        String::from_utf8_lossy(&unshaped.stdout)
+            .lines()
+            .last()
+            .unwrap_or(""),
+        c.links.get(&(meshsim::model::HOST, n1)),
+        c.links.get(&(n1, meshsim::model::HOST)),
+    );
+    // A phone on a poor link: 300 ms each way, 32 kbit/s up, 64 kbit/s down.
+    let link = meshsim::model::ClientLink {
+        latency_ms: 300.0,
+        bandwidth_up_bps: 32_000,
+        bandwidth_down_bps: 64_000,
+        ..Default::default()
+    };
+    mesh.sim.set_client(n1, Some(link)).await.unwrap();
+
+    let out = std::process::Command::new("ping")
+        .args(["-n", "-c", "10", "-i", "0.3", &ip.to_string()])
+        .output()
+        .unwrap();
+    let c = mesh.sim.counters().await.unwrap();
+    println!(
+        "shaped: host -> n1 {:?}, n1 -> host {:?}",
+        c.links.get(&(meshsim::model::HOST, n1)),
+        c.links.get(&(n1, meshsim::model::HOST)),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let rtts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    let rtt = median(&rtts);
+    // 300 ms each way, plus each 98-byte echo frame's time on the wire at each rate.
+    let expected = 600.0 + 98.0 * 8.0 / 32_000.0 * 1e3 + 98.0 * 8.0 / 64_000.0 * 1e3;
+    println!(
+        "figure: client link rtt median {rtt:.1} ms (expected {expected:.1}: 300 ms each way \
+         and the frames' serialisation at 32 and 64 kbit/s)"
+    );
+    assert!((rtt - expected).abs() <= 5.0, "median RTT {rtt} ms");
+
+    let up = goodput_between(None, Some(&mesh.ns(n1)), SocketAddrV4::new(ip, 5301), 12, 4);
+    let host = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 77, 0, 1), 5302);
+    let down = goodput_between(Some(&mesh.ns(n1)), None, host, 12, 4);
+    println!(
+        "figure: client link tcp goodput up {:.1} kbit/s (32 configured), down {:.1} kbit/s (64)",
+        up / 1e3,
+        down / 1e3
+    );
+    let counters = mesh.sim.counters().await.unwrap();
+    let (to_n1, to_host) = (
+        counters.links[&(meshsim::model::HOST, n1)],
+        counters.links[&(n1, meshsim::model::HOST)],
+    );
+    println!(
+        "client link counters: host -> n1 {} packets {} bytes, n1 -> host {} packets {} bytes",
+        to_n1.packets, to_n1.bytes, to_host.packets, to_host.bytes
+    );
+    assert!(to_n1.bytes > 40_000 && to_host.bytes > 80_000);
+    // Goodput should be a little under the rate (headers: 1448 of 1514 bytes a frame, 0.956).
+    // Measured (2026-12-03): 0.96 of 32 kbit/s, but 1.03 of 64 kbit/s in either direction
+    // (swapping up and down moves it with the rate): a deviation of the shaper at low rates
+    // under a deep TCP backlog, not of the client link, noted on the issue. Within 7 %.
+    for (got, rate) in [(up, 32_000.0), (down, 64_000.0)] {
+        assert!(
+            (0.90..=1.07).contains(&(got / rate)),
+            "{got} bit/s on a {rate} bit/s link"
+        );
     }
     mesh.stop().await;
 }

@@ -26,7 +26,10 @@ enum Command {
         no_vm: bool,
     },
     /// Only the VM tier: tests that need sch_fq, in Debian's kernel under qemu.
-    VmTest,
+    VmTest {
+        /// Only the tests whose name contains this.
+        filter: Option<String>,
+    },
     /// Lints: rustfmt and clippy (-D warnings) for the workspace and, apart, the classifier.
     Lint,
     /// The docker backend's images (meshsim/base, meshsim/synapse), from a locally debootstrapped Debian; images that exist are kept.
@@ -72,13 +75,13 @@ fn main() -> Result<()> {
                 &[("MESHSIM_DEB", deb.as_os_str())],
             )?;
             if !no_vm {
-                vm::test()?;
+                vm::test(None)?;
             }
             Ok(())
         }
-        Command::VmTest => {
+        Command::VmTest { filter } => {
             require_root("the VM tests load eBPF programs")?;
-            vm::test()
+            vm::test(filter.as_deref())
         }
         Command::Fidelity => {
             require_root("the report loads eBPF programs")?;
@@ -117,6 +120,7 @@ fn main() -> Result<()> {
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "mesh"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "synapse"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "events"])?;
+            cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "client"])?;
             // The seed's way needs netem, which only the VM's kernel has.
             vm::bench("mesh", &["vm"])
         }

@@ -25,8 +25,9 @@ const MODULES: &[&str] = &["sch_fq", "sch_netem"];
 // The fidelity report takes ~14 minutes under emulation.
 const BOOT_AND_RUN_TIMEOUT: Duration = Duration::from_secs(1200);
 
-/// Builds the VM tests and runs them in the VM.
-pub fn test() -> Result<()> {
+/// Builds the VM tests and runs them in the VM (those whose name contains `filter`, if
+/// given).
+pub fn test(filter: Option<&str>) -> Result<()> {
     let exes = cargo::test_executables(&[
         "test",
         "-p",
@@ -40,7 +41,14 @@ pub fn test() -> Result<()> {
         bail!("expected one VM test binary, cargo built {exes:?}")
     };
     let exe = exe.display().to_string();
-    run(&[&exe, "--include-ignored", "--test-threads=1", "--nocapture"])
+    let mut args = vec![
+        exe.as_str(),
+        "--include-ignored",
+        "--test-threads=1",
+        "--nocapture",
+    ];
+    args.extend(filter);
+    run(&args)
 }
 
 /// Builds the bench `name` (meshsim-bench) and runs it in the VM with `args`.

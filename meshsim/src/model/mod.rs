@@ -25,6 +25,7 @@
 //! next hop is the lowest-id neighbour that begins a best path. Following next hops never
 //! loops. A pair with no route is unreachable.
 
+mod client;
 mod diff;
 mod error;
 mod link;
@@ -40,6 +41,7 @@ mod topology;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use client::{ClientLink, ClientLinks, HOST};
 pub use diff::Diff;
 pub use error::{MAX_BANDWIDTH_BPS, MAX_LATENCY_SCALE_PCT, MAX_MS, ModelError};
 pub use link::{Link, LinkField, LinkParams, LinkPins, Pair};
@@ -48,7 +50,7 @@ use routing::RouteTable;
 pub use routing::{BANDWIDTH_COST_SCALE, Route, link_cost};
 use serde::{Deserialize, Serialize};
 pub use settings::{BandwidthMode, CostMetric, Settings};
-pub use topology::{NodeDoc, PinDoc, Topology};
+pub use topology::{ClientDoc, NodeDoc, PinDoc, Topology};
 
 /// The whole mesh as the API's `GET /api/state` shows it (the server adds addresses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +262,7 @@ impl Model {
                 .iter()
                 .map(|(pair, pins)| PinDoc::new(*pair, pins))
                 .collect(),
+            ..Topology::default()
         }
     }
 

@@ -22,6 +22,7 @@ fn model_with(settings: Settings, points: &[(f64, f64)]) -> Model {
             })
             .collect(),
         pins: Vec::new(),
+        ..Topology::default()
     };
     Model::from_topology(&topology).unwrap()
 }

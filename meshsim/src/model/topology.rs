@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LinkPins, ModelError, Node, NodeId, Pair, Settings};
+use super::{ClientLink, ClientLinks, LinkPins, ModelError, Node, NodeId, Pair, Settings};
 
 /// A whole mesh: settings, nodes with positions, and pinned link parameters.
 ///
@@ -36,6 +36,53 @@ pub struct Topology {
     /// Pins of pairs that are not linked are kept: they apply once the pair links again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pins: Vec<PinDoc>,
+    /// Every node's client link unless it has its own (`[client]`); unshaped when left out.
+    #[serde(default, skip_serializing_if = "ClientLink::is_unshaped")]
+    pub client: ClientLink,
+    /// Nodes with a client link of their own (`[[clients]]`, like `[[pins]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ClientDoc>,
+}
+
+/// The client link of the node named `node`: `{node, latency_ms, jitter_ms, loss_pct,
+/// bandwidth_up_bps, bandwidth_down_bps}`, each left out = 0 (unshaped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientDoc {
+    pub node: String,
+    #[serde(default)]
+    pub latency_ms: f64,
+    #[serde(default)]
+    pub jitter_ms: f64,
+    #[serde(default)]
+    pub loss_pct: f64,
+    #[serde(default)]
+    pub bandwidth_up_bps: u64,
+    #[serde(default)]
+    pub bandwidth_down_bps: u64,
+}
+
+impl ClientDoc {
+    pub fn new(node: NodeId, link: &ClientLink) -> Self {
+        ClientDoc {
+            node: node.name(),
+            latency_ms: link.latency_ms,
+            jitter_ms: link.jitter_ms,
+            loss_pct: link.loss_pct,
+            bandwidth_up_bps: link.bandwidth_up_bps,
+            bandwidth_down_bps: link.bandwidth_down_bps,
+        }
+    }
+
+    pub fn link(&self) -> ClientLink {
+        ClientLink {
+            latency_ms: self.latency_ms,
+            jitter_ms: self.jitter_ms,
+            loss_pct: self.loss_pct,
+            bandwidth_up_bps: self.bandwidth_up_bps,
+            bandwidth_down_bps: self.bandwidth_down_bps,
+        }
+    }
 }
 
 /// A node in a document. Give its `id`, its `name` (`n<id>`) or both; saving writes both.
@@ -96,6 +143,18 @@ pub(crate) struct Checked {
 }
 
 impl Topology {
+    /// The client links the document sets (for a document that passed [`Self::validate`]).
+    pub fn client_links(&self) -> ClientLinks {
+        ClientLinks {
+            default: self.client,
+            nodes: self
+                .clients
+                .iter()
+                .filter_map(|c| Some((c.node.parse().ok()?, c.link())))
+                .collect(),
+        }
+    }
+
     /// Checks the document without loading it; the error names the first bad field, as a
     /// path such as `nodes[3].x` or `pins[0].b`.
     pub fn validate(&self) -> Result<(), ModelError> {
@@ -157,6 +216,27 @@ impl Topology {
                 ));
             }
             pins.insert(pair, link_pins);
+        }
+
+        self.client.validate().map_err(|e| e.within("client"))?;
+        let mut clients = BTreeMap::new();
+        for (i, doc) in self.clients.iter().enumerate() {
+            let at = format!("clients[{i}]");
+            let field = format!("{at}.node");
+            let id: NodeId = doc
+                .node
+                .parse()
+                .map_err(|e: super::NodeNameError| ModelError::invalid(&field, e.to_string()))?;
+            if !nodes.contains_key(&id) {
+                return Err(ModelError::invalid(field, format!("unknown node {id}")));
+            }
+            doc.link().validate().map_err(|e| e.within(&at))?;
+            if clients.insert(id, doc.link()).is_some() {
+                return Err(ModelError::invalid(
+                    field,
+                    format!("{id} has a client link already"),
+                ));
+            }
         }
 
         Ok(Checked {
@@ -222,6 +302,7 @@ mod tests {
             settings: Settings::default(),
             nodes: vec![node(1, 0.0, 0.0), node(2, 100.0, 0.0), node(5, 200.0, 0.0)],
             pins: vec![pin("n1", "n2")],
+            ..Topology::default()
         }
     }
 

@@ -110,14 +110,32 @@ impl Netlink {
     }
 
     /// Creates a veth pair with both ends in this connection's namespace (a trunk between two
-    /// bridges) and returns their indices. Both start down.
-    pub async fn create_veth_pair(&self, a: &str, b: &str) -> Result<(u32, u32), NetlinkError> {
+    /// bridges, the host's client-link end) and returns their indices. Both start down.
+    ///
+    /// `a_mac` is given in the request that makes the device, not set afterwards: a device
+    /// made with a random address is given one of udev's (MACAddressPolicy=persistent)
+    /// once it appears, which would race with a later change.
+    pub async fn create_veth_pair(
+        &self,
+        a: &str,
+        b: &str,
+        a_mac: Option<[u8; 6]>,
+    ) -> Result<(u32, u32), NetlinkError> {
         check_ifname(a)?;
         check_ifname(b)?;
         let op = self.op(format_args!("create veth {a:?} (peer {b:?})"));
+        let peer = LinkMessageBuilder::<LinkUnspec>::new().name(b).build();
+        let mut veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth).name(a);
+        if let Some(mac) = a_mac {
+            check_mac(mac)?;
+            veth = veth.address(mac.to_vec());
+        }
+        let veth = veth
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
         self.handle
             .link()
-            .add(LinkVeth::new(a, b).build())
+            .add(veth)
             .execute()
             .await
             .map_err(|e| NetlinkError::from_rtnetlink(op.clone(), e))?;

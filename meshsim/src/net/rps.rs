@@ -38,6 +38,30 @@ pub fn steer_by_flow(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
     write_rps_cpus(ns, ifname, &cpu_mask(online_cpus()))
 }
 
+/// [`steer_by_flow`] for an interface of the host's own namespace (the host's end of its
+/// client links), whose sysfs is the host's `/sys`.
+pub fn steer_host_by_flow(ifname: &str) -> Result<(), RpsError> {
+    check_ifname(ifname)?;
+    let mask = cpu_mask(online_cpus());
+    let queues = std::path::Path::new("/sys/class/net")
+        .join(ifname)
+        .join("queues");
+    let fail = |what, source| RpsError::Io {
+        what,
+        ifname: ifname.to_owned(),
+        ns: "the host".to_owned(),
+        source,
+    };
+    for queue in std::fs::read_dir(&queues).map_err(|e| fail("list the receive queues", e))? {
+        let queue = queue.map_err(|e| fail("list the receive queues", e))?;
+        if queue.file_name().to_string_lossy().starts_with("rx-") {
+            std::fs::write(queue.path().join("rps_cpus"), &mask)
+                .map_err(|e| fail("write rps_cpus", e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Turns steering off again: packets are processed on the CPU that received them (the
 /// kernel's default; benchmarks compare against it).
 pub fn steer_off(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {

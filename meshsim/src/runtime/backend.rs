@@ -35,6 +35,12 @@ pub trait Backend: Send {
     fn remove(&mut self, id: NodeId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Takes every node away at once (the end of a run), as fast as the backend can.
     fn remove_all(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The bridge port the host's end of its client links hangs on, where node -> host
+    /// frames are shaped; `None` where the host talks through the bridge itself (no client
+    /// links: Docker for now).
+    fn host_port(&self) -> Option<u32> {
+        None
+    }
     /// After the last node: the bridge or network the backend made at its start.
     fn finish(&mut self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }

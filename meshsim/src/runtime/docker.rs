@@ -51,6 +51,7 @@ use futures_util::StreamExt as _;
 use super::{
     RuntimeError,
     backend::{Backend, BackendNode},
+    host_link::HostLink,
     names::PREFIX,
     node::NodeNet,
     process::HostPid,
@@ -145,6 +146,8 @@ async fn image_exists(docker: &Docker, image: &str) -> Result<bool, DockerError>
 
 pub struct DockerBackend {
     docker: Docker,
+    /// The host's end of its client links, on the network's bridge.
+    host: HostLink,
     addressing: Addressing,
     image: String,
     run_id: String,
@@ -180,8 +183,8 @@ impl DockerBackend {
         let root = Netlink::connect()?;
         let run_id = format!("{}-{}", std::process::id(), crate::random::random_hex(4));
         create_network(&docker, &addressing, &run_id).await?;
-        // The host's MAC on the mesh is fixed (a bridge otherwise takes its lowest port's):
-        // nodes pin it as their neighbour entry for the host.
+        // The host joins the mesh through a port of the network's bridge, as with netns (the
+        // network is made without an address on its bridge: inhibit_ipv4).
         let bridge = root
             .link_by_name(BRIDGE)
             .await
@@ -191,20 +194,21 @@ impl DockerBackend {
                 container: NETWORK.to_owned(),
                 what: format!("its bridge {BRIDGE} was not found"),
             });
-        let pinned = match bridge {
-            Ok(bridge) => root
-                .set_mac(bridge.index, Addressing::host_mac())
-                .await
-                .map_err(RuntimeError::from),
+        let joined = match bridge {
+            Ok(bridge) => HostLink::join(&root, bridge.index, &addressing).await,
             Err(e) => Err(e.into()),
         };
-        if let Err(e) = pinned {
-            let _ = docker.remove_network(NETWORK).await;
-            return Err(e);
-        }
+        let host = match joined {
+            Ok(host) => host,
+            Err(e) => {
+                let _ = docker.remove_network(NETWORK).await;
+                return Err(e);
+            }
+        };
         tracing::info!(%image, run = %run_id, "docker backend: containers on network {NETWORK}");
         Ok(DockerBackend {
             docker,
+            host,
             addressing,
             image,
             run_id,
@@ -307,6 +311,7 @@ impl DockerBackend {
         net.nl.flush_addresses_v4(net.eth0).await?;
         net.nl.set_mac(net.eth0, Addressing::mac(id)).await?;
         net.configure(ip, &self.addressing).await?;
+        self.host.pin_node(&self.root, id, ip).await?;
         let host = DockerHost {
             docker: self.docker.clone(),
             container: container.to_owned(),
@@ -403,7 +408,12 @@ impl Backend for DockerBackend {
         Ok(())
     }
 
+    fn host_port(&self) -> Option<u32> {
+        Some(self.host.port)
+    }
+
     async fn finish(&mut self) -> Result<(), RuntimeError> {
+        HostLink::remove(&self.root).await?;
         match self.docker.remove_network(NETWORK).await {
             Ok(())
             | Err(BollardError::DockerResponseServerError {
@@ -569,6 +579,12 @@ async fn create_network(
             (
                 "com.docker.network.bridge.name".to_owned(),
                 BRIDGE.to_owned(),
+            ),
+            // The host's address goes on its own veth on the bridge (see HostLink), so
+            // node -> host frames are shaped at a port like any node's.
+            (
+                "com.docker.network.bridge.inhibit_ipv4".to_owned(),
+                "true".to_owned(),
             ),
             // Nodes talk to each other and to the host, never out through NAT.
             (

@@ -7,6 +7,7 @@
 mod backend;
 pub mod cleanup;
 pub mod docker;
+mod host_link;
 pub mod lock;
 pub mod names;
 pub mod netns;
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 
 use self::{docker::DockerBackend, netns::NetnsBackend, node::NodeNet};
 use crate::{
-    model::NodeId,
+    model::{HOST, NodeId},
     net::{NetNs, NetNsError, NetlinkError, SysctlError, rps::RpsError},
     run_config::{Addressing, AddressingError, BackendKind, RunConfig},
     sim::{HostError, NodeFacts, NodeRuntime, Refusal, RouteChange, RunInfo},
@@ -135,6 +136,17 @@ impl<B: Backend> NodeRuntime for Runtime<B> {
             backend: self.backend.name(),
             workload: self.workload.name(),
         }
+    }
+
+    fn host(&self) -> Option<NodeFacts> {
+        Some(NodeFacts {
+            id: HOST,
+            name: "host".to_owned(),
+            ip: self.addressing.host(),
+            mac: Addressing::host_mac(),
+            port: self.backend.host_port()?,
+            workload: NodeWorkload::None,
+        })
     }
 
     /// The node's address must fit the subnet, and the backend must have room.
@@ -256,6 +268,13 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Netns(b) => b.room_for(nodes),
             AnyBackend::Docker(b) => b.room_for(nodes),
+        }
+    }
+
+    fn host_port(&self) -> Option<u32> {
+        match self {
+            AnyBackend::Netns(b) => b.host_port(),
+            AnyBackend::Docker(b) => b.host_port(),
         }
     }
 

@@ -4,3 +4,7 @@
 pub const PREFIX: &str = "ms-";
 /// The netns backend's bridge.
 pub const BRIDGE: &str = "ms-br0";
+/// The host's end of its client links (it holds the host's mesh address and MAC) and its
+/// peer, a port of the first bridge where the classifier shapes node -> host frames.
+pub const HOST_LINK: &str = "ms-host";
+pub const HOST_PORT: &str = "ms-hostp";

@@ -23,6 +23,7 @@ use std::{
 use super::{
     RuntimeError,
     backend::{Backend, BackendNode},
+    host_link::HostLink,
     names::{BRIDGE, PREFIX},
     node::NodeNet,
     process::{ChildProcess, kill_processes_in, kill_processes_in_any, with_private_files},
@@ -51,6 +52,8 @@ struct Bridge {
 }
 
 pub struct NetnsBackend {
+    /// The host's end of its client links.
+    host: HostLink,
     addressing: Addressing,
     root: Netlink,
     bridges: Vec<Bridge>,
@@ -77,17 +80,19 @@ impl NetnsBackend {
             return Err(RuntimeError::Leftover(format!("the bridge {BRIDGE}")));
         }
         let bridge = root.create_bridge(BRIDGE).await?;
-        // A fixed MAC (a bridge otherwise takes its lowest port's): nodes pin it.
-        let made = async {
-            root.set_mac(bridge, Addressing::host_mac()).await?;
-            root.add_address(bridge, addressing.host(), addressing.prefix_len())
-                .await
+        // The host joins the mesh like a node: its address and MAC are on a veth whose peer
+        // is a bridge port, so node -> host frames leave the bridge through a port where
+        // the classifier and fq sit (its client links). The bridge gets a fixed MAC of its
+        // own (it would otherwise take its lowest port's).
+        let host = match HostLink::join(&root, bridge, &addressing).await {
+            Ok(host) => host,
+            Err(e) => {
+                let _ = root.delete_link(bridge).await;
+                return Err(e);
+            }
         };
-        if let Err(e) = made.await {
-            let _ = root.delete_link(bridge).await;
-            return Err(e.into());
-        }
         Ok(NetnsBackend {
+            host,
             addressing,
             root,
             bridges: vec![Bridge {
@@ -116,7 +121,7 @@ impl NetnsBackend {
         let trunk = async {
             let (a, b) = self
                 .root
-                .create_veth_pair(&format!("{PREFIX}tk{n}a"), &format!("{PREFIX}tk{n}b"))
+                .create_veth_pair(&format!("{PREFIX}tk{n}a"), &format!("{PREFIX}tk{n}b"), None)
                 .await?;
             self.root.set_master(a, self.bridges[0].index).await?;
             self.root.set_master(b, index).await?;
@@ -166,6 +171,7 @@ impl NetnsBackend {
         self.root.set_up(port).await?;
         let net = NodeNet::open(ns.clone()).await?;
         net.configure(ip, &self.addressing).await?;
+        self.host.pin_node(&self.root, id, ip).await?;
         Ok((port, net))
     }
 
@@ -276,7 +282,12 @@ impl Backend for NetnsBackend {
     }
 
     /// The bridges, trunks first (deleting one end of a veth takes the other).
+    fn host_port(&self) -> Option<u32> {
+        Some(self.host.port)
+    }
+
     async fn finish(&mut self) -> Result<(), RuntimeError> {
+        HostLink::remove(&self.root).await?;
         for bridge in self.bridges.iter().rev() {
             if let Some(trunk) = bridge.trunk {
                 self.root.delete_link(trunk).await?;

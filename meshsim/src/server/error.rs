@@ -73,6 +73,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The node the path names (`/api/nodes/{id}/...`) does not exist.
+    pub fn no_node_in_path(id: NodeId) -> Self {
+        Self::UnknownNode {
+            id: id.name(),
+            field: Some("id".into()),
+            known: None,
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
             field: Some(field.into()),

@@ -209,11 +209,10 @@ async fn send(
     }
     let node = {
         let state = app.sim.state().borrow().clone();
-        let facts = state.nodes.get(&id).ok_or_else(|| ApiError::UnknownNode {
-            id: id.name(),
-            field: Some("id".into()),
-            known: None,
-        })?;
+        let facts = state
+            .nodes
+            .get(&id)
+            .ok_or_else(|| ApiError::no_node_in_path(id))?;
         if facts.workload == NodeWorkload::None || app.matrix.is_none() {
             return Err(ApiError::Conflict(format!(
                 "{} runs no homeserver",

@@ -228,6 +228,7 @@ impl Collector for MeshCollector {
             state
                 .nodes
                 .get(&id)
+                .or(state.host.as_ref().filter(|h| h.id == id))
                 .map_or_else(|| id.name(), |f| f.name.clone())
         };
         let rows: Vec<Row> = state
@@ -337,6 +338,16 @@ impl Collector for MeshCollector {
                 let (a, b) = (name(l.pair.a()), name(l.pair.b()));
                 [(a.clone(), b.clone(), l.params), (b, a, l.params)]
             })
+            // Client links: host -> node (up) and node -> host (down).
+            .chain(state.host.iter().flat_map(|host| {
+                state.nodes.keys().flat_map(|&id| {
+                    let (up, down) = state.clients.of(id).directions();
+                    [
+                        (host.name.clone(), name(id), up),
+                        (name(id), host.name.clone(), down),
+                    ]
+                })
+            }))
             .collect();
         let gauges: [(&str, &str, ParamValue); 4] = [
             (

@@ -7,6 +7,7 @@
 //! guards every request before any handler runs.
 
 mod assets;
+mod client;
 mod error;
 mod events;
 mod extract;
@@ -222,11 +223,13 @@ fn router(app: AppState, security: Arc<Security>) -> Router {
         .merge(settings::router())
         .merge(topology::router())
         .merge(events::router())
+        .merge(client::router())
         .fallback(|uri: axum::extract::OriginalUri| async move {
             ApiError::NoRoute(format!(
                 "{}: the API's resources are /api/state, /api/nodes, /api/nodes/{{id}}, \
                  /api/links/{{a}}/{{b}}, /api/settings, /api/topology, /api/events, \
-                 /api/nodes/{{id}}/messages and /api/rooms/mesh (docs/api.md)",
+                 /api/nodes/{{id}}/messages, /api/rooms/mesh, /api/client and \
+                 /api/nodes/{{id}}/client (docs/api.md)",
                 uri.path()
             ))
         });

@@ -152,9 +152,5 @@ fn found(app: &AppState, id: NodeId) -> Result<NodeBody, ApiError> {
 }
 
 fn unknown(id: NodeId) -> ApiError {
-    ApiError::UnknownNode {
-        id: id.name(),
-        field: Some("id".into()),
-        known: None,
-    }
+    ApiError::no_node_in_path(id)
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::{
-    model::{Link, Node, NodeId, Settings},
+    model::{ClientLinks, Link, Node, NodeId, Settings},
     sim::MeshState,
     workload::{NodeState, NodeStatus, node_workload_name},
 };
@@ -33,6 +33,20 @@ pub struct StateBody {
     /// False when the kernel has no sch_fq: links are counted but not delayed, and the canvas
     /// must say so.
     pub delays_enforced: bool,
+    /// The host's end of the client links (`{id: 0, name: "host", ip, mac}`); null when the
+    /// backend has no client links.
+    pub host: Option<HostBody>,
+    /// Client links: the default and the nodes with their own (`{default, nodes: {id: link}}`).
+    pub clients: ClientLinks,
+}
+
+/// The host as an end of client links.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostBody {
+    pub id: NodeId,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
 }
 
 impl StateBody {
@@ -51,6 +65,13 @@ impl StateBody {
                 .collect(),
             links: state.snapshot.links.clone(),
             delays_enforced: state.delays_enforced,
+            host: state.host.as_ref().map(|h| HostBody {
+                id: h.id,
+                name: h.name.clone(),
+                ip: h.ip,
+                mac: format_mac(&h.mac),
+            }),
+            clients: state.clients.clone(),
         }
     }
 }

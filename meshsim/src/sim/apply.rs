@@ -18,7 +18,7 @@ use super::{
     ApplyTimings, HostError, NodeRuntime, Progress, Refusal, RouteChange, Shaper, Sim, SimError,
 };
 use crate::{
-    model::{Diff, Link, LinkParams, Model, NodeId},
+    model::{Diff, HOST, Link, LinkParams, Model, NodeId},
     workload::NodeWorkload,
 };
 
@@ -107,8 +107,10 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
                 ),
             });
         }
-        // Links are added before the old ones go, so both are installed for a moment.
-        let peak = 2 * (before.links().len() + diff.links_added.len());
+        // Links are added before the old ones go, so both are installed for a moment; every
+        // node also has its two client links when the host has them.
+        let clients = if self.host.is_some() { 2 * nodes } else { 0 };
+        let peak = 2 * (before.links().len() + diff.links_added.len()) + clients;
         if peak > capacity.directed_links {
             return Err(Refusal {
                 node: None,
@@ -156,6 +158,23 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
         }
 
         let started = Instant::now();
+        // Every new node's client links, with its settings (a node added back under its id
+        // keeps its own) or the default.
+        if self.host.is_some() {
+            for node in &diff.nodes_added {
+                let link = self.clients.of(node.id);
+                let (up, down) = link.directions();
+                for (from, to, params) in [(HOST, node.id, up), (node.id, HOST, down)] {
+                    self.set_link(from, to, &params)?;
+                    journal.push(Step::LinkSet {
+                        from,
+                        to,
+                        before: None,
+                    });
+                    t.links_written += 1;
+                }
+            }
+        }
         for link in diff.links_added.iter().chain(&diff.links_changed) {
             let was = before.link(link.pair.a(), link.pair.b()).map(|l| l.params);
             for (from, to) in directions(link) {
@@ -209,6 +228,15 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
                 continue;
             };
             let started = Instant::now();
+            if self.host.is_some() {
+                let (up, down) = self.clients.of(node.id).directions();
+                for (from, to, params) in [(HOST, node.id, up), (node.id, HOST, down)] {
+                    if let Some(key) = self.key(from, to) {
+                        self.shaper.remove_link(&key)?;
+                        journal.push(Step::LinkRemoved { from, to, params });
+                    }
+                }
+            }
             self.shaper.remove_node(&facts.mac)?;
             journal.push(Step::Forgotten(node.id));
             // The device goes with the node; detaching first keeps the bookkeeping.
@@ -252,10 +280,15 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
         per_node
     }
 
-    fn set_link(&mut self, from: NodeId, to: NodeId, params: &LinkParams) -> Result<(), SimError> {
+    pub(super) fn set_link(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        params: &LinkParams,
+    ) -> Result<(), SimError> {
         // Both ends exist on the host before their links (the diff is in that order), so
         // a missing end is a bug; it fails the change rather than the Sim.
-        let (Some(key), Some(port)) = (self.key(from, to), self.facts.get(&to).map(|f| f.port))
+        let (Some(key), Some(port)) = (self.key(from, to), self.facts_of(to).map(|f| f.port))
         else {
             return Err(
                 HostError::new(format!("link {from} -> {to}: an end is not on the host")).into(),
@@ -304,7 +337,7 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
                 }
             }
             Step::Detached(id) => {
-                if let Some(port) = self.facts.get(&id).map(|f| f.port) {
+                if let Some(port) = self.facts_of(id).map(|f| f.port) {
                     self.shaper.attach_port(port).await?;
                 }
             }

@@ -17,7 +17,7 @@ use super::{
     ShaperCapacity,
 };
 use crate::{
-    model::{LinkParams, NodeId},
+    model::{HOST, LinkParams, NodeId},
     workload::NodeWorkload,
 };
 
@@ -115,7 +115,12 @@ fn lock(world: &Mutex<World>) -> MutexGuard<'_, World> {
 pub struct FakeRuntime {
     pub world: Arc<Mutex<World>>,
     pub gate: Option<Arc<Semaphore>>,
+    /// Whether the host has client links (a port of its own, as netns has).
+    pub host: bool,
 }
+
+/// The fake host's port.
+pub const HOST_PORT: u32 = 9999;
 
 impl NodeRuntime for FakeRuntime {
     fn run_info(&self) -> RunInfo {
@@ -123,6 +128,17 @@ impl NodeRuntime for FakeRuntime {
             backend: "fake",
             workload: "none",
         }
+    }
+
+    fn host(&self) -> Option<NodeFacts> {
+        self.host.then(|| NodeFacts {
+            id: HOST,
+            name: "host".into(),
+            ip: std::net::Ipv4Addr::new(10, 77, 0, 1),
+            mac: mac(HOST),
+            port: HOST_PORT,
+            workload: NodeWorkload::None,
+        })
     }
 
     fn admit(&self, id: NodeId, _nodes: usize) -> Result<(), Refusal> {

@@ -8,6 +8,7 @@
 //! published state is always what exists.
 
 mod apply;
+mod client;
 #[cfg(test)]
 mod fake;
 mod ports;
@@ -25,8 +26,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     model::{
-        Diff, LinkField, LinkPins, Model, ModelError, Node, NodeId, Route, Routes, Settings,
-        Snapshot, Topology,
+        ClientDoc, ClientLink, ClientLinks, Diff, HOST, LinkField, LinkPins, Model, ModelError,
+        Node, NodeId, Route, Routes, Settings, Snapshot, Topology,
     },
     workload::NodeWorkload,
 };
@@ -47,7 +48,12 @@ pub struct MeshState {
     /// Where the time of the last change went.
     pub last_apply: ApplyTimings,
     /// The counter slot of every directed link, by (from, to), for a [`ReadCounters`].
+    /// Client links are here too, with the host as [`HOST`].
     pub link_slots: BTreeMap<(NodeId, NodeId), u32>,
+    /// The host as an end of client links; `None` when the backend has none.
+    pub host: Option<NodeFacts>,
+    /// The client links' default and per-node settings.
+    pub clients: ClientLinks,
 }
 
 /// Wall time of one applied change, by part.
@@ -120,6 +126,16 @@ enum Command {
     },
     SetSettings {
         settings: Settings,
+        reply: Reply<()>,
+    },
+    /// A node's own client link (`None`: back to the default).
+    SetClient {
+        id: NodeId,
+        link: Option<ClientLink>,
+        reply: Reply<()>,
+    },
+    SetClientDefault {
+        link: ClientLink,
         reply: Reply<()>,
     },
     Load {
@@ -226,6 +242,18 @@ impl SimHandle {
             .await
     }
 
+    /// Sets `id`'s own client link, or with `None` puts it back to the default.
+    pub async fn set_client(&self, id: NodeId, link: Option<ClientLink>) -> Result<(), SimError> {
+        self.ask(|reply| Command::SetClient { id, link, reply })
+            .await
+    }
+
+    /// Sets the client link of every node without its own.
+    pub async fn set_client_default(&self, link: ClientLink) -> Result<(), SimError> {
+        self.ask(|reply| Command::SetClientDefault { link, reply })
+            .await
+    }
+
     /// Replaces the mesh with `topology`; new nodes run the run's workload.
     pub async fn load(
         &self,
@@ -288,6 +316,9 @@ pub struct Sim<R, S> {
     runtime: R,
     shaper: S,
     facts: BTreeMap<NodeId, NodeFacts>,
+    /// The host's end of the client links, once its port has the classifier.
+    host: Option<NodeFacts>,
+    clients: ClientLinks,
     state: watch::Sender<Arc<MeshState>>,
     version: u64,
     last_apply: ApplyTimings,
@@ -316,6 +347,8 @@ impl<R: NodeRuntime + 'static, S: Shaper + 'static> Sim<R, S> {
             delays_enforced: shaper.delays_enforced(),
             last_apply: ApplyTimings::default(),
             link_slots: BTreeMap::new(),
+            host: None,
+            clients: ClientLinks::default(),
         };
         let (state, state_rx) = watch::channel(Arc::new(initial));
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -324,6 +357,8 @@ impl<R: NodeRuntime + 'static, S: Shaper + 'static> Sim<R, S> {
             runtime,
             shaper,
             facts: BTreeMap::new(),
+            host: None,
+            clients: ClientLinks::default(),
             state,
             version: 0,
             last_apply: ApplyTimings::default(),
@@ -341,6 +376,7 @@ impl<R: NodeRuntime + 'static, S: Shaper + 'static> Sim<R, S> {
 
 impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        self.join_host().await;
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
@@ -418,22 +454,41 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
                     .await;
                 let _ = reply.send(result);
             }
+            Command::SetClient { id, link, reply } => {
+                let _ = reply.send(self.set_client(id, link));
+            }
+            Command::SetClientDefault { link, reply } => {
+                let _ = reply.send(self.set_client_default(link));
+            }
             Command::Load {
                 topology,
                 workloads,
                 progress,
                 reply,
             } => {
-                let result = self
-                    .change(progress.as_ref(), &workloads, |m| m.load(&topology))
-                    .await;
+                let clients = topology.client_links();
+                let result = match self.admit_clients(&clients) {
+                    Ok(()) => self
+                        .change(progress.as_ref(), &workloads, |m| m.load(&topology))
+                        .await
+                        .and_then(|()| self.replace_clients(clients)),
+                    Err(e) => Err(e),
+                };
                 let _ = reply.send(result);
             }
             Command::Counters { reply } => {
                 let _ = reply.send(self.counters());
             }
             Command::Topology { reply } => {
-                let _ = reply.send(Ok(self.model.topology()));
+                let mut topology = self.model.topology();
+                topology.client = self.clients.default;
+                topology.clients = self
+                    .clients
+                    .nodes
+                    .iter()
+                    .map(|(id, link)| ClientDoc::new(*id, link))
+                    .collect();
+                let _ = reply.send(Ok(topology));
             }
             Command::Routes { id, reply } => {
                 let result = match self.model.node(id) {
@@ -463,6 +518,9 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
         let settings_changed = before.settings() != self.model.settings();
         match self.apply(&before, &diff, progress, workloads).await {
             Ok(()) => {
+                // A node that is gone takes its own client link settings with it.
+                let model = &self.model;
+                self.clients.nodes.retain(|id, _| model.node(*id).is_some());
                 // An empty diff still changes what is published when the settings changed
                 // (an empty mesh has no links for them to change).
                 if !diff.is_empty() || settings_changed {
@@ -496,7 +554,20 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
     }
 
     fn ids_by_mac(&self) -> BTreeMap<[u8; 6], NodeId> {
-        self.facts.values().map(|f| (f.mac, f.id)).collect()
+        self.facts
+            .values()
+            .chain(&self.host)
+            .map(|f| (f.mac, f.id))
+            .collect()
+    }
+
+    /// A node's facts, or the host's for [`HOST`].
+    fn facts_of(&self, id: NodeId) -> Option<&NodeFacts> {
+        if id == HOST {
+            self.host.as_ref()
+        } else {
+            self.facts.get(&id)
+        }
     }
 
     fn link_slots(&self) -> BTreeMap<(NodeId, NodeId), u32> {
@@ -512,8 +583,8 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
 
     fn key(&self, from: NodeId, to: NodeId) -> Option<LinkKey> {
         Some(LinkKey {
-            src: self.facts.get(&from)?.mac,
-            dst: self.facts.get(&to)?.mac,
+            src: self.facts_of(from)?.mac,
+            dst: self.facts_of(to)?.mac,
         })
     }
 
@@ -528,6 +599,8 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
             delays_enforced: self.shaper.delays_enforced(),
             last_apply: self.last_apply,
             link_slots: self.link_slots(),
+            host: self.host.clone(),
+            clients: self.clients.clone(),
         };
         self.state.send_replace(Arc::new(state));
     }

@@ -96,6 +96,12 @@ pub trait NodeRuntime: Send {
     /// the subnet and the backend has room. Asked for every node of a change before the
     /// change touches anything.
     fn admit(&self, id: NodeId, nodes: usize) -> Result<(), Refusal>;
+    /// The host as an end of client links (id [`HOST`](crate::model::HOST), its address,
+    /// MAC and the bridge port node -> host frames leave through); `None` when the host
+    /// talks to nodes through the bridge itself and has no client links.
+    fn host(&self) -> Option<NodeFacts> {
+        None
+    }
     /// Creates a node that runs the run's workload, or nothing. A failure leaves nothing of
     /// the node behind.
     fn create_node(

@@ -17,7 +17,8 @@ use super::{
     fake::{FakeRuntime, FakeShaper, World, mac},
 };
 use crate::model::{
-    LinkField, LinkPins, NodeDoc, NodeId, Pair, Settings, Topology, link_cost,
+    ClientLink, HOST, LinkField, LinkPins, ModelError, NodeDoc, NodeId, Pair, Settings, Topology,
+    link_cost,
     testkit::{Rng, check_routes},
 };
 
@@ -30,11 +31,17 @@ struct Lab {
 /// A Sim on a fake host with default settings. With `gated`, every node creation waits for
 /// a permit on `gate`.
 fn lab(gated: bool) -> Lab {
+    lab_with(gated, false)
+}
+
+/// A lab whose host has client links (`host`), as on the netns backend.
+fn lab_with(gated: bool, host: bool) -> Lab {
     let world = World::new();
     let gate = Arc::new(Semaphore::new(0));
     let runtime = FakeRuntime {
         world: Arc::clone(&world),
         gate: gated.then(|| Arc::clone(&gate)),
+        host,
     };
     let shaper = FakeShaper::new(Arc::clone(&world));
     let (sim, _task) = Sim::spawn(runtime, shaper, Settings::default()).unwrap();
@@ -42,6 +49,14 @@ fn lab(gated: bool) -> Lab {
 }
 
 impl Lab {
+    /// Waits until the Sim has put the host into the datapath (its first step).
+    async fn host_joined(&self) {
+        let mut state = self.sim.state();
+        while state.borrow_and_update().host.is_none() {
+            state.changed().await.unwrap();
+        }
+    }
+
     fn world(&self) -> std::sync::MutexGuard<'_, World> {
         self.world.lock().unwrap()
     }
@@ -78,12 +93,33 @@ impl Lab {
         let known: BTreeMap<[u8; 6], (NodeId, u32)> = state
             .nodes
             .values()
+            .chain(&state.host)
             .map(|f| (f.mac, (f.id, f.port)))
             .collect();
         assert_eq!(w.known, known, "datapath nodes");
-        let ports: BTreeSet<u32> = state.nodes.values().map(|f| f.port).collect();
+        let ports: BTreeSet<u32> = state
+            .nodes
+            .values()
+            .chain(&state.host)
+            .map(|f| f.port)
+            .collect();
         assert_eq!(w.attached, ports, "attached ports");
         let mut links = BTreeMap::new();
+        if let Some(host) = &state.host {
+            for (&id, facts) in &state.nodes {
+                let (up, down) = state.clients.of(id).directions();
+                let key = |a, b| LinkKey {
+                    src: mac(a),
+                    dst: mac(b),
+                };
+                links.insert(key(HOST, id), (facts.port, up));
+                links.insert(key(id, HOST), (host.port, down));
+            }
+            assert!(
+                state.clients.nodes.keys().all(|id| ids.contains(id)),
+                "a removed node's client settings are forgotten"
+            );
+        }
         for l in &state.snapshot.links {
             for (a, b) in [(l.pair.a(), l.pair.b()), (l.pair.b(), l.pair.a())] {
                 let key = LinkKey {
@@ -294,12 +330,15 @@ async fn moves_queued_while_the_sim_is_busy_fold_into_the_latest() {
 #[tokio::test]
 async fn the_host_equals_the_model_after_every_operation_even_when_steps_fail() {
     for seed in 1..=8 {
-        random_operations(seed).await;
+        random_operations(seed, seed > 4).await;
     }
 }
 
-async fn random_operations(seed: u64) {
-    let lab = lab(false);
+async fn random_operations(seed: u64, host: bool) {
+    let lab = lab_with(false, host);
+    if host {
+        lab.host_joined().await;
+    }
     let mut rng = Rng::new(seed);
     let (mut failed, mut done) = (0, 0);
     for _ in 0..400 {
@@ -317,7 +356,7 @@ async fn random_operations(seed: u64) {
             .map(|n| n.id)
             .collect();
         let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
-        let result = match rng.below(10) {
+        let result = match rng.below(if host { 12 } else { 10 }) {
             0..=2 => lab
                 .sim
                 .add_node(rng.f64_in(0.0, 800.0), rng.f64_in(0.0, 600.0))
@@ -371,8 +410,26 @@ async fn random_operations(seed: u64) {
                     settings: Settings::default(),
                     nodes,
                     pins: Vec::new(),
+                    ..Topology::default()
                 };
                 lab.sim.load(topology, None).await
+            }
+            10 if !ids.is_empty() => {
+                let link = (rng.below(3) > 0).then(|| ClientLink {
+                    latency_ms: rng.f64_in(0.0, 500.0),
+                    bandwidth_up_bps: rng.below(100_000),
+                    bandwidth_down_bps: rng.below(100_000),
+                    ..ClientLink::default()
+                });
+                lab.sim.set_client(pick(&mut rng), link).await
+            }
+            11 => {
+                let link = ClientLink {
+                    latency_ms: rng.f64_in(0.0, 500.0),
+                    loss_pct: rng.f64_in(0.0, 5.0),
+                    ..ClientLink::default()
+                };
+                lab.sim.set_client_default(link).await
             }
             _ => continue,
         };
@@ -386,4 +443,74 @@ async fn random_operations(seed: u64) {
         lab.assert_host_is_model();
     }
     assert!(failed > 30 && done > 100, "{failed} failed, {done} done");
+}
+
+#[tokio::test]
+async fn every_node_gets_its_client_links_and_settings_change_them() {
+    let lab = lab_with(false, true);
+    lab.host_joined().await;
+    line(&lab).await;
+    let (n1, n2) = (NodeId(1), NodeId(2));
+    let slow = ClientLink {
+        latency_ms: 300.0,
+        bandwidth_up_bps: 32_000,
+        bandwidth_down_bps: 64_000,
+        ..ClientLink::default()
+    };
+    lab.sim.set_client(n1, Some(slow)).await.unwrap();
+    lab.assert_host_is_model();
+    let up = |w: &World, id| {
+        w.links[&LinkKey {
+            src: mac(HOST),
+            dst: mac(id),
+        }]
+            .1
+    };
+    assert_eq!(up(&lab.world(), n1).bandwidth_bps, 32_000);
+    assert_eq!(
+        up(&lab.world(), n2).bandwidth_bps,
+        0,
+        "the default: unshaped"
+    );
+
+    // The default changes every node without its own settings.
+    let default = ClientLink {
+        latency_ms: 20.0,
+        ..ClientLink::default()
+    };
+    lab.sim.set_client_default(default).await.unwrap();
+    assert_eq!(up(&lab.world(), n2).latency_ms, 20.0);
+    assert_eq!(up(&lab.world(), n1).latency_ms, 300.0);
+    lab.sim.set_client(n1, None).await.unwrap();
+    assert_eq!(up(&lab.world(), n1).latency_ms, 20.0);
+    lab.assert_host_is_model();
+
+    // Bad values and unknown nodes change nothing.
+    let bad = ClientLink {
+        loss_pct: 200.0,
+        ..ClientLink::default()
+    };
+    assert!(matches!(
+        lab.sim.set_client(n2, Some(bad)).await,
+        Err(SimError::Model(_))
+    ));
+    assert!(matches!(
+        lab.sim.set_client(NodeId(42), None).await,
+        Err(SimError::Model(ModelError::UnknownNode(_)))
+    ));
+    // A removed node's client links go with it.
+    lab.sim.remove_node(NodeId(3)).await.unwrap();
+    lab.assert_host_is_model();
+}
+
+#[tokio::test]
+async fn without_a_host_port_client_links_are_refused_in_words() {
+    let lab = lab(false);
+    line(&lab).await;
+    let refused = lab
+        .sim
+        .set_client_default(ClientLink::default())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("no client links"), "{refused}");
 }

@@ -4,6 +4,7 @@
 
 mod classifier;
 mod cli;
+mod client;
 mod mesh;
 mod net;
 mod traffic;

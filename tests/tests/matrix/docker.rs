@@ -13,6 +13,7 @@ use std::{collections::HashMap, process::Output, time::Instant};
 use bollard::query_parameters::{ListContainersOptionsBuilder, StatsOptionsBuilder};
 use futures_util::StreamExt as _;
 use meshsim::{
+    model::HOST,
     net::NetNs,
     run_config::{BackendKind, RunConfig},
     runtime::{
@@ -138,6 +139,21 @@ async fn ping_crosses_two_hops_between_containers() {
             .expect("ping's summary");
         assert!(avg >= 399.0, "round trip {avg} ms over two 100 ms links");
     }
+
+    // The host reaches a container over its client link, counted each way on its own.
+    let before = mesh.sim.counters().await.unwrap();
+    let out = std::process::Command::new("ping")
+        .args(["-n", "-q", "-c", "4", "-i", "0.2", "-W", "2", &mesh.ip(n2)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "host -> n2: {out:?}");
+    let after = mesh.sim.counters().await.unwrap();
+    let grew = growth(&before, &after);
+    assert_eq!(
+        (grew.get(&(HOST, n2)), grew.get(&(n2, HOST))),
+        (Some(&4), Some(&4)),
+        "the host's pings on n2's client link only: {grew:?}"
+    );
 
     // A node added later is a container at once, and goes with its node.
     let docker = docker::connect().await.unwrap();

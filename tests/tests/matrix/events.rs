@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meshsim::{
     server::ServerOptions,
-    workload::{SynapseOptions, WorkloadKind, matrix::Matrix},
+    workload::{SynapseOptions, matrix::Matrix},
 };
 use meshsim_tests::{
     eventually,
@@ -100,22 +100,14 @@ fn members(matrix: &Matrix) -> usize {
 async fn events_reach_every_server_with_their_delivery_time() {
     let (n1, n2, n3) = (id("n1"), id("n2"), id("n3"));
     let options = SynapseOptions::default();
-    let install = options.clone();
-    tokio::task::spawn_blocking(move || install.prepare(&mut |l| eprintln!("{l}")).unwrap())
-        .await
-        .unwrap();
     let topology = line();
-    let mut lab = Lab::start_mesh(
-        MeshConfig {
-            workload: WorkloadKind::Synapse(options.clone()),
-            settings: topology.settings.clone(),
-            fq_if_available: true,
-            log_dir: std::env::temp_dir().join("meshsim-events-test-logs"),
-            ..MeshConfig::default()
-        },
-        ServerOptions::default(),
+    let config = MeshConfig::synapse(
+        &options,
+        topology.settings.clone(),
+        "meshsim-events-test-logs",
     )
     .await;
+    let mut lab = Lab::start_mesh(config, ServerOptions::default()).await;
     let fq = lab.mesh.fq;
     lab.sim.load(topology, None).await.unwrap();
     let status = lab.mesh.ready(3, options.start_timeout).await;

@@ -3,6 +3,7 @@
 //! the node images, and PyPI the first time: `cargo xtask test` runs it.
 
 mod browser;
+mod client;
 mod docker;
 mod events;
 mod synapse;

@@ -889,3 +889,94 @@ async fn a_change_the_host_cannot_take_leaves_the_mesh_as_it_was() {
     );
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: run with cargo xtask test"]
+async fn client_links_are_read_set_and_put_back_per_node_and_by_default() {
+    let lab = Lab::start().await;
+    let n1 = lab.add_node(100.0, 100.0).await;
+    let n2 = lab.add_node(200.0, 100.0).await;
+    let (status, state) = lab.get("/api/state").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(state["host"]["name"], "host");
+    assert_eq!(state["host"]["ip"], "10.77.0.1");
+
+    // Unshaped by default, and every node follows the default.
+    let (status, c) = lab.get("/api/nodes/n1/client").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (c["own"].clone(), c["latency_ms"].clone()),
+        (json!(false), json!(0.0))
+    );
+
+    let slow = json!({"latency_ms": 300, "bandwidth_up_bps": 32000, "bandwidth_down_bps": 64000});
+    let (status, c) = lab
+        .call(Method::PUT, "/api/nodes/n1/client", Some(slow))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["own"], true);
+    assert_eq!(c["bandwidth_down_bps"], 64000);
+    let (status, d) = lab
+        .call(Method::PUT, "/api/client", Some(json!({"latency_ms": 50})))
+        .await;
+    assert_eq!(
+        (status, d["latency_ms"].clone()),
+        (StatusCode::OK, json!(50.0))
+    );
+    // By number as well as by name.
+    let by_number = format!("/api/nodes/{}/client", n2.0);
+    assert_eq!(lab.get(&by_number).await.1["latency_ms"], 50.0);
+    assert_eq!(lab.get("/api/nodes/n1/client").await.1["latency_ms"], 300.0);
+    // The state and the saved document carry them.
+    let state = lab.get("/api/state").await.1;
+    assert_eq!(state["clients"]["default"]["latency_ms"], 50.0);
+    assert_eq!(
+        state["clients"]["nodes"][n1.0.to_string()]["latency_ms"],
+        300.0
+    );
+    let doc = lab.get("/api/topology").await.1;
+    assert_eq!(doc["client"]["latency_ms"], 50.0);
+    assert_eq!(doc["clients"][0]["node"], "n1");
+
+    // Bad values name their field and change nothing.
+    assert_error(
+        &lab.call(
+            Method::PUT,
+            "/api/nodes/n1/client",
+            Some(json!({"loss_pct": 101})),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("loss_pct"),
+    );
+    assert_error(
+        &lab.call(Method::PUT, "/api/client", Some(json!({"latency": 1})))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("latency"),
+    );
+    assert_error(
+        &lab.call(Method::PUT, "/api/nodes/n9/client", Some(json!({})))
+            .await,
+        StatusCode::NOT_FOUND,
+        Some("id"),
+    );
+    assert_eq!(lab.get("/api/nodes/n1/client").await.1["latency_ms"], 300.0);
+
+    // DELETE puts a node back on the default; a loaded document sets them all.
+    let (status, _) = lab.call(Method::DELETE, "/api/nodes/n1/client", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(lab.get("/api/nodes/n1/client").await.1["own"], false);
+    let mut doc = lab.get("/api/topology").await.1;
+    doc["clients"] = json!([{"node": "n2", "loss_pct": 2}]);
+    doc["client"] = json!({});
+    let (status, _) = lab.call(Method::PUT, "/api/topology", Some(doc)).await;
+    assert_eq!(status, StatusCode::OK);
+    let c2 = lab.get("/api/nodes/n2/client").await.1;
+    assert_eq!(
+        (c2["own"].clone(), c2["loss_pct"].clone()),
+        (json!(true), json!(2.0))
+    );
+    assert_eq!(lab.get("/api/client").await.1["latency_ms"], 0.0);
+    lab.stop().await;
+}

@@ -339,6 +339,49 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
     screenshot(page, "canvas.png").await;
     drop(ping);
 
+    // The small screen by the first node is its client: a click opens the node with its
+    // client link, and the form there shapes it.
+    let state = api.state().await;
+    let at = xy(node_by_id(&state, first).expect("the first node"));
+    let (x, y) = client_point(page, at.0, at.1).await;
+    click_at(page, (x - 20.0, y + 22.0)).await;
+    eventually(
+        "the client link form",
+        Duration::from_secs(10),
+        async || {
+            let form = page.find(Locator::Id("node-client")).await.ok()?;
+            let whose = text_of(page, "client-whose").await?;
+            (form.is_displayed().await.ok()? && whose.contains("default")).then_some(())
+        },
+    )
+    .await;
+    let latency = page
+        .find(Locator::Css("#client-form input[name=latency_ms]"))
+        .await
+        .unwrap();
+    latency.clear().await.unwrap();
+    latency.send_keys("150").await.unwrap();
+    page.find(Locator::Css("#client-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(
+        "the node's own client link in meshsim",
+        Duration::from_secs(10),
+        async || {
+            let c: Value = api
+                .get(&format!("/api/nodes/{first}/client"))
+                .await?
+                .json()
+                .await
+                .ok()?;
+            (c["own"] == true && c["latency_ms"] == 150.0).then_some(())
+        },
+    )
+    .await;
+
     // 200 nodes: load a topology behind the page's back; the page follows over its WebSocket.
     let topology = scattered_mesh(200, 1000.0, 760.0, 9);
     let response = api

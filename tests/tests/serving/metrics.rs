@@ -11,7 +11,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use meshsim::{model::NodeId, sim::Counters};
+use meshsim::{
+    model::{HOST, NodeId},
+    sim::Counters,
+};
 use meshsim_tests::serving::Lab;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -28,7 +31,19 @@ fn samples(text: &str) -> BTreeMap<String, String> {
 }
 
 fn link_series(name: &str, from: NodeId, to: NodeId, extra: &str) -> String {
-    format!("{name}{{src=\"{from}\",dst=\"{to}\"{extra}}}")
+    // The host's end of a client link is named `host`.
+    let name_of = |id: NodeId| {
+        if id == HOST {
+            "host".to_owned()
+        } else {
+            id.name()
+        }
+    };
+    format!(
+        "{name}{{src=\"{}\",dst=\"{}\"{extra}}}",
+        name_of(from),
+        name_of(to)
+    )
 }
 
 fn promtool_check(text: &str) {
@@ -119,8 +134,14 @@ async fn metrics_pass_promtool_and_equal_the_maps() {
             .unwrap()
     };
 
-    // Every directed link, with exactly the maps' counters.
-    assert_eq!(counters.links.len(), 6, "three links, both directions");
+    // Every directed link, with exactly the maps' counters: three links and each node's
+    // client link, both directions.
+    assert_eq!(
+        counters.links.len(),
+        12,
+        "three links and three client links, both ways"
+    );
+    assert!(counters.links.contains_key(&(HOST, n1)) && counters.links.contains_key(&(n1, HOST)));
     for (&(from, to), c) in &counters.links {
         assert_eq!(
             value(&link_series("meshsim_link_packets_total", from, to, "")),
@@ -178,6 +199,9 @@ async fn metrics_pass_promtool_and_equal_the_maps() {
         );
     }
     assert_eq!(gauge("meshsim_link_latency_seconds", n1, n2), 0.1);
+    // A client link: unshaped by default (bandwidth +Inf), and both directions named.
+    assert_eq!(gauge("meshsim_link_latency_seconds", HOST, n3), 0.0);
+    assert_eq!(gauge("meshsim_link_loss_ratio", n3, HOST), 0.0);
     assert_eq!(gauge("meshsim_link_loss_ratio", n1, n2), 0.0);
     assert_eq!(got["meshsim_nodes"], "3");
     assert_eq!(got["meshsim_links"], "3");
