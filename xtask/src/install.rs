@@ -223,7 +223,9 @@ pub fn package() -> Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // cargo-deb names it relative to the workspace; tests run elsewhere.
     let deb = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    println!("{deb}");
-    Ok(deb.into())
+    let deb = fs::canonicalize(&deb).with_context(|| format!("finding {deb}"))?;
+    println!("{}", deb.display());
+    Ok(deb)
 }
