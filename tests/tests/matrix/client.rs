@@ -105,20 +105,22 @@ async fn a_client_on_the_host_syncs_and_slides_over_a_slow_client_link() {
         let down = c.links.get(&(n1, HOST)).map_or(0, |l| l.bytes);
         (up, down)
     };
-    // A room joined over federation is left out of a plain /sync (and of sliding sync)
-    // while its server is still fetching the room's full state ("faster joins"; meshsim's
-    // observer lazy-loads members, so it sees the room at once): ask again until it shows,
-    // and measure the answer that has it.
+    // A room joined over federation is left out of a plain /sync while its server is still
+    // fetching the room's full state ("faster joins"; meshsim's observer lazy-loads members
+    // and sliding sync lists it, so both see it at once): ask again until it shows, and
+    // measure the answer that has it.
     let (mut at_login, mut after_sync, mut after_slide);
     let (mut sync_took, mut slide_took);
     let mut attempt = 0;
     loop {
         at_login = lab.sim.counters().await.unwrap();
+        // Synapse keeps an answer for identical /sync requests a while (its response
+        // cache): each try asks with another (ignored) timeout, so it is answered anew.
         let (sync, took) = call(
             &http,
             &base,
             Method::GET,
-            "/_matrix/client/v3/sync",
+            &format!("/_matrix/client/v3/sync?timeout={attempt}"),
             Some(&token),
             None,
         )
