@@ -42,24 +42,7 @@ pub fn steer_by_flow(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
 /// client links), whose sysfs is the host's `/sys`.
 pub fn steer_host_by_flow(ifname: &str) -> Result<(), RpsError> {
     check_ifname(ifname)?;
-    let mask = cpu_mask(online_cpus());
-    let queues = std::path::Path::new("/sys/class/net")
-        .join(ifname)
-        .join("queues");
-    let fail = |what, source| RpsError::Io {
-        what,
-        ifname: ifname.to_owned(),
-        ns: "the host".to_owned(),
-        source,
-    };
-    for queue in std::fs::read_dir(&queues).map_err(|e| fail("list the receive queues", e))? {
-        let queue = queue.map_err(|e| fail("list the receive queues", e))?;
-        if queue.file_name().to_string_lossy().starts_with("rx-") {
-            std::fs::write(queue.path().join("rps_cpus"), &mask)
-                .map_err(|e| fail("write rps_cpus", e))?;
-        }
-    }
-    Ok(())
+    write_queues(ifname, &cpu_mask(online_cpus()), "the host")
 }
 
 /// Turns steering off again: packets are processed on the CPU that received them (the
@@ -78,17 +61,29 @@ fn write_rps_cpus(ns: &NetNs, ifname: &str, mask: &str) -> Result<(), RpsError> 
     };
     ns.run(|| -> Result<(), RpsError> {
         private_sysfs().map_err(|e| fail("mount a sysfs of the namespace", e))?;
-        let queues = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
-            .map_err(|e| fail("list the receive queues", e))?;
-        for queue in queues {
-            let queue = queue.map_err(|e| fail("list the receive queues", e))?;
-            if queue.file_name().to_string_lossy().starts_with("rx-") {
-                std::fs::write(queue.path().join("rps_cpus"), mask)
-                    .map_err(|e| fail("write rps_cpus", e))?;
-            }
-        }
-        Ok(())
+        write_queues(ifname, mask, ns.name())
     })?
+}
+
+/// Writes `mask` into every receive queue's `rps_cpus` of `ifname`, as the calling thread's
+/// `/sys` shows it; `ns` names the namespace in errors.
+fn write_queues(ifname: &str, mask: &str, ns: &str) -> Result<(), RpsError> {
+    let fail = |what, source| RpsError::Io {
+        what,
+        ifname: ifname.to_owned(),
+        ns: ns.to_owned(),
+        source,
+    };
+    let queues = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map_err(|e| fail("list the receive queues", e))?;
+    for queue in queues {
+        let queue = queue.map_err(|e| fail("list the receive queues", e))?;
+        if queue.file_name().to_string_lossy().starts_with("rx-") {
+            std::fs::write(queue.path().join("rps_cpus"), mask)
+                .map_err(|e| fail("write rps_cpus", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Gives the calling thread a mount namespace of its own with a sysfs of its network
