@@ -269,3 +269,23 @@ pub async fn stats(page: &Client) -> Value {
         .await
         .expect("window.meshsimStats")
 }
+
+/// Clicks the element `css` selects (a button, a row).
+pub async fn click_on(page: &Client, css: &str) {
+    page.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// Replaces the text of the input `css` selects with `text`.
+pub async fn type_into(page: &Client, css: &str, text: &str) {
+    let input = page
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    input.clear().await.unwrap();
+    input.send_keys(text).await.unwrap();
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, Locator};
 use meshsim_tests::{
     TempDir,
-    browser::{Browser, click_at, client_point, screenshot},
+    browser::{Browser, click_at, click_on, client_point, screenshot, type_into},
     eventually,
 };
 use serde_json::Value;
@@ -117,12 +117,7 @@ async fn events_travel_and_pop_on_the_canvas() {
     .unwrap();
 
     // The whole mesh in view, as big as it fits.
-    page.find(Locator::Id("fit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_on(page, "#fit").await;
 
     // Select n1 on the canvas.
     click_at(page, client_point(page, 200.0, 300.0).await).await;
@@ -132,26 +127,11 @@ async fn events_travel_and_pop_on_the_canvas() {
     })
     .await;
     let body = format!("hello from the canvas ({})", std::process::id());
-    page.find(Locator::Id("node-send-body"))
-        .await
-        .unwrap()
-        .send_keys(&body)
-        .await
-        .unwrap();
-    page.find(Locator::Css("#node-send button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(page, "#node-send-body", &body).await;
+    click_on(page, "#node-send button[type=submit]").await;
 
     // Deselect, so the event list moves up into the screenshot.
-    page.find(Locator::Css("#node-panel [data-close]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_on(page, "#node-panel [data-close]").await;
     let most = watch_bubbles(page, Duration::from_secs(10), Some("events.png")).await;
     assert!(most >= 1, "no bubble travelled after the send");
     let row = format!("//ol[@id='events-list']/li[contains(., '{body}')]");

@@ -18,7 +18,9 @@ use std::{process::Command, time::Duration};
 use fantoccini::Locator;
 use meshsim_tests::{
     Running,
-    browser::{Browser, click_at, client_point, drag, screenshot, stats, text_of},
+    browser::{
+        Browser, click_at, click_on, client_point, drag, screenshot, stats, text_of, type_into,
+    },
     eventually, meshsim_bin, processes_in, target_dir,
 };
 use serde_json::{Value, json};
@@ -259,15 +261,8 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
     );
 
     // Pin a latency in the panel: meshsim pins it and the datapath's gauge shows it.
-    let input = page.find(Locator::Id("link-latency_ms")).await.unwrap();
-    input.clear().await.unwrap();
-    input.send_keys("42").await.unwrap();
-    page.find(Locator::Id("pin-latency_ms"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(page, "#link-latency_ms", "42").await;
+    click_on(page, "#pin-latency_ms").await;
     eventually(
         "the pin in /api/state",
         Duration::from_secs(20),
@@ -355,18 +350,8 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
         },
     )
     .await;
-    let latency = page
-        .find(Locator::Css("#client-form input[name=latency_ms]"))
-        .await
-        .unwrap();
-    latency.clear().await.unwrap();
-    latency.send_keys("150").await.unwrap();
-    page.find(Locator::Css("#client-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(page, "#client-form input[name=latency_ms]", "150").await;
+    click_on(page, "#client-form button[type=submit]").await;
     eventually(
         "the node's own client link in meshsim",
         Duration::from_secs(10),
