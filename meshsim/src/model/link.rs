@@ -237,6 +237,10 @@ pub struct Link {
     pub params: LinkParams,
     /// Which of `params` come from pins (the canvas draws such a link red).
     pub pinned: Vec<LinkField>,
+    /// The link is cut (a partition or taken down): it drops everything, its `loss_pct` is
+    /// 100 whatever it is pinned to.
+    #[serde(default)]
+    pub cut: bool,
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@
 //! loops. A pair with no route is unreachable.
 
 mod client;
+mod cut;
 mod diff;
 mod error;
 mod link;
@@ -42,6 +43,8 @@ mod topology;
 use std::{collections::BTreeMap, sync::Arc};
 
 pub use client::{ClientLink, ClientLinks, HOST};
+pub use cut::CutChange;
+use cut::Cuts;
 pub use diff::Diff;
 pub use error::{MAX_BANDWIDTH_BPS, MAX_LATENCY_SCALE_PCT, MAX_MS, ModelError};
 pub use link::{Link, LinkField, LinkParams, LinkPins, Pair};
@@ -58,6 +61,13 @@ pub struct Snapshot {
     pub settings: Settings,
     pub nodes: Vec<Node>,
     pub links: Vec<Link>,
+    /// The partitioned sides, each cut off from the rest (see [`CutChange`]); the nodes
+    /// not listed are the rest.
+    #[serde(default)]
+    pub partitions: Vec<Vec<NodeId>>,
+    /// The links taken down on their own (a flapping link), linked now or not.
+    #[serde(default)]
+    pub down: Vec<Pair>,
 }
 
 /// Nodes and everything derived from them; two of these make a [`Diff`].
@@ -65,8 +75,9 @@ pub struct Snapshot {
 struct Mesh {
     nodes: BTreeMap<NodeId, Node>,
     links: BTreeMap<Pair, Link>,
-    /// The routing input: each link's cost under the current metric, by pair.
-    costs: Vec<(Pair, u64)>,
+    /// The routing input: each link's cost under the current metric and whether it is
+    /// cut, by pair.
+    costs: Vec<(Pair, u64, bool)>,
     routes: RouteTable,
 }
 
@@ -79,28 +90,35 @@ impl Mesh {
         nodes: BTreeMap<NodeId, Node>,
         settings: &Settings,
         pins: &BTreeMap<Pair, LinkPins>,
+        cuts: &Cuts,
     ) -> Self {
         let links: BTreeMap<Pair, Link> = linkrule::derive_links(&nodes, settings)
             .into_iter()
             .map(|(pair, derived)| {
                 let pins = pins.get(&pair).copied().unwrap_or_default();
+                let cut = cuts.is_cut(pair);
+                let mut params = pins.apply(derived);
+                if cut {
+                    params.loss_pct = 100.0;
+                }
                 let link = Link {
                     pair,
-                    params: pins.apply(derived),
+                    params,
                     pinned: pins.fields(),
+                    cut,
                 };
                 (pair, link)
             })
             .collect();
-        let costs: Vec<(Pair, u64)> = links
+        let costs: Vec<(Pair, u64, bool)> = links
             .values()
-            .map(|link| (link.pair, link_cost(&link.params, settings.cost)))
+            .map(|link| (link.pair, link_cost(&link.params, settings.cost), link.cut))
             .collect();
         let routes = if costs == previous.costs && nodes.keys().eq(previous.nodes.keys()) {
             previous.routes.clone()
         } else {
             let ids: Vec<NodeId> = nodes.keys().copied().collect();
-            routing::next_hops(&ids, costs.iter().copied())
+            routing::next_hops_avoiding(&ids, costs.iter().copied())
         };
         Self {
             nodes,
@@ -152,6 +170,7 @@ pub struct Model {
     pins: BTreeMap<Pair, LinkPins>,
     /// The id the next added node gets; only ever grows.
     next_id: u32,
+    cuts: Cuts,
     mesh: Arc<Mesh>,
 }
 
@@ -162,6 +181,7 @@ impl Default for Model {
             settings: Settings::default(),
             pins: BTreeMap::new(),
             next_id: 1,
+            cuts: Cuts::default(),
             mesh: Arc::default(),
         }
     }
@@ -241,6 +261,8 @@ impl Model {
             settings: self.settings.clone(),
             nodes: self.nodes().cloned().collect(),
             links: self.links().cloned().collect(),
+            partitions: self.cuts.partitions(),
+            down: self.cuts.down().collect(),
         }
     }
 
@@ -296,6 +318,7 @@ impl Model {
         let mut nodes = self.mesh.nodes.clone();
         nodes.remove(&id).ok_or(ModelError::UnknownNode(id))?;
         self.pins.retain(|pair, _| !pair.contains(id));
+        self.cuts.forget(id);
         Ok(self.rebuild(nodes))
     }
 
@@ -333,6 +356,25 @@ impl Model {
         Ok(self.rebuild(self.mesh.nodes.clone()))
     }
 
+    /// Partitions, heals, takes a link down or brings it up (see [`CutChange`]); the cut
+    /// links' loss and the routes follow.
+    pub fn cut(&mut self, change: &CutChange) -> Result<Diff, ModelError> {
+        let mut cuts = self.cuts.clone();
+        let mesh = &self.mesh;
+        cuts.apply(
+            change,
+            |id| mesh.nodes.contains_key(&id),
+            |pair| mesh.links.contains_key(&pair),
+        )?;
+        self.cuts = cuts;
+        Ok(self.rebuild(self.mesh.nodes.clone()))
+    }
+
+    /// The links taken down on their own (not by a partition), linked or not.
+    pub fn links_down(&self) -> Vec<Pair> {
+        self.cuts.down().collect()
+    }
+
     /// Replaces the settings; links and routes follow.
     pub fn set_settings(&mut self, settings: Settings) -> Result<Diff, ModelError> {
         settings.validate()?;
@@ -350,6 +392,8 @@ impl Model {
         }
         self.settings = checked.settings;
         self.pins = checked.pins;
+        // A document has no cuts: what it describes is whole.
+        self.cuts = Cuts::default();
         Ok(self.rebuild(checked.nodes))
     }
 
@@ -366,7 +410,7 @@ impl Model {
     /// Derives the mesh for `nodes` under the current settings and pins, makes it current, and
     /// returns what changed.
     fn rebuild(&mut self, nodes: BTreeMap<NodeId, Node>) -> Diff {
-        let next = Mesh::derive(&self.mesh, nodes, &self.settings, &self.pins);
+        let next = Mesh::derive(&self.mesh, nodes, &self.settings, &self.pins, &self.cuts);
         let diff = Diff::between(&self.mesh, &next);
         self.mesh = Arc::new(next);
         diff

@@ -148,6 +148,30 @@ pub(crate) fn next_hops(
         .collect()
 }
 
+/// [`next_hops`] over the links that are not cut, and for pairs that have no path without
+/// the cut links, over all of them (see `model::cut`). Following these next hops never
+/// loops either: while the destination is unreachable without cut links, each hop follows
+/// the full graph's best path and lowers its remaining cost; once it is reachable without
+/// them it stays so along that graph's best path, which never crosses back.
+pub(crate) fn next_hops_avoiding(
+    nodes: &[NodeId],
+    links: impl IntoIterator<Item = (Pair, u64, bool)> + Clone,
+) -> RouteTable {
+    let uncut = links
+        .clone()
+        .into_iter()
+        .filter(|&(_, _, cut)| !cut)
+        .map(|(pair, cost, _)| (pair, cost));
+    let mut routes = next_hops(nodes, uncut);
+    if links.clone().into_iter().any(|(_, _, cut)| cut) {
+        let all = links.into_iter().map(|(pair, cost, _)| (pair, cost));
+        for (key, hop) in next_hops(nodes, all) {
+            routes.entry(key).or_insert(hop);
+        }
+    }
+    routes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +253,55 @@ mod tests {
             ..params
         };
         assert_eq!(link_cost(&unlimited, CostMetric::Bandwidth), 0);
+    }
+
+    #[test]
+    fn cut_links_are_avoided_where_a_path_remains_and_kept_where_none_does() {
+        // A square n1-n2-n3-n4-n1 with n1-n2 cut: n1 reaches n2 around the square; a
+        // pendant n5 behind a cut link n4-n5 keeps its only path, over the cut.
+        let links = [
+            (pair(1, 2), 1, true),
+            (pair(2, 3), 1, false),
+            (pair(3, 4), 1, false),
+            (pair(1, 4), 1, false),
+            (pair(4, 5), 1, true),
+        ];
+        let routes = next_hops_avoiding(&ids(5), links);
+        assert_eq!(routes[&(NodeId(1), NodeId(2))], NodeId(4));
+        assert_eq!(routes[&(NodeId(2), NodeId(1))], NodeId(3));
+        assert_eq!(routes[&(NodeId(1), NodeId(5))], NodeId(4));
+        assert_eq!(routes[&(NodeId(5), NodeId(2))], NodeId(4));
+        assert_eq!(routes.len(), 20, "every pair keeps a route");
+    }
+
+    #[test]
+    fn routes_around_cuts_never_loop() {
+        let mut rng = Rng::new(11);
+        for _ in 0..200 {
+            let n = rng.below(25) as u32 + 2;
+            let nodes = ids(n);
+            let mut links = Vec::new();
+            for a in 1..=n {
+                for b in a + 1..=n {
+                    if rng.f64_in(0.0, 1.0) < 0.25 {
+                        links.push((pair(a, b), rng.below(4), rng.f64_in(0.0, 1.0) < 0.3));
+                    }
+                }
+            }
+            let routes = next_hops_avoiding(&nodes, links.iter().copied());
+            let all: Vec<(Pair, u64)> = links.iter().map(|&(p, c, _)| (p, c)).collect();
+            // Reachability is the full graph's; every path ends at its destination.
+            assert_eq!(routes.len(), next_hops(&nodes, all.iter().copied()).len());
+            for (&(src, dst), _) in &routes {
+                let mut at = src;
+                for _ in 0..=n {
+                    if at == dst {
+                        break;
+                    }
+                    at = routes[&(at, dst)];
+                }
+                assert_eq!(at, dst, "{src} to {dst} loops");
+            }
+        }
     }
 }

@@ -450,7 +450,28 @@ fn diffs_are_exact_over_random_operations() {
             let before = state(&model);
             let ids: Vec<NodeId> = model.nodes().map(|n| n.id).collect();
             let any = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
-            let diff = match rng.below(7) {
+            let diff = match rng.below(9) {
+                7 if ids.len() > 2 => {
+                    let side: Vec<NodeId> =
+                        ids.iter().copied().filter(|_| rng.below(3) == 0).collect();
+                    if side.is_empty() {
+                        model.cut(&CutChange::Heal(None))
+                    } else {
+                        model.cut(&CutChange::Partition(side))
+                    }
+                }
+                8 if model.links().len() > 0 => {
+                    let pair = model
+                        .links()
+                        .nth(rng.below(model.links().len() as u64) as usize)
+                        .unwrap()
+                        .pair;
+                    if model.links_down().contains(&pair) {
+                        model.cut(&CutChange::Up(pair.a(), pair.b()))
+                    } else {
+                        model.cut(&CutChange::Down(pair.a(), pair.b()))
+                    }
+                }
                 0 => model
                     .add_node(rng.f64_in(0.0, 800.0), rng.f64_in(0.0, 800.0))
                     .map(|(_, d)| d),
@@ -494,7 +515,13 @@ fn diffs_are_exact_over_random_operations() {
             .unwrap();
             assert_diff_exact(before, &diff, &model);
         }
+        // Routes are shortest over the links that are not cut; healed, over all of them.
         assert_cap_and_symmetry(&model);
+        model.cut(&CutChange::Heal(None)).unwrap();
+        for pair in model.links_down() {
+            model.cut(&CutChange::Up(pair.a(), pair.b())).unwrap();
+        }
+        assert!(model.links().all(|l| !l.cut));
         assert_routes_shortest(&model);
     }
 }
@@ -675,5 +702,59 @@ fn five_hundred_node_mesh_stays_consistent_through_moves() {
         assert_diff_exact(before, &diff, &model);
     }
     assert_cap_and_symmetry(&model);
+    assert_routes_shortest(&model);
+}
+
+#[test]
+fn a_partition_cuts_the_links_across_it_and_routes_go_around() {
+    // A ring of six around the centre, each linked to its two ring neighbours (k = 2).
+    let settings = Settings {
+        neighbours: 2,
+        ..Settings::default()
+    };
+    let points: Vec<(f64, f64)> = (0..6)
+        .map(|i| {
+            let a = f64::from(i) * std::f64::consts::TAU / 6.0;
+            (300.0 + 100.0 * a.cos(), 300.0 + 100.0 * a.sin())
+        })
+        .collect();
+    let mut model = model_with(settings, &points);
+    assert_eq!(model.links().len(), 6);
+    let pin = LinkPins {
+        loss_pct: Some(1.0),
+        ..LinkPins::default()
+    };
+    model.pin(n(1), n(2), &pin).unwrap();
+    assert_eq!(model.next_hop(n(1), n(2)), Some(n(2)));
+
+    // n1 and n2 on their own: the links n1-n6 and n2-n3 cross the cut.
+    let diff = model
+        .cut(&CutChange::Partition(vec![n(1), n(2)]))
+        .unwrap();
+    let cut: Vec<(u32, u32)> = model
+        .links()
+        .filter(|l| l.cut)
+        .map(|l| (l.pair.a().0, l.pair.b().0))
+        .collect();
+    assert_eq!(cut, [(1, 6), (2, 3)]);
+    assert!(model.links().filter(|l| l.cut).all(|l| l.params.loss_pct == 100.0));
+    assert_eq!(diff.links_changed.len(), 2);
+    assert_eq!(model.snapshot().partitions, [vec![n(1), n(2)]]);
+    // Each side routes within itself; across the cut, the old path stays (and drops).
+    assert_eq!(model.next_hop(n(6), n(3)), Some(n(5)));
+    assert_eq!(model.next_hop(n(1), n(6)), Some(n(6)));
+
+    // A link taken down inside a side: n1-n2 has no other path, so it keeps its route.
+    model.cut(&CutChange::Down(n(1), n(2))).unwrap();
+    assert!(model.link(n(1), n(2)).unwrap().cut);
+    assert_eq!(model.next_hop(n(1), n(2)), Some(n(2)));
+
+    // Healing restores every link's own parameters, pins included.
+    model.cut(&CutChange::Heal(None)).unwrap();
+    model.cut(&CutChange::Up(n(2), n(1))).unwrap();
+    assert!(model.links().all(|l| !l.cut));
+    assert_eq!(model.link(n(1), n(2)).unwrap().params.loss_pct, 1.0);
+    assert_eq!(model.link(n(1), n(6)).unwrap().params.loss_pct, 0.0);
+    assert!(model.snapshot().partitions.is_empty());
     assert_routes_shortest(&model);
 }

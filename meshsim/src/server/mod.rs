@@ -8,6 +8,7 @@
 
 mod assets;
 mod client;
+mod cuts;
 mod error;
 mod events;
 mod extract;
@@ -224,12 +225,13 @@ fn router(app: AppState, security: Arc<Security>) -> Router {
         .merge(topology::router())
         .merge(events::router())
         .merge(client::router())
+        .merge(cuts::router())
         .fallback(|uri: axum::extract::OriginalUri| async move {
             ApiError::NoRoute(format!(
                 "{}: the API's resources are /api/state, /api/nodes, /api/nodes/{{id}}, \
                  /api/links/{{a}}/{{b}}, /api/settings, /api/topology, /api/events, \
-                 /api/nodes/{{id}}/messages, /api/rooms/mesh, /api/client and \
-                 /api/nodes/{{id}}/client (docs/api.md)",
+                 /api/nodes/{{id}}/messages, /api/rooms/mesh, /api/client, \
+                 /api/nodes/{{id}}/client and /api/cuts (docs/api.md)",
                 uri.path()
             ))
         });

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     model::{
-        ClientDoc, ClientLink, ClientLinks, Diff, HOST, LinkField, LinkPins, Model, ModelError,
+        ClientDoc, ClientLink, ClientLinks, CutChange, Diff, HOST, LinkField, LinkPins, Model, ModelError,
         Node, NodeId, Route, Routes, Settings, Snapshot, Topology,
     },
     workload::NodeWorkload,
@@ -126,6 +126,10 @@ enum Command {
     },
     SetSettings {
         settings: Settings,
+        reply: Reply<()>,
+    },
+    Cut {
+        change: CutChange,
         reply: Reply<()>,
     },
     /// A node's own client link (`None`: back to the default).
@@ -243,6 +247,11 @@ impl SimHandle {
     }
 
     /// Sets `id`'s own client link, or with `None` puts it back to the default.
+    /// Partitions, heals, takes a link down or brings it up.
+    pub async fn cut(&self, change: CutChange) -> Result<(), SimError> {
+        self.ask(|reply| Command::Cut { change, reply }).await
+    }
+
     pub async fn set_client(&self, id: NodeId, link: Option<ClientLink>) -> Result<(), SimError> {
         self.ask(|reply| Command::SetClient { id, link, reply })
             .await
@@ -451,6 +460,12 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
             Command::SetSettings { settings, reply } => {
                 let result = self
                     .change(None, RUN_WORKLOAD, |m| m.set_settings(settings))
+                    .await;
+                let _ = reply.send(result);
+            }
+            Command::Cut { change, reply } => {
+                let result = self
+                    .change(None, RUN_WORKLOAD, |m| m.cut(&change))
                     .await;
                 let _ = reply.send(result);
             }
