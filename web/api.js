@@ -64,6 +64,8 @@ export const api = {
   setClient: (id, link) => call("PUT", `/api/nodes/${id}/client`, link),
   unsetClient: (id) => call("DELETE", `/api/nodes/${id}/client`),
   setClientDefault: (link) => call("PUT", "/api/client", link),
+  // {partition: [ids]}, {heal: [ids] | "all"}, {down: [a, b]}, {up: [a, b]}.
+  cut: (change) => call("POST", "/api/cuts", change),
   // As the node's test user, into the mesh room.
   sendMessage: (id, body) => call("POST", `/api/nodes/${id}/messages`, { body }),
 };

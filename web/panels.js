@@ -61,6 +61,15 @@ export class Panels {
     this.#wireTopology();
     for (const b of document.querySelectorAll("[data-close]")) b.addEventListener("click", () => store.select(null));
     $("unpin-all").addEventListener("click", () => this.#unpin(null));
+    $("link-cut").addEventListener("click", () => {
+      const l = this.#selectedLink();
+      if (l) this.#cut(l.cut ? { up: [l.a, l.b] } : { down: [l.a, l.b] }, $("link-error"));
+    });
+    $("node-partition").addEventListener("click", () => {
+      const s = store.selection;
+      if (s?.kind !== "node") return;
+      this.#cut(store.sides.has(s.id) ? { heal: [s.id] } : { partition: [s.id] }, $("node-error"));
+    });
     $("node-delete").addEventListener("click", () => {
       const s = store.selection;
       if (s?.kind === "node") actions.deleteNode(s.id);
@@ -203,6 +212,22 @@ export class Panels {
       }
     }
     $("unpin-all").disabled = !(l.pinned?.length > 0);
+    // A link cut by a partition comes back with the heal; one taken down, with this button.
+    const byPartition = l.cut && s.sides.get(l.a) !== s.sides.get(l.b);
+    $("link-cut").textContent = l.cut ? "Bring up" : "Take down";
+    $("link-cut").disabled = byPartition;
+    $("link-cut").title = byPartition ? "Cut by a partition: heal it from a node's panel" : l.cut ? "Let traffic through again" : "Drop everything on this link, both ways; routes go around it where they can";
+  }
+
+  /** Partitions, heals, or takes a link down or up; an error is shown in `err`. */
+  async #cut(change, err) {
+    try {
+      await api.cut(change);
+      err.hidden = true;
+    } catch (e) {
+      err.textContent = e.message;
+      err.hidden = false;
+    }
   }
 
   async #pin(field) {
@@ -275,6 +300,7 @@ export class Panels {
     $("node-mac").textContent = n.mac ?? "–";
     $("node-workload").textContent = n.workload === "none" && s.run?.workload !== "none" ? "nothing (a bare router)" : (n.workload ?? "–");
     $("node-pos").textContent = `${p.x.toFixed(1)}, ${p.y.toFixed(1)}`;
+    $("node-partition").textContent = s.sides.has(n.id) ? "Heal" : "Cut off";
   }
 
   async #fetchNode() {

@@ -282,6 +282,8 @@ export class Renderer {
     const H = this.#view.height;
     const plain = new Path2D();
     const pinned = new Path2D();
+    const cut = new Path2D();
+    const cutMarks = [];
     const labelled = [];
     let selected = null;
     for (const l of links) {
@@ -297,9 +299,11 @@ export class Renderer {
         p = { x: p.x + ux, y: p.y + uy };
         q = { x: q.x - ux, y: q.y - uy };
       }
-      const path = l.pinned?.length ? pinned : plain;
+      const path = l.cut ? cut : l.pinned?.length ? pinned : plain;
       path.moveTo(p.x, p.y);
       path.lineTo(q.x, q.y);
+      // A third of the way along, clear of the label at the midpoint.
+      if (l.cut) cutMarks.push({ x: p.x + (q.x - p.x) / 3, y: p.y + (q.y - p.y) / 3 });
       const isSelected = store.isSelectedLink(l);
       if (isSelected) selected = [l, p, q];
       if (len >= LABEL_MIN_PX || isSelected) labelled.push({ l, p, q, len, isSelected });
@@ -321,6 +325,23 @@ export class Renderer {
     ctx.lineWidth = 2.5;
     ctx.strokeStyle = PINNED;
     ctx.stroke(pinned);
+    // A cut link (a partition, or down): dashed, with a cross where it is cut.
+    if (cutMarks.length) {
+      ctx.strokeStyle = COLOURS.drop;
+      ctx.lineWidth = 2;
+      ctx.setLineDash([6, 5]);
+      ctx.stroke(cut);
+      ctx.setLineDash([]);
+      ctx.lineWidth = 2.5;
+      ctx.beginPath();
+      for (const m of cutMarks) {
+        ctx.moveTo(m.x - 5, m.y - 5);
+        ctx.lineTo(m.x + 5, m.y + 5);
+        ctx.moveTo(m.x + 5, m.y - 5);
+        ctx.lineTo(m.x - 5, m.y + 5);
+      }
+      ctx.stroke();
+    }
     if (selected) {
       const [l, p, q] = selected;
       ctx.lineWidth = 3;
@@ -392,6 +413,17 @@ export class Renderer {
     }
 
     // One fill for every node, then one stroke per palette colour.
+    // Each partitioned side: a tinted disc behind its nodes, one colour per side.
+    if (store.sides.size) {
+      for (const [id, p] of visible) {
+        const side = store.sides.get(id);
+        if (side === undefined) continue;
+        ctx.fillStyle = alpha(PALETTE[(side * 3 + 1) % PALETTE.length], 0.22);
+        ctx.beginPath();
+        ctx.arc(p.x, p.y, NODE_R + 10, 0, Math.PI * 2);
+        ctx.fill();
+      }
+    }
     ctx.fillStyle = COLOURS.node;
     ctx.beginPath();
     for (const [, p] of visible) {

@@ -26,6 +26,8 @@ export class Store extends EventTarget {
   /** id -> {id, name, x, y, ip, mac, workload} */
   nodes = new Map();
   links = [];
+  /** node id -> index of its partitioned side; the rest are not listed. */
+  sides = new Map();
   /** linkKey -> link */
   linkByKey = new Map();
   /** node id -> its links */
@@ -69,6 +71,9 @@ export class Store extends EventTarget {
     this.delaysEnforced = body.delays_enforced !== false;
     this.host = body.host ?? null;
     this.clients = body.clients ?? { default: null, nodes: {} };
+    // node id -> the index of its partitioned side (nodes with the rest are not listed).
+    this.sides = new Map();
+    (body.partitions ?? []).forEach((side, i) => side.forEach((id) => this.sides.set(id, i)));
 
     const nodes = new Map();
     for (const n of body.nodes ?? []) nodes.set(n.id, n);

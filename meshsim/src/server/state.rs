@@ -22,7 +22,7 @@ async fn get_state(State(app): State<AppState>) -> Json<StateBody> {
     Json(StateBody::new(&state))
 }
 
-/// `{settings, run, nodes, links, delays_enforced}`.
+/// `{settings, run, nodes, links, delays_enforced, host, clients, partitions}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StateBody {
     pub settings: Settings,
@@ -38,6 +38,8 @@ pub struct StateBody {
     pub host: Option<HostBody>,
     /// Client links: the default and the nodes with their own (`{default, nodes: {id: link}}`).
     pub clients: ClientLinks,
+    /// The partitioned sides, each a list of node ids (`/api/cuts`); a cut link has `cut`.
+    pub partitions: Vec<Vec<NodeId>>,
 }
 
 /// The host as an end of client links.
@@ -72,6 +74,7 @@ impl StateBody {
                 mac: format_mac(&h.mac),
             }),
             clients: state.clients.clone(),
+            partitions: state.snapshot.partitions.clone(),
         }
     }
 }
