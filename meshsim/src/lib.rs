@@ -11,6 +11,7 @@ pub mod net;
 pub mod random;
 pub mod run_config;
 pub mod runtime;
+pub mod scenario;
 pub mod server;
 pub mod sim;
 pub mod topology_file;

@@ -2,6 +2,7 @@
 
 mod check;
 mod exec;
+mod experiment;
 mod files;
 mod mesh;
 
@@ -33,6 +34,25 @@ enum Command {
     /// node command and image; a flag given here overrides it.
     Up {
         file: PathBuf,
+        #[command(flatten)]
+        options: RunOptions,
+    },
+    /// Run the experiment in SCENARIO (a topology file with `[[step]]`s, see
+    /// examples/scenarios/) without anyone at the canvas, and leave its event log, counters,
+    /// plots and report.md in DIR. Exits non-zero when a step fails (a `wait` that times
+    /// out) or the run is interrupted; what was gathered until then is still written.
+    Run {
+        scenario: PathBuf,
+        /// Where the results go: a new or empty directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Run it N times, into DIR/1 … DIR/N, with a summary across runs in DIR/summary.md.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        repeat: u32,
+        /// Override a setting of the scenario: settings.<field>=VALUE or client.<field>=VALUE
+        /// (e.g. client.bandwidth_down_bps=64000); may be given more than once.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
         #[command(flatten)]
         options: RunOptions,
     },
@@ -71,7 +91,7 @@ impl Command {
 }
 
 /// `0.1.0 (commit 1a2b3c4d5e6f, installs Synapse 1.163.2)`.
-fn version() -> String {
+pub(crate) fn version() -> String {
     format!(
         "{} (commit {}, installs Synapse {SYNAPSE_VERSION})",
         env!("CARGO_PKG_VERSION"),
@@ -202,6 +222,13 @@ async fn run(cli: Cli) -> Result<()> {
         None => mesh::run(None, default_options()).await,
         Some(Command::Serve(options)) => mesh::run(None, options).await,
         Some(Command::Up { file, options }) => mesh::run(Some(file), options).await,
+        Some(Command::Run {
+            scenario,
+            out,
+            repeat,
+            set,
+            options,
+        }) => experiment::run(&scenario, &out, repeat, &set, options).await,
         Some(Command::Down) => mesh::down().await,
         Some(Command::Check) => check::run().await,
         Some(Command::Exec { .. } | Command::GenerateFiles { .. }) => {

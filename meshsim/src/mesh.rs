@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use meshsim::{
     datapath::{Datapath, DatapathOptions},
     model::{NodeId, Settings, Topology},
@@ -11,7 +11,8 @@ use meshsim::{
     runtime::{self, cleanup::remove_leftovers, lock},
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
-    topology_file::{self, RunTable},
+    scenario::run::Ports,
+    topology_file::{self, RunTable, TopologyFile},
     workload::{NodeWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix},
 };
 use tokio::{
@@ -20,7 +21,7 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
 };
 
-use crate::RunOptions;
+use crate::{RunOptions, experiment::Job};
 
 /// How the run is made: the flags, else the topology file's `[run]`, else the defaults.
 struct RunChoice {
@@ -56,15 +57,39 @@ impl RunChoice {
     }
 }
 
+/// What a run does once its topology is up.
+pub enum Then<'a> {
+    /// Serve until Ctrl-C or SIGTERM.
+    Serve,
+    /// Run a scenario's steps, then stop.
+    Scenario(&'a mut Job),
+}
+
 pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     // A bad file stops here, before anything is created.
     let file = file.as_deref().map(topology_file::read_file).transpose()?;
-    // So does an unknown or conflicting workload, or a node asking for another one.
+    run_with(file, options, Then::Serve).await
+}
+
+/// Runs the mesh of `file` (an empty one for `None`), then does what `then` says.
+pub async fn run_with(file: Option<TopologyFile>, options: RunOptions, then: Then<'_>) -> Result<()> {
+    // An unknown or conflicting workload, or a node asking for another one, stops here,
+    // before anything is created.
     let choice = RunChoice::new(
         &options,
         file.as_ref().map_or(&RunTable::default(), |f| &f.run),
     )?;
     let workload = choice.workload.clone();
+    if let Then::Scenario(job) = &then
+        && job.scenario.needs_matrix()
+        && !matches!(workload, WorkloadKind::Synapse(_))
+    {
+        bail!(
+            "{}: its steps send messages or wait for Matrix, so its nodes must run homeservers: \
+             add workload = \"synapse\" to its [run] table, or give --workload synapse",
+            job.scenario.path.display()
+        );
+    }
     let topology: Option<Start> = match file {
         Some(file) => {
             let workloads = file.node_workloads(workload.name())?;
@@ -124,7 +149,7 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
     };
     let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
 
-    let result = serve_and_run(&sim, listener, topology, &options, views).await;
+    let result = serve_and_run(&sim, listener, topology, &options, views, then).await;
     eprintln!("meshsim: stopping, removing the nodes");
     if let Err(e) = sim.shutdown().await {
         tracing::error!("stopping: {e}");
@@ -150,7 +175,13 @@ async fn serve_and_run(
     topology: Option<Start>,
     options: &RunOptions,
     views: Views,
+    then: Then<'_>,
 ) -> Result<()> {
+    let ports = Ports {
+        sim: sim.clone(),
+        matrix: views.matrix.clone(),
+        workloads: views.workloads.clone(),
+    };
     let server_options = ServerOptions {
         token: options.token.clone(),
         matrix: views.matrix,
@@ -184,15 +215,19 @@ async fn serve_and_run(
     // (say, right after "running:" is printed) would otherwise be lost.
     let mut stop_signals = StopSignals::new()?;
     let result = tokio::select! {
-        r = start(sim, topology) => match r {
-            Ok(()) => {
+        r = start(sim, topology) => match (r, then) {
+            (Ok(()), Then::Serve) => {
                 tracing::info!("running: Ctrl-C (or SIGTERM) stops the mesh and removes everything it made");
                 tokio::select! {
                     () = stop_signals.wait() => Ok(()),
                     r = &mut serving => server_ended(r),
                 }
             }
-            Err(e) => Err(e),
+            (Ok(()), Then::Scenario(job)) => tokio::select! {
+                r = job.run(ports, &mut stop_signals) => r,
+                r = &mut serving => server_ended(r),
+            },
+            (Err(e), _) => Err(e),
         },
         () = stop_signals.wait() => Ok(()),
         r = &mut serving => server_ended(r),
@@ -277,7 +312,7 @@ async fn start(sim: &SimHandle, topology: Option<Start>) -> Result<()> {
 }
 
 /// SIGTERM and SIGINT, listened for from the start of a run.
-struct StopSignals {
+pub struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
@@ -290,7 +325,7 @@ impl StopSignals {
         })
     }
 
-    async fn wait(&mut self) {
+    pub async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

@@ -54,7 +54,7 @@ pub struct Location {
 impl Location {
     /// The location of byte `offset` in `text`. Offsets past the end (an error at end of
     /// file) land just after the last character.
-    fn of(path: &Path, text: &str, offset: usize) -> Self {
+    pub(crate) fn of(path: &Path, text: &str, offset: usize) -> Self {
         let before = &text.as_bytes()[..offset.min(text.len())];
         let line_start = before
             .iter()
@@ -298,8 +298,37 @@ pub fn parse(path_for_messages: &Path, text: &str) -> Result<Topology, TopologyF
     parse_file(path_for_messages, text).map(|file| file.topology)
 }
 
-/// [`parse`], keeping the `[run]` table and the nodes' workloads.
+/// [`parse`], keeping the `[run]` table and the nodes' workloads. A `[[step]]` list is
+/// refused: it makes the file a scenario, for `meshsim run`.
 pub fn parse_file(path_for_messages: &Path, text: &str) -> Result<TopologyFile, TopologyFileError> {
+    let (file, steps) = parse_file_with::<StepsPresent>(path_for_messages, text)?;
+    if let Some(step) = steps.step {
+        return Err(TopologyFileError::Shape {
+            at: Location::of(path_for_messages, text, step.span().start),
+            field: Some("step".into()),
+            message: "steps make this file a scenario: run it with `meshsim run FILE` \
+                      (`meshsim up` starts a topology and leaves it to you)"
+                .into(),
+        });
+    }
+    Ok(file)
+}
+
+/// Whether a file has steps, and where they start.
+#[derive(Deserialize)]
+struct StepsPresent {
+    #[serde(default)]
+    step: Option<Spanned<toml::Value>>,
+}
+
+/// [`parse_file`] for a file with more than a topology (a scenario's `[[step]]` list): the
+/// topology and run settings as [`parse_file`] checks them, and `X` read by serde from the
+/// whole file (so `X` should not refuse unknown keys at its top level). `X`'s shape errors
+/// are located like the topology's.
+pub(crate) fn parse_file_with<X: serde::de::DeserializeOwned>(
+    path_for_messages: &Path,
+    text: &str,
+) -> Result<(TopologyFile, X), TopologyFileError> {
     let at = |offset: usize| Location::of(path_for_messages, text, offset);
 
     let tree = DeTable::parse(text).map_err(|error| {
@@ -327,6 +356,7 @@ pub fn parse_file(path_for_messages: &Path, text: &str) -> Result<TopologyFile, 
         .map_err(shape_error)?;
     let parts =
         RunParts::deserialize(toml::Deserializer::from(tree.clone())).map_err(shape_error)?;
+    let extra = X::deserialize(toml::Deserializer::from(tree.clone())).map_err(shape_error)?;
 
     topology.validate().map_err(|error| {
         let offset = error
@@ -366,11 +396,14 @@ pub fn parse_file(path_for_messages: &Path, text: &str) -> Result<TopologyFile, 
             })
         })
         .collect();
-    Ok(TopologyFile {
-        topology,
-        run,
-        node_workloads,
-    })
+    Ok((
+        TopologyFile {
+            topology,
+            run,
+            node_workloads,
+        },
+        extra,
+    ))
 }
 
 /// The tree without what the model does not know: the `[run]` table and each node's
@@ -379,6 +412,7 @@ fn without_run_parts<'i>(tree: &Spanned<DeTable<'i>>) -> Spanned<DeTable<'i>> {
     let mut tree = tree.clone();
     let table = tree.get_mut();
     table.remove("run");
+    table.remove("step");
     if let Some(nodes) = table.get_mut("nodes")
         && let DeValue::Array(items) = nodes.get_mut()
     {

@@ -48,6 +48,7 @@ impl Cuts {
         self.side(pair.a()) != self.side(pair.b()) || self.down.contains(&pair)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.sides.is_empty() && self.down.is_empty()
     }

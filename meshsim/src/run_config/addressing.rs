@@ -30,6 +30,13 @@ impl Default for Addressing {
     }
 }
 
+impl std::fmt::Display for Addressing {
+    /// As it is written: `10.77.0.0/16`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix_len)
+    }
+}
+
 impl std::str::FromStr for Addressing {
     type Err = AddressingError;
 

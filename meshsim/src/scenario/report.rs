@@ -1,0 +1,726 @@
+//! What a run leaves in its output directory beside the event log: the counters as CSV,
+//! each message's deliveries as CSV, three plots (SVG) and `report.md`, which says what
+//! happened in numbers: the steps and how late each ran, the traffic of each link, Matrix
+//! delivery times per server, and for each partition what crossed it, what was late and
+//! how long the mesh took to converge after healing.
+//!
+//! The figures are computed by pure functions of [`RunData`] (unit-tested); the plots and
+//! files are drawn from those.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs,
+    io,
+    path::Path,
+};
+
+use plotters::prelude::*;
+
+use super::{
+    record::round3,
+    run::{RunData, Sample},
+};
+
+/// Plot colours, distinguishable on white.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+
+/// How many links the traffic plot draws (the busiest).
+const PLOTTED_LINKS: usize = 8;
+
+/// One message's delivery to one server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub event: String,
+    pub origin: String,
+    /// When it was sent, ms since the start.
+    pub sent_ms: f64,
+    pub node: String,
+    /// When `node` saw it, ms since the start; `None`: never during the run.
+    pub seen_ms: Option<f64>,
+}
+
+impl Delivery {
+    pub fn delay_ms(&self) -> Option<f64> {
+        self.seen_ms.map(|s| s - self.sent_ms)
+    }
+}
+
+/// Every scenario-sent message to every homeserver other than its origin that was in the
+/// run (seen anything) — `servers` are the homeservers at the end of the run.
+pub fn deliveries(data: &RunData, servers: &BTreeSet<String>) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    for sent in &data.sent {
+        let record = data.events.get(&sent.event_id);
+        let sent_ms = record
+            .and_then(|r| r.sent_ms())
+            .map_or(sent.t_ms, |wall| data.clock.from_wall(wall));
+        for node in servers.iter().filter(|n| **n != sent.from) {
+            let seen_ms = record
+                .and_then(|r| r.seen.get(node))
+                .map(|wall| data.clock.from_wall(*wall));
+            out.push(Delivery {
+                event: sent.event_id.clone(),
+                origin: sent.from.clone(),
+                sent_ms,
+                node: node.clone(),
+                seen_ms,
+            });
+        }
+    }
+    out
+}
+
+/// A partition from its step to the heal that ended it (or the run's end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionWindow {
+    pub step: usize,
+    pub side: BTreeSet<String>,
+    pub from_ms: f64,
+    /// When it healed; `None`: it did not during the run.
+    pub healed_ms: Option<f64>,
+}
+
+/// What happened to the messages sent across one partition while it stood.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionOutcome {
+    pub window: PartitionWindow,
+    /// Messages sent during the partition (from either side).
+    pub messages: usize,
+    /// (message, server on the other side) pairs.
+    pub crossings: usize,
+    /// Crossed while the partition stood (should be none).
+    pub crossed_during: usize,
+    /// Arrived after the heal.
+    pub late: usize,
+    /// Never arrived during the run.
+    pub lost: usize,
+    /// From the heal to the last late arrival: how long the mesh took to converge.
+    pub converged_after_ms: Option<f64>,
+}
+
+/// The partitions of the run, from its steps: a `partition` step opens one; a `heal` step
+/// that names one of its nodes (or `heal all`) closes it.
+pub fn partition_windows(data: &RunData) -> Vec<PartitionWindow> {
+    let mut open: Vec<PartitionWindow> = Vec::new();
+    let mut closed = Vec::new();
+    for step in data.steps.iter().filter(|s| s.error.is_none()) {
+        let nodes = || -> BTreeSet<String> {
+            step.what
+                .split_whitespace()
+                .skip(1)
+                .map(str::to_owned)
+                .collect()
+        };
+        match step.kind {
+            "partition" => {
+                let side = nodes();
+                // Nodes partitioned again leave their old side.
+                for w in &mut open {
+                    w.side.retain(|n| !side.contains(n));
+                }
+                open.push(PartitionWindow {
+                    step: step.index,
+                    side,
+                    from_ms: step.done_ms,
+                    healed_ms: None,
+                });
+            }
+            "heal" => {
+                let healed = nodes();
+                let all = step.what == "heal all";
+                let (done, still): (Vec<_>, Vec<_>) = open
+                    .into_iter()
+                    .partition(|w| all || w.side.iter().any(|n| healed.contains(n)));
+                open = still;
+                closed.extend(done.into_iter().map(|mut w| {
+                    w.healed_ms = Some(step.done_ms);
+                    w
+                }));
+            }
+            _ => {}
+        }
+    }
+    closed.extend(open);
+    closed.sort_by(|a, b| a.from_ms.total_cmp(&b.from_ms));
+    closed
+}
+
+/// What crossed each partition, and when.
+pub fn partition_outcomes(
+    windows: &[PartitionWindow],
+    deliveries: &[Delivery],
+) -> Vec<PartitionOutcome> {
+    windows
+        .iter()
+        .map(|w| {
+            let end = w.healed_ms.unwrap_or(f64::INFINITY);
+            let during: Vec<&Delivery> = deliveries
+                .iter()
+                .filter(|d| d.sent_ms >= w.from_ms && d.sent_ms < end)
+                .filter(|d| w.side.contains(&d.origin) != w.side.contains(&d.node))
+                .collect();
+            let messages: BTreeSet<&str> = during.iter().map(|d| d.event.as_str()).collect();
+            let crossed_during = during
+                .iter()
+                .filter(|d| d.seen_ms.is_some_and(|s| s < end))
+                .count();
+            let late: Vec<f64> = during
+                .iter()
+                .filter_map(|d| d.seen_ms.filter(|&s| s >= end))
+                .collect();
+            let lost = during.iter().filter(|d| d.seen_ms.is_none()).count();
+            PartitionOutcome {
+                window: w.clone(),
+                messages: messages.len(),
+                crossings: during.len(),
+                crossed_during,
+                late: late.len(),
+                lost,
+                converged_after_ms: w.healed_ms.and_then(|healed| {
+                    (lost == 0 && !late.is_empty())
+                        .then(|| late.iter().copied().fold(f64::MIN, f64::max) - healed)
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The `q` quantile (0..=1) of `values`, by nearest rank; `None` when empty.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// Each link's bytes per second between consecutive samples: (t in s, bytes/s) by link.
+pub fn link_rates(samples: &[Sample]) -> BTreeMap<(String, String), Vec<(f64, f64)>> {
+    let mut rates: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    for pair in samples.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let dt = (after.t_ms - before.t_ms) / 1000.0;
+        // The last sample may follow the one before by a few ms: too short for a rate.
+        if dt < 0.25 {
+            continue;
+        }
+        for (link, now) in &after.links {
+            let then = before.links.get(link).map_or(0, |c| c.bytes);
+            let rate = now.bytes.saturating_sub(then) as f64 / dt;
+            rates
+                .entry(link.clone())
+                .or_default()
+                .push((after.t_ms / 1000.0, rate));
+        }
+    }
+    rates
+}
+
+/// The summary figures a run's directory and a `--repeat` summary share.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    pub steps_done: usize,
+    pub steps_total: usize,
+    pub late_p50_ms: Option<f64>,
+    pub late_p99_ms: Option<f64>,
+    pub late_max_ms: Option<f64>,
+    pub messages: usize,
+    pub delivery_p50_ms: Option<f64>,
+    pub delivery_p95_ms: Option<f64>,
+    pub undelivered: usize,
+    /// The longest convergence after a heal.
+    pub converged_after_ms: Option<f64>,
+    pub failure: Option<String>,
+}
+
+pub fn figures(data: &RunData, deliveries: &[Delivery], partitions: &[PartitionOutcome]) -> Figures {
+    let late: Vec<f64> = data
+        .steps
+        .iter()
+        .map(|s| s.started_ms - s.due_ms)
+        .collect();
+    let delays: Vec<f64> = deliveries.iter().filter_map(Delivery::delay_ms).collect();
+    Figures {
+        steps_done: data.steps.iter().filter(|s| s.error.is_none()).count(),
+        steps_total: data.total_steps,
+        late_p50_ms: quantile(&late, 0.5),
+        late_p99_ms: quantile(&late, 0.99),
+        late_max_ms: late.iter().copied().reduce(f64::max),
+        messages: data.sent.len(),
+        delivery_p50_ms: quantile(&delays, 0.5),
+        delivery_p95_ms: quantile(&delays, 0.95),
+        undelivered: deliveries.iter().filter(|d| d.seen_ms.is_none()).count(),
+        converged_after_ms: partitions
+            .iter()
+            .filter_map(|p| p.converged_after_ms)
+            .reduce(f64::max),
+        failure: data.failure.clone(),
+    }
+}
+
+/// What the report's header says about the run.
+#[derive(Debug, Clone)]
+pub struct RunFacts {
+    pub scenario: String,
+    pub version: String,
+    pub backend: String,
+    pub workload: String,
+    /// The `--set` overrides, as given.
+    pub overrides: Vec<String>,
+    /// Homeservers at the end of the run.
+    pub servers: BTreeSet<String>,
+}
+
+/// Writes counters.csv, deliveries.csv, the plots and report.md into `dir`; returns the
+/// run's figures.
+pub fn write(dir: &Path, data: &RunData, facts: &RunFacts) -> io::Result<Figures> {
+    let deliveries = deliveries(data, &facts.servers);
+    let windows = partition_windows(data);
+    let partitions = partition_outcomes(&windows, &deliveries);
+    let figures = figures(data, &deliveries, &partitions);
+
+    write_counters_csv(&dir.join("counters.csv"), &data.samples)?;
+    write_deliveries_csv(&dir.join("deliveries.csv"), &deliveries)?;
+    let rates = link_rates(&data.samples);
+    let markers: Vec<(f64, String)> = data
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.kind, "wait" | "send"))
+        .map(|s| (s.started_ms / 1000.0, s.kind.to_owned()))
+        .collect();
+    let plots = [
+        ("traffic.svg", plot_traffic(&dir.join("traffic.svg"), &rates, &markers, data.ended_ms / 1000.0)),
+        ("delivery-cdf.svg", plot_cdf(&dir.join("delivery-cdf.svg"), &deliveries)),
+        ("delivery-time.svg", plot_over_time(&dir.join("delivery-time.svg"), &deliveries, &markers, data.ended_ms / 1000.0)),
+    ];
+    let mut drawn = BTreeSet::new();
+    for (name, result) in plots {
+        match result {
+            Ok(true) => {
+                drawn.insert(name);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("drawing {name}: {e}"),
+        }
+    }
+    let text = report_text(data, facts, &figures, &deliveries, &partitions, &drawn);
+    fs::write(dir.join("report.md"), text)?;
+    Ok(figures)
+}
+
+fn write_counters_csv(path: &Path, samples: &[Sample]) -> io::Result<()> {
+    let mut out = String::from("t_ms,from,to,packets,bytes,dropped_loss,dropped_queue\n");
+    for sample in samples {
+        for ((from, to), c) in &sample.links {
+            let _ = writeln!(
+                out,
+                "{},{from},{to},{},{},{},{}",
+                round3(sample.t_ms),
+                c.packets,
+                c.bytes,
+                c.dropped_loss,
+                c.dropped_queue
+            );
+        }
+    }
+    fs::write(path, out)
+}
+
+fn write_deliveries_csv(path: &Path, deliveries: &[Delivery]) -> io::Result<()> {
+    let mut out = String::from("event,origin,sent_ms,node,seen_ms,delay_ms\n");
+    for d in deliveries {
+        let opt = |v: Option<f64>| v.map(|v| round3(v).to_string()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{}",
+            d.event,
+            d.origin,
+            round3(d.sent_ms),
+            d.node,
+            opt(d.seen_ms),
+            opt(d.delay_ms())
+        );
+    }
+    fs::write(path, out)
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("–".to_owned(), |v| {
+        if v.abs() >= 1000.0 {
+            format!("{:.2} s", v / 1000.0)
+        } else {
+            format!("{v:.1} ms")
+        }
+    })
+}
+
+fn report_text(
+    data: &RunData,
+    facts: &RunFacts,
+    figures: &Figures,
+    deliveries: &[Delivery],
+    partitions: &[PartitionOutcome],
+    drawn: &BTreeSet<&str>,
+) -> String {
+    let mut r = String::new();
+    let _ = writeln!(r, "# Run of {}\n", facts.scenario);
+    let _ = writeln!(
+        r,
+        "meshsim {}, backend {}, workload {}; {} homeservers at the end; {:.1} s.",
+        facts.version,
+        facts.backend,
+        facts.workload,
+        facts.servers.len(),
+        data.ended_ms / 1000.0
+    );
+    if !facts.overrides.is_empty() {
+        let _ = writeln!(r, "\nOverrides: `{}`.", facts.overrides.join("`, `"));
+    }
+    match &data.failure {
+        None => {
+            let _ = writeln!(r, "\n**Outcome: every step ran.**");
+        }
+        Some(why) => {
+            let _ = writeln!(r, "\n**Outcome: stopped early: {why}.**");
+        }
+    }
+
+    let _ = writeln!(r, "\n## Steps\n");
+    let _ = writeln!(
+        r,
+        "Applied within {} of their time at the median, {} at p99, {} at most ({} of {} steps ran).\n",
+        ms(figures.late_p50_ms),
+        ms(figures.late_p99_ms),
+        ms(figures.late_max_ms),
+        figures.steps_done,
+        figures.steps_total
+    );
+    let _ = writeln!(r, "| # | line | due | started | took | step | result |");
+    let _ = writeln!(r, "|---|---|---|---|---|---|---|");
+    for s in &data.steps {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {:.3} s | +{:.1} ms | {} | {} | {} |",
+            s.index + 1,
+            s.line,
+            s.due_ms / 1000.0,
+            s.started_ms - s.due_ms,
+            ms(Some(s.done_ms - s.started_ms)),
+            s.what.replace('|', "\\|"),
+            s.error.as_deref().unwrap_or("ok").replace('|', "\\|")
+        );
+    }
+    if !data.flaps.is_empty() {
+        let downs = data.flaps.iter().filter(|f| f.down).count();
+        let _ = writeln!(r, "\nFlapping links went down {downs} times (every edge is in events.jsonl).");
+    }
+
+    let _ = writeln!(r, "\n## Traffic\n");
+    if drawn.contains("traffic.svg") {
+        let _ = writeln!(
+            r,
+            "![bytes per second on the busiest links, steps marked](traffic.svg)\n"
+        );
+    }
+    let last = data.samples.last();
+    if let Some(last) = last {
+        let mut links: Vec<_> = last.links.iter().filter(|(_, c)| c.packets > 0).collect();
+        links.sort_by_key(|(_, c)| std::cmp::Reverse(c.bytes));
+        if links.is_empty() {
+            let _ = writeln!(r, "No link carried a packet.");
+        } else {
+            let _ = writeln!(r, "Busiest directed links over the run (all of them are in counters.csv):\n");
+        }
+        if !links.is_empty() {
+            let _ = writeln!(r, "| link | packets | bytes | lost (loss or cut) | dropped (queue) |");
+            let _ = writeln!(r, "|---|---|---|---|---|");
+        }
+        for ((from, to), c) in links.iter().take(12) {
+            let _ = writeln!(
+                r,
+                "| {from} → {to} | {} | {} | {} | {} |",
+                c.packets, c.bytes, c.dropped_loss, c.dropped_queue
+            );
+        }
+        let lost: u64 = last.links.values().map(|c| c.dropped_loss).sum();
+        let _ = writeln!(r, "\n{} links, {lost} packets lost in all.", last.links.len());
+    } else {
+        let _ = writeln!(r, "No counters were sampled.");
+    }
+
+    let _ = writeln!(r, "\n## Matrix delivery\n");
+    if data.sent.is_empty() {
+        let _ = writeln!(r, "The scenario sent no messages.");
+    } else {
+        let _ = writeln!(
+            r,
+            "{} messages sent; delivery (seen on a server minus sent) {} at the median, {} at p95; {} deliveries never happened during the run.\n",
+            figures.messages,
+            ms(figures.delivery_p50_ms),
+            ms(figures.delivery_p95_ms),
+            figures.undelivered
+        );
+        if drawn.contains("delivery-cdf.svg") {
+            let _ = writeln!(r, "![delivery time per server, CDF](delivery-cdf.svg)\n");
+        }
+        if drawn.contains("delivery-time.svg") {
+            let _ = writeln!(r, "![delivery time of each message over the run, steps marked](delivery-time.svg)\n");
+        }
+        let _ = writeln!(r, "| server | delivered | p50 | p95 | max | not delivered |");
+        let _ = writeln!(r, "|---|---|---|---|---|---|");
+        let mut by_node: BTreeMap<&str, (Vec<f64>, usize)> = BTreeMap::new();
+        for d in deliveries {
+            let e = by_node.entry(&d.node).or_default();
+            match d.delay_ms() {
+                Some(v) => e.0.push(v),
+                None => e.1 += 1,
+            }
+        }
+        for (node, (delays, missing)) in &by_node {
+            let _ = writeln!(
+                r,
+                "| {node} | {} | {} | {} | {} | {missing} |",
+                delays.len(),
+                ms(quantile(delays, 0.5)),
+                ms(quantile(delays, 0.95)),
+                ms(delays.iter().copied().reduce(f64::max)),
+            );
+        }
+    }
+
+    if !partitions.is_empty() {
+        let _ = writeln!(r, "\n## Partitions\n");
+        for p in partitions {
+            let side: Vec<&str> = p.window.side.iter().map(String::as_str).collect();
+            let _ = writeln!(
+                r,
+                "- **{}** cut off at {:.1} s (step {}), {}: {} messages sent across it, {} (message, server) crossings; {} crossed while it stood, {} arrived after the heal, {} never arrived.{}",
+                side.join(" "),
+                p.window.from_ms / 1000.0,
+                p.window.step + 1,
+                p.window
+                    .healed_ms
+                    .map_or("never healed".to_owned(), |h| format!("healed at {:.1} s", h / 1000.0)),
+                p.messages,
+                p.crossings,
+                p.crossed_during,
+                p.late,
+                p.lost,
+                match p.converged_after_ms {
+                    Some(c) => format!(" **Converged {} after healing.**", ms(Some(c))),
+                    None => String::new(),
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        r,
+        "\n## Files\n\n- `events.jsonl`: every step, Sim change, Matrix sighting, message and mark, with `t_ms` (since the start, monotonic) and `wall_ms`.\n- `counters.csv`: each directed link's counters, sampled every second.\n- `deliveries.csv`: each message to each server: sent, seen, delay.\n- `scenario.toml` and `run.json`: what ran, and with which settings."
+    );
+    r
+}
+
+/// Draws `series` over `x` from 0 to `x_end`, with markers; false when there is nothing.
+fn plot_traffic(
+    path: &Path,
+    rates: &BTreeMap<(String, String), Vec<(f64, f64)>>,
+    markers: &[(f64, String)],
+    x_end: f64,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut busiest: Vec<(&(String, String), f64)> = rates
+        .iter()
+        .map(|(link, points)| (link, points.iter().map(|p| p.1).sum::<f64>()))
+        .filter(|(_, total)| *total > 0.0)
+        .collect();
+    if busiest.is_empty() {
+        return Ok(false);
+    }
+    busiest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    busiest.truncate(PLOTTED_LINKS);
+    let y_max = busiest
+        .iter()
+        .flat_map(|(link, _)| rates[*link].iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Bytes per second on the busiest links", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_end.max(1.0), 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the start (s)")
+        .y_desc("bytes/s")
+        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+        .draw()?;
+    draw_markers(&mut chart, markers, y_max)?;
+    for (i, (link, _)) in busiest.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(rates[*link].iter().copied(), colour.stroke_width(2)))?
+            .label(format!("{} → {}", link.0, link.1))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+fn plot_cdf(path: &Path, deliveries: &[Delivery]) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut by_node: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for d in deliveries {
+        if let Some(v) = d.delay_ms() {
+            by_node.entry(&d.node).or_default().push(v);
+        }
+    }
+    if by_node.is_empty() {
+        return Ok(false);
+    }
+    let x_max = by_node
+        .values()
+        .flatten()
+        .copied()
+        .fold(1.0, f64::max)
+        * 1.05;
+    let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Delivery time per server (CDF)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, 0f64..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("delivery time (ms)")
+        .y_desc("fraction delivered")
+        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+        .draw()?;
+    for (i, (node, delays)) in by_node.iter_mut().enumerate() {
+        delays.sort_by(f64::total_cmp);
+        let n = delays.len() as f64;
+        let colour = PALETTE[i % PALETTE.len()];
+        let points: Vec<(f64, f64)> = delays
+            .iter()
+            .enumerate()
+            .flat_map(|(k, &v)| [(v, k as f64 / n), (v, (k + 1) as f64 / n)])
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(node.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+fn plot_over_time(
+    path: &Path,
+    deliveries: &[Delivery],
+    markers: &[(f64, String)],
+    x_end: f64,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut by_node: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for d in deliveries {
+        if let Some(v) = d.delay_ms() {
+            by_node
+                .entry(&d.node)
+                .or_default()
+                .push((d.sent_ms / 1000.0, v));
+        }
+    }
+    if by_node.is_empty() {
+        return Ok(false);
+    }
+    let y_max = by_node
+        .values()
+        .flatten()
+        .map(|p| p.1)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Delivery time of each message, by when it was sent", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_end.max(1.0), 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("sent at (s since the start)")
+        .y_desc("delivery time (ms)")
+        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+        .draw()?;
+    draw_markers(&mut chart, markers, y_max)?;
+    for (i, (node, points)) in by_node.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?
+            .label(node.to_string())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 3, colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A grey vertical line with the step's kind at each marker.
+fn draw_markers(
+    chart: &mut Chart<'_, '_>,
+    markers: &[(f64, String)],
+    y_max: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let grey = RGBColor(0x99, 0x99, 0x99);
+    for (i, (t, label)) in markers.iter().enumerate() {
+        // Labels of steps close in time go on three rows, so they do not overlap.
+        let row = 0.97 - 0.05 * (i % 3) as f64;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(*t, 0.0), (*t, y_max)],
+            grey.stroke_width(1),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            label.clone(),
+            (*t, y_max * row),
+            ("sans-serif", 12).into_font().color(&grey),
+        )))?;
+    }
+    Ok(())
+}
