@@ -29,5 +29,6 @@ pub mod ws;
 
 pub use process::Running;
 pub use util::{
-    TempDir, assert_carried, eventually, growth, id, meshsim_bin, processes_in, target_dir,
+    Sweep, TempDir, assert_carried, eventually, growth, id, leftovers, meshsim_bin, processes_in,
+    target_dir,
 };

@@ -123,3 +123,25 @@ pub fn meshsim_bin() -> PathBuf {
     );
     bin
 }
+
+/// Namespaces and links of meshsim's (the default run's `ms-` names) that exist now.
+pub fn leftovers() -> Vec<String> {
+    let prefix = meshsim::runtime::names::PREFIX;
+    let mut found = meshsim::net::NetNs::list_with_prefix(prefix).unwrap();
+    let links = std::fs::read_dir("/sys/class/net").unwrap();
+    found.extend(
+        links
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix)),
+    );
+    found
+}
+
+/// Runs `meshsim down` when dropped, so a failed test leaves nothing for the next one.
+pub struct Sweep;
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(meshsim_bin()).arg("down").output();
+    }
+}

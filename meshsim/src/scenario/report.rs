@@ -20,7 +20,9 @@ use plotters::prelude::*;
 use super::{
     record::round3,
     run::{RunData, Sample},
+    step::Action,
 };
+use crate::model::{CutChange, NodeId};
 
 /// Plot colours, distinguishable on white.
 const PALETTE: [RGBColor; 8] = [
@@ -114,16 +116,10 @@ pub fn partition_windows(data: &RunData) -> Vec<PartitionWindow> {
     let mut open: Vec<PartitionWindow> = Vec::new();
     let mut closed = Vec::new();
     for step in data.steps.iter().filter(|s| s.error.is_none()) {
-        let nodes = || -> BTreeSet<String> {
-            step.what
-                .split_whitespace()
-                .skip(1)
-                .map(str::to_owned)
-                .collect()
-        };
-        match step.kind {
-            "partition" => {
-                let side = nodes();
+        let names = |ids: &[NodeId]| -> BTreeSet<String> { ids.iter().map(|id| id.name()).collect() };
+        match &step.action {
+            Action::Cut(CutChange::Partition(ids)) => {
+                let side = names(ids);
                 // Nodes partitioned again leave their old side.
                 for w in &mut open {
                     w.side.retain(|n| !side.contains(n));
@@ -135,12 +131,13 @@ pub fn partition_windows(data: &RunData) -> Vec<PartitionWindow> {
                     healed_ms: None,
                 });
             }
-            "heal" => {
-                let healed = nodes();
-                let all = step.what == "heal all";
-                let (done, still): (Vec<_>, Vec<_>) = open
-                    .into_iter()
-                    .partition(|w| all || w.side.iter().any(|n| healed.contains(n)));
+            Action::Cut(CutChange::Heal(healed)) => {
+                let healed = healed.as_deref().map(names);
+                let (done, still): (Vec<_>, Vec<_>) = open.into_iter().partition(|w| {
+                    healed
+                        .as_ref()
+                        .is_none_or(|h| w.side.iter().any(|n| h.contains(n)))
+                });
                 open = still;
                 closed.extend(done.into_iter().map(|mut w| {
                     w.healed_ms = Some(step.done_ms);
@@ -297,8 +294,14 @@ pub fn write(dir: &Path, data: &RunData, facts: &RunFacts) -> io::Result<Figures
     let markers: Vec<(f64, String)> = data
         .steps
         .iter()
-        .filter(|s| !matches!(s.kind, "wait" | "send"))
-        .map(|s| (s.started_ms / 1000.0, s.kind.to_owned()))
+        .filter(|s| !matches!(s.action, Action::WaitFor(_) | Action::WaitUntil { .. } | Action::Send { .. }))
+        .map(|s| {
+            let label = match &s.action {
+                Action::Mark(name) => name.clone(),
+                _ => s.kind.to_owned(),
+            };
+            (s.started_ms / 1000.0, label)
+        })
         .collect();
     let plots = [
         ("traffic.svg", plot_traffic(&dir.join("traffic.svg"), &rates, &markers, data.ended_ms / 1000.0)),
@@ -723,4 +726,186 @@ fn draw_markers(
         )))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use meshsim_common::LinkCounters;
+
+    use super::*;
+    use crate::scenario::{
+        record::Clock,
+        run::{SentMessage, StepRecord},
+    };
+
+    fn step(index: usize, action: Action, at_ms: f64) -> StepRecord {
+        StepRecord {
+            index,
+            line: 10 + index,
+            kind: action.kind(),
+            what: action.describe(),
+            action,
+            due_ms: at_ms,
+            started_ms: at_ms + 1.0,
+            done_ms: at_ms + 2.0,
+            error: None,
+        }
+    }
+
+    fn partition(ids: &[u32]) -> Action {
+        Action::Cut(CutChange::Partition(ids.iter().map(|&i| NodeId(i)).collect()))
+    }
+
+    fn data(steps: Vec<StepRecord>) -> RunData {
+        RunData {
+            clock: Clock::now(),
+            total_steps: steps.len(),
+            steps,
+            sent: Vec::new(),
+            samples: Vec::new(),
+            flaps: Vec::new(),
+            events: BTreeMap::new(),
+            ended_ms: 60_000.0,
+            failure: None,
+        }
+    }
+
+    fn delivery(event: &str, origin: &str, sent_ms: f64, node: &str, seen_ms: Option<f64>) -> Delivery {
+        Delivery {
+            event: event.into(),
+            origin: origin.into(),
+            sent_ms,
+            node: node.into(),
+            seen_ms,
+        }
+    }
+
+    #[test]
+    fn a_partition_lasts_from_its_step_to_the_heal_that_names_it() {
+        let d = data(vec![
+            step(0, partition(&[1, 2]), 1000.0),
+            step(1, partition(&[5]), 2000.0),
+            step(2, Action::Cut(CutChange::Heal(Some(vec![NodeId(5)]))), 3000.0),
+            step(3, Action::Cut(CutChange::Heal(None)), 9000.0),
+            step(4, partition(&[3]), 10_000.0),
+        ]);
+        let w = partition_windows(&d);
+        let spans: Vec<(usize, Option<f64>)> = w.iter().map(|w| (w.step, w.healed_ms)).collect();
+        assert_eq!(spans, [(0, Some(9002.0)), (1, Some(3002.0)), (4, None)]);
+        assert_eq!(w[0].side, BTreeSet::from(["n1".to_owned(), "n2".to_owned()]));
+    }
+
+    #[test]
+    fn messages_across_a_partition_are_late_lost_or_crossed() {
+        let window = PartitionWindow {
+            step: 0,
+            side: BTreeSet::from(["n1".to_owned()]),
+            from_ms: 1000.0,
+            healed_ms: Some(5000.0),
+        };
+        let deliveries = [
+            // Sent before the partition: not counted.
+            delivery("$a", "n1", 500.0, "n2", Some(600.0)),
+            // Across, arrived after the heal.
+            delivery("$b", "n1", 2000.0, "n2", Some(5600.0)),
+            delivery("$b", "n1", 2000.0, "n3", Some(7000.0)),
+            // Across the other way, arrived during the partition (it leaked).
+            delivery("$c", "n3", 3000.0, "n1", Some(3100.0)),
+            // Same side of the cut: not counted.
+            delivery("$c", "n3", 3000.0, "n2", Some(3050.0)),
+        ];
+        let outcome = &partition_outcomes(&[window.clone()], &deliveries)[0];
+        assert_eq!(
+            (outcome.messages, outcome.crossings, outcome.crossed_during, outcome.late, outcome.lost),
+            (2, 3, 1, 2, 0)
+        );
+        assert_eq!(outcome.converged_after_ms, Some(2000.0));
+        // One never arriving: no convergence figure.
+        let mut lost = deliveries.to_vec();
+        lost[2].seen_ms = None;
+        let outcome = &partition_outcomes(&[window], &lost)[0];
+        assert_eq!((outcome.late, outcome.lost, outcome.converged_after_ms), (1, 1, None));
+    }
+
+    #[test]
+    fn quantiles_take_the_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&v, 0.5), Some(3.0));
+        assert_eq!(quantile(&v, 0.99), Some(5.0));
+        assert_eq!(quantile(&v, 0.0), Some(1.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn rates_are_bytes_between_samples_over_their_interval() {
+        let sample = |t_ms: f64, bytes: u64| Sample {
+            t_ms,
+            links: BTreeMap::from([(
+                ("n1".to_owned(), "n2".to_owned()),
+                LinkCounters {
+                    bytes,
+                    ..LinkCounters::default()
+                },
+            )]),
+        };
+        let rates = link_rates(&[sample(0.0, 0), sample(1000.0, 500), sample(3000.0, 2500), sample(3010.0, 9000)]);
+        assert_eq!(
+            rates[&("n1".to_owned(), "n2".to_owned())],
+            [(1.0, 500.0), (3.0, 1000.0)],
+            "the last, 10 ms after the one before, is too short for a rate"
+        );
+    }
+
+    #[test]
+    fn a_run_writes_its_report_plots_and_tables() {
+        let mut d = data(vec![
+            step(0, partition(&[1]), 1000.0),
+            step(1, Action::Cut(CutChange::Heal(None)), 4000.0),
+        ]);
+        d.samples = (0..6)
+            .map(|k| Sample {
+                t_ms: k as f64 * 1000.0,
+                links: BTreeMap::from([(
+                    ("n1".to_owned(), "n2".to_owned()),
+                    LinkCounters {
+                        packets: k * 10,
+                        bytes: k * 1000,
+                        dropped_loss: k,
+                        dropped_queue: 0,
+                    },
+                )]),
+            })
+            .collect();
+        d.sent.push(SentMessage {
+            step: 1,
+            from: "n1".into(),
+            event_id: "$x".into(),
+            t_ms: 2000.0,
+        });
+        let dir = std::env::temp_dir().join(format!("meshsim-report-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let facts = RunFacts {
+            scenario: "s.toml".into(),
+            version: "test".into(),
+            backend: "netns".into(),
+            workload: "synapse".into(),
+            overrides: vec!["client.loss_pct=1".into()],
+            servers: BTreeSet::from(["n1".to_owned(), "n2".to_owned()]),
+        };
+        let figures = write(&dir, &d, &facts).unwrap();
+        // The message never reached n2: one undelivered, and the partition says it was lost.
+        assert_eq!((figures.messages, figures.undelivered), (1, 1));
+        let report = fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(report.contains("![bytes per second"), "{report}");
+        assert!(report.contains("| n1 → n2 | 50 | 5000 | 5 | 0 |"), "{report}");
+        assert!(report.contains("1 never arrived"), "{report}");
+        assert!(report.contains("client.loss_pct=1"), "{report}");
+        let svg = fs::read_to_string(dir.join("traffic.svg")).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("n1 → n2") && svg.contains("partition"));
+        let csv = fs::read_to_string(dir.join("counters.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 7);
+        let deliveries = fs::read_to_string(dir.join("deliveries.csv")).unwrap();
+        assert_eq!(deliveries.lines().nth(1), Some("$x,n1,2000,n2,,"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

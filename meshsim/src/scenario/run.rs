@@ -47,6 +47,7 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub struct StepRecord {
     pub index: usize,
     pub line: usize,
+    pub action: Action,
     pub kind: &'static str,
     pub what: String,
     /// When it was due, ms since the start.
@@ -245,6 +246,7 @@ impl StepRunner<'_> {
             let record = StepRecord {
                 index: step.index,
                 line: step.line,
+                action: step.action.clone(),
                 kind: step.action.kind(),
                 what: step.action.describe(),
                 due_ms,

@@ -11,30 +11,10 @@ use std::{
     time::Duration,
 };
 
-use meshsim::{net::NetNs, runtime::names::PREFIX};
-use meshsim_tests::{Running, fixtures::examples_dir, meshsim_bin, processes_in};
+use meshsim_tests::{Running, Sweep, fixtures::examples_dir, leftovers, meshsim_bin, processes_in};
 
 fn example() -> String {
     examples_dir().join("mesh6.toml").display().to_string()
-}
-
-fn leftovers() -> Vec<String> {
-    let mut found = NetNs::list_with_prefix(PREFIX).unwrap();
-    let links = std::fs::read_dir("/sys/class/net").unwrap();
-    found.extend(
-        links
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(PREFIX)),
-    );
-    found
-}
-
-/// Removes whatever a failed test left, so later tests start clean.
-struct Sweep;
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        let _ = Command::new(meshsim_bin()).arg("down").output();
-    }
 }
 
 /// Starts `meshsim ARGS` and waits until it says it is running; returns its guard (which

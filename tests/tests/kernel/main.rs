@@ -7,4 +7,5 @@ mod cli;
 mod client;
 mod mesh;
 mod net;
+mod scenario;
 mod traffic;

@@ -6,4 +6,5 @@ mod browser;
 mod client;
 mod docker;
 mod events;
+mod scenario;
 mod synapse;
