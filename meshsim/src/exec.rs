@@ -3,17 +3,19 @@
 use std::os::unix::process::CommandExt as _;
 
 use anyhow::anyhow;
-use meshsim::{net::NetNs, runtime::names::PREFIX};
+use meshsim::{net::NetNs, runtime::names::RunPrefix};
 
-/// Replaces this process with `command` inside node `node`; returns only on failure.
-pub fn run(node: &str, command: &[String]) -> anyhow::Error {
-    let ns = match NetNs::open(&format!("{PREFIX}{node}")) {
+/// Replaces this process with `command` inside node `node` of the run `prefix`; returns
+/// only on failure.
+pub fn run(prefix: &RunPrefix, node: &str, command: &[String]) -> anyhow::Error {
+    let names = prefix.names();
+    let ns = match NetNs::open(&format!("{names}{node}")) {
         Ok(ns) => ns,
         Err(e) => {
-            let running = NetNs::list_with_prefix(PREFIX).unwrap_or_default();
+            let running = NetNs::list_with_prefix(&names).unwrap_or_default();
             let nodes: Vec<&str> = running
                 .iter()
-                .filter_map(|n| n.strip_prefix(PREFIX))
+                .filter_map(|n| n.strip_prefix(names.as_str()))
                 .filter(|n| n.starts_with('n'))
                 .collect();
             return anyhow!(e).context(if nodes.is_empty() {

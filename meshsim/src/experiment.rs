@@ -117,6 +117,7 @@ async fn once(
             "node_cmd": options.node_cmd,
             "image": options.image,
             "subnet": options.subnet.to_string(),
+            "prefix": options.prefix.to_string(),
             "loose": options.loose,
         },
     });
@@ -130,7 +131,12 @@ async fn once(
         overrides: set.to_vec(),
         figures: None,
     };
-    let result = mesh::run_with(Some(scenario.file.clone()), options, Then::Scenario(&mut job)).await;
+    let result = mesh::run_with(
+        Some(scenario.file.clone()),
+        options,
+        Then::Scenario(&mut job),
+    )
+    .await;
     match (result, job.figures) {
         (Ok(()), Some(figures)) => Ok(figures),
         (Ok(()), None) => Err(anyhow!("the run stopped before its scenario started")),
@@ -161,7 +167,8 @@ impl Job {
             self.dir.display()
         );
         let progress = |line: String| eprintln!("meshsim: {line}");
-        let data = scenario::run::run(&self.scenario, &ports, recorder, &progress, stop.wait()).await;
+        let data =
+            scenario::run::run(&self.scenario, &ports, recorder, &progress, stop.wait()).await;
         writer
             .await
             .context("the event log's writer failed")?
@@ -236,7 +243,9 @@ fn summary_text(scenario: &Scenario, runs: &[(u32, Option<Figures>)]) -> String 
         }
     }
     let values = |get: fn(&Figures) -> Option<f64>| -> Vec<f64> {
-        runs.iter().filter_map(|(_, f)| f.as_ref().and_then(get)).collect()
+        runs.iter()
+            .filter_map(|(_, f)| f.as_ref().and_then(get))
+            .collect()
     };
     let spread = |v: Vec<f64>| {
         if v.is_empty() {
@@ -249,8 +258,20 @@ fn summary_text(scenario: &Scenario, runs: &[(u32, Option<Figures>)]) -> String 
         }
     };
     let _ = writeln!(s, "\nAcross runs (ms):\n");
-    let _ = writeln!(s, "- delivery p50: {}", spread(values(|f| f.delivery_p50_ms)));
-    let _ = writeln!(s, "- delivery p95: {}", spread(values(|f| f.delivery_p95_ms)));
-    let _ = writeln!(s, "- converged after heal: {}", spread(values(|f| f.converged_after_ms)));
+    let _ = writeln!(
+        s,
+        "- delivery p50: {}",
+        spread(values(|f| f.delivery_p50_ms))
+    );
+    let _ = writeln!(
+        s,
+        "- delivery p95: {}",
+        spread(values(|f| f.delivery_p95_ms))
+    );
+    let _ = writeln!(
+        s,
+        "- converged after heal: {}",
+        spread(values(|f| f.converged_after_ms))
+    );
     s
 }

@@ -11,7 +11,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Result;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use meshsim::{
-    run_config::{Addressing, DEFAULT_LOG_DIR},
+    run_config::Addressing,
+    runtime::names::{DEFAULT_PREFIX, RunPrefix},
     workload::synapse::SYNAPSE_VERSION,
 };
 
@@ -58,13 +59,24 @@ enum Command {
     },
     /// Remove everything a previous run left behind: namespaces, veths, the bridge (with their
     /// qdiscs and programs), processes still running in those namespaces, and (when Docker
-    /// is reachable) containers labelled org.meshsim.run and the network `meshsim`.
-    Down,
+    /// is reachable) its containers and network. Only the default run's (prefix `ms`) unless
+    /// told otherwise; a run that is still running is left alone.
+    Down {
+        /// The run whose leftovers to remove (its --prefix).
+        #[arg(long, default_value = DEFAULT_PREFIX, conflicts_with = "all")]
+        prefix: RunPrefix,
+        /// Every run's that is not running.
+        #[arg(long)]
+        all: bool,
+    },
     /// Check that this machine can run meshsim: privileges, BTF, the classifier, sch_fq,
     /// and where meshsim's installed files are.
     Check,
     /// Run a command inside a node: meshsim exec n1 -- ping 10.77.0.3
     Exec {
+        /// The run the node belongs to (its --prefix).
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: RunPrefix,
         node: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -152,9 +164,13 @@ struct RunOptions {
     /// `workload` and `node_cmd`.
     #[arg(long)]
     node_cmd: Option<String>,
-    /// Where per-node logs go.
-    #[arg(long, default_value = DEFAULT_LOG_DIR)]
-    log_dir: PathBuf,
+    /// Where per-node logs go (default: /tmp/meshsim/logs, or /tmp/meshsim-PREFIX/logs).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// What everything this run makes on the host is named after (`ms`: namespaces ms-n1,
+    /// bridge ms-br0, ...). Two runs at once on one host need two prefixes and two subnets.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    prefix: RunPrefix,
     /// Let frames between nodes that are not linked pass (routes still follow links).
     #[arg(long)]
     loose: bool,
@@ -162,10 +178,11 @@ struct RunOptions {
     /// dropped) as warnings: for debugging the datapath, off by default.
     #[arg(long)]
     debug_classifier: bool,
-    /// Where the canvas, the API and /metrics are served. Anything but loopback lets others
-    /// reshape this host's mesh: set --token then.
-    #[arg(long, default_value = meshsim::server::DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    /// Where the canvas, the API and /metrics are served (default 127.0.0.1:3000; `run`
+    /// takes a free port when that one is taken). Anything but loopback lets others reshape
+    /// this host's mesh: set --token then.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Require this bearer token on /api, /ws and /metrics (in the canvas: open /?token=...).
     #[arg(long, env = "MESHSIM_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -196,8 +213,13 @@ fn main() -> std::process::ExitCode {
         };
     }
     // `exec` replaces this process: no runtime, no threads (setns needs a single thread).
-    if let Some(Command::Exec { node, command }) = &cli.command {
-        let e = exec::run(node, command);
+    if let Some(Command::Exec {
+        prefix,
+        node,
+        command,
+    }) = &cli.command
+    {
+        let e = exec::run(prefix, node, command);
         eprintln!("meshsim: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
@@ -229,7 +251,7 @@ async fn run(cli: Cli) -> Result<()> {
             set,
             options,
         }) => experiment::run(&scenario, &out, repeat, &set, options).await,
-        Some(Command::Down) => mesh::down().await,
+        Some(Command::Down { prefix, all }) => mesh::down(&prefix, all).await,
         Some(Command::Check) => check::run().await,
         Some(Command::Exec { .. } | Command::GenerateFiles { .. }) => {
             unreachable!("handled before the runtime starts")
@@ -244,12 +266,11 @@ fn default_options() -> RunOptions {
         subnet: Addressing::default(),
         workload: None,
         node_cmd: None,
-        log_dir: DEFAULT_LOG_DIR.into(),
+        log_dir: None,
+        prefix: RunPrefix::default(),
         loose: false,
         debug_classifier: false,
-        listen: meshsim::server::DEFAULT_LISTEN
-            .parse()
-            .expect("the default listen address parses"),
+        listen: None,
         token: std::env::var("MESHSIM_TOKEN").ok(),
     }
 }

@@ -1,6 +1,6 @@
 //! Running a mesh (`meshsim`, `meshsim serve`, `meshsim up FILE`) and `meshsim down`.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use meshsim::{
@@ -8,10 +8,10 @@ use meshsim::{
     model::{NodeId, Settings, Topology},
     net::{FqSupport, probe_fq},
     run_config::{BackendKind, RunConfig},
-    runtime::{self, cleanup::remove_leftovers, lock},
+    runtime::{self, cleanup::remove_leftovers, lock, names::RunPrefix},
+    scenario::run::Ports,
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
-    scenario::run::Ports,
     topology_file::{self, RunTable, TopologyFile},
     workload::{NodeWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix},
 };
@@ -72,14 +72,22 @@ pub async fn run(file: Option<PathBuf>, options: RunOptions) -> Result<()> {
 }
 
 /// Runs the mesh of `file` (an empty one for `None`), then does what `then` says.
-pub async fn run_with(file: Option<TopologyFile>, options: RunOptions, then: Then<'_>) -> Result<()> {
+pub async fn run_with(
+    file: Option<TopologyFile>,
+    options: RunOptions,
+    then: Then<'_>,
+) -> Result<()> {
     // An unknown or conflicting workload, or a node asking for another one, stops here,
     // before anything is created.
     let choice = RunChoice::new(
         &options,
         file.as_ref().map_or(&RunTable::default(), |f| &f.run),
     )?;
-    let workload = choice.workload.clone();
+    let mut workload = choice.workload.clone();
+    // Each run's homeservers live under its own directory.
+    if let WorkloadKind::Synapse(synapse) = &mut workload {
+        synapse.run_dir = options.prefix.tmp_dir().join("run");
+    }
     if let Then::Scenario(job) = &then
         && job.scenario.needs_matrix()
         && !matches!(workload, WorkloadKind::Synapse(_))
@@ -97,10 +105,11 @@ pub async fn run_with(file: Option<TopologyFile>, options: RunOptions, then: The
         }
         None => None,
     };
-    let _lock = lock::acquire()?;
+    let prefix = options.prefix.clone();
+    let _lock = lock::acquire(&prefix)?;
     // A taken port stops here too, before anything is created.
-    let listener = server::bind(options.listen).await?;
-    let removed = remove_leftovers()
+    let listener = listen(options.listen, matches!(then, Then::Scenario(_))).await?;
+    let removed = remove_leftovers(&prefix)
         .await
         .context("removing what a previous run left")?;
     if !removed.is_empty() {
@@ -137,8 +146,12 @@ pub async fn run_with(file: Option<TopologyFile>, options: RunOptions, then: The
     let run = RunConfig {
         backend: choice.backend,
         addressing: options.subnet,
-        log_dir: options.log_dir.clone(),
+        log_dir: options
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| prefix.tmp_dir().join("logs")),
         image: choice.image.clone(),
+        prefix: prefix.clone(),
     };
     let runtime = runtime::start(&run, &workload)
         .await
@@ -333,20 +346,67 @@ impl StopSignals {
     }
 }
 
-pub async fn down() -> Result<()> {
-    let _lock = lock::acquire()?;
-    let removed = remove_leftovers().await?;
-    if removed.is_empty() {
-        println!("nothing to remove");
-    } else {
-        println!(
-            "removed {} namespaces, {} links, {} processes, {} containers, {} networks",
-            removed.namespaces.len(),
-            removed.links.len(),
-            removed.processes,
-            removed.containers.len(),
-            removed.networks.len()
-        );
+/// Binds the server's address: the one given, else the default; a headless run (`meshsim
+/// run`) whose default port is taken (by another run, say) takes a free one instead.
+async fn listen(given: Option<SocketAddr>, headless: bool) -> Result<TcpListener> {
+    let default: SocketAddr = server::DEFAULT_LISTEN
+        .parse()
+        .expect("the default listen address parses");
+    match (given, server::bind(given.unwrap_or(default)).await) {
+        (_, Ok(listener)) => Ok(listener),
+        (None, Err(e)) if headless => {
+            tracing::warn!("{e}: the canvas is on a free port instead");
+            Ok(server::bind(SocketAddr::new(default.ip(), 0)).await?)
+        }
+        (_, Err(e)) => Err(e.into()),
     }
-    Ok(())
+}
+
+/// `meshsim down`: the leftovers of the run `prefix`, or of every run that is not running.
+pub async fn down(prefix: &RunPrefix, all: bool) -> Result<()> {
+    let prefixes = if all {
+        RunPrefix::known()
+    } else {
+        vec![prefix.clone()]
+    };
+    let mut failed = None;
+    for prefix in &prefixes {
+        let _lock = match lock::acquire(prefix) {
+            Ok(lock) => lock,
+            Err(lock::LockError::Held(_)) if all => {
+                println!("{prefix}: running, left alone");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match remove_leftovers(prefix).await {
+            Ok(removed) => {
+                let label = if all || !prefix.is_default() {
+                    format!("{prefix}: ")
+                } else {
+                    String::new()
+                };
+                if removed.is_empty() {
+                    println!("{label}nothing to remove");
+                } else {
+                    println!(
+                        "{label}removed {} namespaces, {} links, {} processes, {} containers, {} networks",
+                        removed.namespaces.len(),
+                        removed.links.len(),
+                        removed.processes,
+                        removed.containers.len(),
+                        removed.networks.len()
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("meshsim: {prefix}: {e}");
+                failed.get_or_insert(anyhow!("removing the leftovers of {prefix} failed: {e}"));
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

@@ -29,6 +29,6 @@ pub mod ws;
 
 pub use process::Running;
 pub use util::{
-    Sweep, TempDir, assert_carried, eventually, growth, id, leftovers, meshsim_bin, processes_in,
-    target_dir,
+    Sweep, TempDir, assert_carried, eventually, growth, id, leftovers, leftovers_of, meshsim_bin,
+    processes_in, target_dir,
 };

@@ -19,7 +19,7 @@ use meshsim::{
         self, AnyBackend, Runtime,
         cleanup::remove_leftovers,
         lock::{self, LockError, RunLock},
-        names::PREFIX,
+        names::{PREFIX, RunPrefix},
         netns::NetnsBackend,
     },
     sim::{Sim, SimHandle},
@@ -69,9 +69,9 @@ pub struct MeshLab {
 pub async fn run_lock() -> RunLock {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        match lock::acquire() {
+        match lock::acquire(&RunPrefix::default()) {
             Ok(lock) => return lock,
-            Err(LockError::Held) if Instant::now() < deadline => {
+            Err(LockError::Held(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => panic!("the run lock (is a meshsim running?): {e}"),
@@ -105,7 +105,7 @@ impl MeshConfig {
 impl MeshLab {
     pub async fn start(config: MeshConfig) -> MeshLab {
         let lock = run_lock().await;
-        remove_leftovers().await.unwrap();
+        remove_leftovers(&RunPrefix::default()).await.unwrap();
         let run = RunConfig {
             backend: config.backend,
             log_dir: config.log_dir.clone(),
@@ -122,12 +122,13 @@ impl MeshLab {
     /// test crosses bridges without a thousand nodes.
     pub async fn with_small_bridges(config: MeshConfig, nodes_per_bridge: usize) -> MeshLab {
         let lock = run_lock().await;
-        remove_leftovers().await.unwrap();
+        remove_leftovers(&RunPrefix::default()).await.unwrap();
         let run = RunConfig::default();
         let workload = RunWorkload::prepare(&config.workload, &run).await.unwrap();
-        let backend = NetnsBackend::start_with(run.addressing, nodes_per_bridge)
-            .await
-            .unwrap();
+        let backend =
+            NetnsBackend::start_with(run.addressing, run.prefix.clone(), nodes_per_bridge)
+                .await
+                .unwrap();
         let runtime = Runtime::new(AnyBackend::Netns(backend), run.addressing, workload);
         Self::with(lock, runtime, &config).await
     }
@@ -269,7 +270,7 @@ pub fn sweep() {
             .unwrap();
         rt.block_on(async {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = remove_leftovers().await;
+            let _ = remove_leftovers(&RunPrefix::default()).await;
         })
     })
     .join();

@@ -126,7 +126,11 @@ pub fn meshsim_bin() -> PathBuf {
 
 /// Namespaces and links of meshsim's (the default run's `ms-` names) that exist now.
 pub fn leftovers() -> Vec<String> {
-    let prefix = meshsim::runtime::names::PREFIX;
+    leftovers_of(meshsim::runtime::names::PREFIX)
+}
+
+/// Namespaces and links whose names begin with `prefix` (`exp2-`) that exist now.
+pub fn leftovers_of(prefix: &str) -> Vec<String> {
     let mut found = meshsim::net::NetNs::list_with_prefix(prefix).unwrap();
     let links = std::fs::read_dir("/sys/class/net").unwrap();
     found.extend(
@@ -142,6 +146,8 @@ pub struct Sweep;
 
 impl Drop for Sweep {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(meshsim_bin()).arg("down").output();
+        let _ = std::process::Command::new(meshsim_bin())
+            .arg("down")
+            .output();
     }
 }

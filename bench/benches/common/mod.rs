@@ -8,7 +8,7 @@ use meshsim::runtime::cleanup::remove_leftovers;
 /// Runs `work` holding the run lock, with no `ms-` namespace or interface before or after it.
 pub async fn isolated<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
     let _lock = meshsim_tests::mesh::run_lock().await;
-    let removed = remove_leftovers()
+    let removed = remove_leftovers(&meshsim::runtime::names::RunPrefix::default())
         .await
         .context("removing what an earlier run left")?;
     if !removed.is_empty() {
@@ -20,7 +20,7 @@ pub async fn isolated<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
         );
     }
     let result = work.await;
-    let cleaned = remove_leftovers()
+    let cleaned = remove_leftovers(&meshsim::runtime::names::RunPrefix::default())
         .await
         .context("removing what the bench made");
     match (result, cleaned) {

@@ -728,16 +728,19 @@ fn a_partition_cuts_the_links_across_it_and_routes_go_around() {
     assert_eq!(model.next_hop(n(1), n(2)), Some(n(2)));
 
     // n1 and n2 on their own: the links n1-n6 and n2-n3 cross the cut.
-    let diff = model
-        .cut(&CutChange::Partition(vec![n(1), n(2)]))
-        .unwrap();
+    let diff = model.cut(&CutChange::Partition(vec![n(1), n(2)])).unwrap();
     let cut: Vec<(u32, u32)> = model
         .links()
         .filter(|l| l.cut)
         .map(|l| (l.pair.a().0, l.pair.b().0))
         .collect();
     assert_eq!(cut, [(1, 6), (2, 3)]);
-    assert!(model.links().filter(|l| l.cut).all(|l| l.params.loss_pct == 100.0));
+    assert!(
+        model
+            .links()
+            .filter(|l| l.cut)
+            .all(|l| l.params.loss_pct == 100.0)
+    );
     assert_eq!(diff.links_changed.len(), 2);
     assert_eq!(model.snapshot().partitions, [vec![n(1), n(2)]]);
     // Each side routes within itself; across the cut, the old path stays (and drops).

@@ -65,6 +65,23 @@ impl Netlink {
         Ok(())
     }
 
+    /// Every IPv4 address in this namespace: (interface index, address, prefix length).
+    pub async fn all_addresses_v4(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
+        let op = self.op(format_args!("list addresses"));
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(op, e))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| ipv4_of(m).map(|(ip, len)| (m.header.index, ip, len)))
+            .collect())
+    }
+
     /// The IPv4 addresses on interface `ifindex`, with their prefix lengths.
     pub async fn addresses_v4(&self, ifindex: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         let op = self.op(format_args!("list addresses of interface {ifindex}"));

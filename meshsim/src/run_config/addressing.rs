@@ -30,6 +30,26 @@ impl Default for Addressing {
     }
 }
 
+impl Addressing {
+    /// Whether `ip/len` (an address on some interface, with its prefix) shares addresses
+    /// with the mesh subnet. Loopback never does: it is no network of the host's.
+    pub fn overlaps(&self, ip: Ipv4Addr, len: u8) -> bool {
+        if ip.is_loopback() {
+            return false;
+        }
+        let mask = |l: u8| {
+            if l == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(l.min(32)))
+            }
+        };
+        // Two prefixes overlap iff they agree on the shorter one's bits.
+        let shorter = mask(self.prefix_len.min(len));
+        (u32::from(ip) & shorter) == (self.base & shorter)
+    }
+}
+
 impl std::fmt::Display for Addressing {
     /// As it is written: `10.77.0.0/16`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,6 +115,19 @@ impl Addressing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnets_overlap_when_they_share_an_address() {
+        let mesh: Addressing = "10.77.0.0/16".parse().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(mesh.overlaps(ip("10.77.0.1"), 16));
+        assert!(mesh.overlaps(ip("10.77.9.9"), 24));
+        assert!(mesh.overlaps(ip("10.1.2.3"), 8));
+        assert!(!mesh.overlaps(ip("10.78.0.1"), 16));
+        assert!(!mesh.overlaps(ip("192.168.1.5"), 24));
+        assert!(!mesh.overlaps(ip("127.0.0.1"), 8));
+        assert_eq!(mesh.to_string(), "10.77.0.0/16");
+    }
 
     #[test]
     fn host_is_dot_one_and_nodes_follow() {

@@ -9,6 +9,8 @@ use std::{fmt, path::PathBuf, str::FromStr};
 
 pub use addressing::{Addressing, AddressingError};
 
+use crate::runtime::names::RunPrefix;
+
 /// Where nodes live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum BackendKind {
@@ -64,6 +66,8 @@ pub struct RunConfig {
     pub log_dir: PathBuf,
     /// Docker only: the image of every node; `None`: the workload's own (or the base image).
     pub image: Option<String>,
+    /// What everything the run makes on the host is named after (`ms`: `ms-n1`, ...).
+    pub prefix: RunPrefix,
 }
 
 impl Default for RunConfig {
@@ -74,6 +78,7 @@ impl Default for RunConfig {
             addressing: Addressing::default(),
             log_dir: PathBuf::from(DEFAULT_LOG_DIR),
             image: None,
+            prefix: RunPrefix::default(),
         }
     }
 }

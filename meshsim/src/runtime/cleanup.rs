@@ -4,7 +4,7 @@
 //! When Docker is reachable, first every container with meshsim's run label and the
 //! `meshsim` network (see `docker::remove_leftovers`): labels only, never names.
 
-use super::{RuntimeError, names::PREFIX, process::kill_processes_in};
+use super::{RuntimeError, names::RunPrefix, process::kill_processes_in};
 use crate::net::{NETNS_DIR, NetNs, Netlink};
 
 /// What was removed.
@@ -29,18 +29,20 @@ impl Removed {
     }
 }
 
-pub async fn remove_leftovers() -> Result<Removed, RuntimeError> {
+/// Removes what runs with `prefix` left behind (see the module's text).
+pub async fn remove_leftovers(prefix: &RunPrefix) -> Result<Removed, RuntimeError> {
     let mut removed = Removed::default();
+    let names = prefix.names();
     // Containers first: their namespaces may be bound as `ms-<name>` below, and removing a
     // container through Docker lets it release what it holds (its veth, its IP).
-    (removed.containers, removed.networks) = super::docker::remove_leftovers().await?;
-    for name in NetNs::list_with_prefix(PREFIX)? {
+    (removed.containers, removed.networks) = super::docker::remove_leftovers(prefix).await?;
+    for name in NetNs::list_with_prefix(&names)? {
         removed.processes += kill_processes_in(&format!("{NETNS_DIR}/{name}"));
         NetNs::delete(&name)?;
         removed.namespaces.push(name);
     }
     let root = Netlink::connect()?;
-    for link in root.links_with_prefix(PREFIX).await? {
+    for link in root.links_with_prefix(&names).await? {
         root.delete_link(link.index).await?;
         removed.links.push(link.name);
     }

@@ -52,7 +52,7 @@ use super::{
     RuntimeError,
     backend::{Backend, BackendNode},
     host_link::HostLink,
-    names::PREFIX,
+    names::{PREFIX_LABEL, RunPrefix},
     node::NodeNet,
     process::HostPid,
 };
@@ -63,15 +63,12 @@ use crate::{
     workload::host::{HostKind, NodeHost, NodeNeeds, NodeProcess, Program, Spawning},
 };
 
-/// The network every node is on.
-pub const NETWORK: &str = "meshsim";
-/// The name of the network's Linux bridge (Docker's default, `br-<id>`, would change
-/// every run).
-pub const BRIDGE: &str = "meshsim0";
-/// Every container carries this label, with the run's id as its value.
+// The network every node is on (`meshsim`), its Linux bridge (`meshsim0`; Docker's default,
+// `br-<id>`, would change every run) and the containers (`meshsim-<node>`) are named after
+// the run's prefix (see `names::RunPrefix`).
+/// Every container carries this label, with the run's id as its value (and the run's prefix
+/// in [`PREFIX_LABEL`]).
 pub const RUN_LABEL: &str = "org.meshsim.run";
-/// Containers are named `meshsim-<node>`.
-pub const CONTAINER_PREFIX: &str = "meshsim-";
 /// The image of nodes when neither the user nor the workload names one.
 pub const BASE_IMAGE: &str = "meshsim/base";
 /// What builds the images.
@@ -151,6 +148,8 @@ pub struct DockerBackend {
     addressing: Addressing,
     image: String,
     run_id: String,
+    prefix: RunPrefix,
+    network: String,
     root: Netlink,
     nodes: HashMap<NodeId, DockerNode>,
 }
@@ -164,54 +163,63 @@ impl DockerBackend {
     /// Connects to Docker, checks the image and creates the network. Fails, leaving nothing
     /// behind, when Docker is not reachable, the image is missing (saying how to build it)
     /// or the network exists (see `cleanup`).
-    pub async fn start(addressing: Addressing, image: String) -> Result<Self, RuntimeError> {
+    pub async fn start(
+        addressing: Addressing,
+        image: String,
+        prefix: RunPrefix,
+    ) -> Result<Self, RuntimeError> {
+        let network = prefix.docker_network();
+        let network = network.as_str();
         let docker = connect().await?;
         if !image_exists(&docker, &image).await? {
             return Err(DockerError::MissingImage { image }.into());
         }
-        match docker.inspect_network(NETWORK, None).await {
+        match docker.inspect_network(network, None).await {
             Ok(_) => {
                 return Err(RuntimeError::Leftover(format!(
-                    "the Docker network {NETWORK}"
+                    "the Docker network {network}"
                 )));
             }
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}
-            Err(e) => return Err(DockerError::api(format!("look up network {NETWORK}"))(e).into()),
+            Err(e) => return Err(DockerError::api(format!("look up network {network}"))(e).into()),
         }
         let root = Netlink::connect()?;
         let run_id = format!("{}-{}", std::process::id(), crate::random::random_hex(4));
-        create_network(&docker, &addressing, &run_id).await?;
+        create_network(&docker, &addressing, &run_id, &prefix).await?;
         // The host joins the mesh through a port of the network's bridge, as with netns (the
         // network is made without an address on its bridge: inhibit_ipv4).
+        let bridge_name = prefix.docker_bridge();
         let bridge = root
-            .link_by_name(BRIDGE)
+            .link_by_name(&bridge_name)
             .await
             .ok()
             .flatten()
             .ok_or_else(|| DockerError::Container {
-                container: NETWORK.to_owned(),
-                what: format!("its bridge {BRIDGE} was not found"),
+                container: network.to_owned(),
+                what: format!("its bridge {bridge_name} was not found"),
             });
         let joined = match bridge {
-            Ok(bridge) => HostLink::join(&root, bridge.index, &addressing).await,
+            Ok(bridge) => HostLink::join(&root, bridge.index, &addressing, &prefix).await,
             Err(e) => Err(e.into()),
         };
         let host = match joined {
             Ok(host) => host,
             Err(e) => {
-                let _ = docker.remove_network(NETWORK).await;
+                let _ = docker.remove_network(network).await;
                 return Err(e);
             }
         };
-        tracing::info!(%image, run = %run_id, "docker backend: containers on network {NETWORK}");
+        tracing::info!(%image, run = %run_id, "docker backend: containers on network {network}");
         Ok(DockerBackend {
             docker,
             host,
             addressing,
             image,
             run_id,
+            network: network.to_owned(),
+            prefix,
             root,
             nodes: HashMap::new(),
         })
@@ -251,17 +259,18 @@ impl DockerBackend {
             cmd,
             labels: Some(HashMap::from([
                 (RUN_LABEL.to_owned(), self.run_id.clone()),
+                (PREFIX_LABEL.to_owned(), self.prefix.to_string()),
                 ("org.meshsim.node".to_owned(), name.to_owned()),
             ])),
             host_config: Some(HostConfig {
-                network_mode: Some(NETWORK.to_owned()),
+                network_mode: Some(self.network.clone()),
                 // A tiny init reaps and forwards signals, so a stop is quick.
                 init: Some(true),
                 binds: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(NETWORK.to_owned(), endpoint)])),
+                endpoints_config: Some(HashMap::from([(self.network.clone(), endpoint)])),
             }),
             ..Default::default()
         }
@@ -361,8 +370,8 @@ impl Backend for DockerBackend {
     }
 
     async fn create(&mut self, id: NodeId, needs: &NodeNeeds) -> Result<BackendNode, RuntimeError> {
-        let container = format!("{CONTAINER_PREFIX}{}", id.name());
-        let ns_name = format!("{PREFIX}{}", id.name());
+        let container = self.prefix.container(id);
+        let ns_name = self.prefix.node(id);
         match self.build(id, &container, &ns_name, needs).await {
             Ok(node) => {
                 self.nodes.insert(id, DockerNode { container, ns_name });
@@ -413,13 +422,13 @@ impl Backend for DockerBackend {
     }
 
     async fn finish(&mut self) -> Result<(), RuntimeError> {
-        HostLink::remove(&self.root).await?;
-        match self.docker.remove_network(NETWORK).await {
+        HostLink::remove(&self.root, &self.prefix).await?;
+        match self.docker.remove_network(&self.network).await {
             Ok(())
             | Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
-            Err(e) => Err(DockerError::api(format!("remove network {NETWORK}"))(e).into()),
+            Err(e) => Err(DockerError::api(format!("remove network {}", self.network))(e).into()),
         }
     }
 }
@@ -555,7 +564,9 @@ async fn create_network(
     docker: &Docker,
     addressing: &Addressing,
     run_id: &str,
+    prefix: &RunPrefix,
 ) -> Result<(), DockerError> {
+    let network = prefix.docker_network();
     let host = addressing.host();
     let subnet = format!(
         "{}/{}",
@@ -563,7 +574,7 @@ async fn create_network(
         addressing.prefix_len()
     );
     let request = NetworkCreateRequest {
-        name: NETWORK.to_owned(),
+        name: network.clone(),
         driver: Some("bridge".to_owned()),
         ipam: Some(Ipam {
             driver: Some("default".to_owned()),
@@ -578,7 +589,7 @@ async fn create_network(
         options: Some(HashMap::from([
             (
                 "com.docker.network.bridge.name".to_owned(),
-                BRIDGE.to_owned(),
+                prefix.docker_bridge(),
             ),
             // The host's address goes on its own veth on the bridge (see HostLink), so
             // node -> host frames are shaped at a port like any node's.
@@ -592,25 +603,31 @@ async fn create_network(
                 "false".to_owned(),
             ),
         ])),
-        labels: Some(HashMap::from([(RUN_LABEL.to_owned(), run_id.to_owned())])),
+        labels: Some(HashMap::from([
+            (RUN_LABEL.to_owned(), run_id.to_owned()),
+            (PREFIX_LABEL.to_owned(), prefix.to_string()),
+        ])),
         ..Default::default()
     };
     docker
         .create_network(request)
         .await
-        .map_err(DockerError::api(format!("create network {NETWORK}")))?;
+        .map_err(DockerError::api(format!("create network {network}")))?;
     Ok(())
 }
 
-/// `meshsim down`'s part for Docker: every container with meshsim's run label (whatever the
-/// run), then the `meshsim` network. Nothing when Docker is not reachable.
-pub async fn remove_leftovers() -> Result<(Vec<String>, Vec<String>), DockerError> {
+/// `meshsim down`'s part for Docker: every container labelled with the run's prefix
+/// (whatever the run), then the prefix's network. Nothing when Docker is not reachable.
+pub async fn remove_leftovers(
+    prefix: &RunPrefix,
+) -> Result<(Vec<String>, Vec<String>), DockerError> {
     let Ok(docker) = connect().await else {
         return Ok((Vec::new(), Vec::new()));
     };
+    let label = format!("{PREFIX_LABEL}={prefix}");
     let options = ListContainersOptionsBuilder::new()
         .all(true)
-        .filters(&HashMap::from([("label", vec![RUN_LABEL])]))
+        .filters(&HashMap::from([("label", vec![label.as_str()])]))
         .build();
     let listed = docker
         .list_containers(Some(options))
@@ -628,24 +645,25 @@ pub async fn remove_leftovers() -> Result<(Vec<String>, Vec<String>), DockerErro
         containers.push(name);
     }
     let mut networks = Vec::new();
-    match docker.inspect_network(NETWORK, None).await {
-        Ok(network) => {
+    let network = prefix.docker_network();
+    match docker.inspect_network(&network, None).await {
+        Ok(inspected) => {
             // Only ours: a network of that name without the label is left alone.
-            let ours = network
+            let ours = inspected
                 .labels
                 .is_some_and(|labels| labels.contains_key(RUN_LABEL));
             if ours {
                 docker
-                    .remove_network(NETWORK)
+                    .remove_network(&network)
                     .await
-                    .map_err(DockerError::api(format!("remove network {NETWORK}")))?;
-                networks.push(NETWORK.to_owned());
+                    .map_err(DockerError::api(format!("remove network {network}")))?;
+                networks.push(network.clone());
             }
         }
         Err(BollardError::DockerResponseServerError {
             status_code: 404, ..
         }) => {}
-        Err(e) => return Err(DockerError::api(format!("look up network {NETWORK}"))(e)),
+        Err(e) => return Err(DockerError::api(format!("look up network {network}"))(e)),
     }
     Ok((containers, networks))
 }

@@ -1,14 +1,11 @@
 //! The host's end of its client links, alike for both backends: the host's mesh address and
-//! MAC sit on a veth (`ms-host`) whose peer (`ms-hostp`) is a port of the nodes' bridge, so
+//! MAC sit on a veth (`<prefix>-host`, `ms-host` by default) whose peer (`ms-hostp`) is a port of the nodes' bridge, so
 //! node -> host frames leave the bridge through a port where the classifier and fq sit,
 //! exactly like node -> node frames. The bridge itself gets a fixed MAC of its own.
 
 use std::net::Ipv4Addr;
 
-use super::{
-    RuntimeError,
-    names::{HOST_LINK, HOST_PORT},
-};
+use super::{RuntimeError, names::RunPrefix};
 use crate::{
     model::NodeId,
     net::{Netlink, rps},
@@ -35,11 +32,30 @@ impl HostLink {
         root: &Netlink,
         bridge: u32,
         addressing: &Addressing,
+        prefix: &RunPrefix,
     ) -> Result<HostLink, RuntimeError> {
+        // Two runs in one subnet would both put its `.1` on the host: refuse the second.
+        for (ifindex, ip, len) in root.all_addresses_v4().await? {
+            if addressing.overlaps(ip, len) {
+                let name = root
+                    .link_by_index(ifindex)
+                    .await?
+                    .map_or(format!("interface {ifindex}"), |l| l.name);
+                return Err(RuntimeError::SubnetInUse {
+                    subnet: addressing.to_string(),
+                    by: format!("{ip}/{len} on {name}"),
+                });
+            }
+        }
+        let host_link = prefix.host_link();
         let made = async {
             root.set_mac(bridge, BRIDGE_MAC).await?;
             let (link, port) = root
-                .create_veth_pair(HOST_LINK, HOST_PORT, Some(Addressing::host_mac()))
+                .create_veth_pair(
+                    &host_link,
+                    &prefix.host_port(),
+                    Some(Addressing::host_mac()),
+                )
                 .await?;
             root.set_master(port, bridge).await?;
             root.set_up(port).await?;
@@ -51,13 +67,13 @@ impl HostLink {
         match made.await {
             Ok(host) => {
                 // The host's end receives each flow on one CPU, as a node's eth0 does.
-                if let Err(e) = rps::steer_host_by_flow(HOST_LINK) {
+                if let Err(e) = rps::steer_host_by_flow(&host_link) {
                     tracing::warn!("{e}: flows to the host may be reordered");
                 }
                 Ok(host)
             }
             Err(e) => {
-                let _ = Self::remove(root).await;
+                let _ = Self::remove(root, prefix).await;
                 Err(e)
             }
         }
@@ -78,8 +94,8 @@ impl HostLink {
     }
 
     /// Removes both ends (deleting one end of a veth pair deletes both), if they exist.
-    pub async fn remove(root: &Netlink) -> Result<(), RuntimeError> {
-        if let Some(host) = root.link_by_name(HOST_LINK).await? {
+    pub async fn remove(root: &Netlink, prefix: &RunPrefix) -> Result<(), RuntimeError> {
+        if let Some(host) = root.link_by_name(&prefix.host_link()).await? {
             root.delete_link(host.index).await?;
         }
         Ok(())

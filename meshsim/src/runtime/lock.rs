@@ -1,20 +1,28 @@
-//! One meshsim at a time: runs share the bridge and the names. The lock is an flock, so it
-//! goes away with the process, also after kill -9.
+//! One meshsim per prefix at a time: a run owns the names its prefix makes. The lock is an
+//! flock on `/run/meshsim-<prefix>.lock`, so it goes away with the process, also after
+//! kill -9; the file stays, so `meshsim down --all` knows which prefixes were used.
 
-use std::fs::{File, OpenOptions};
+use std::{
+    fs::{File, OpenOptions},
+    path::PathBuf,
+};
 
 use nix::fcntl::{Flock, FlockArg};
 
-pub const LOCK_FILE: &str = "/run/meshsim.lock";
+use super::names::RunPrefix;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "another meshsim is running on this host: stop it first (Ctrl-C in its terminal cleans up)"
+        "another meshsim with the prefix {0} is running on this host: stop it first (Ctrl-C in \
+         its terminal cleans up), or run this one beside it with --prefix NAME and --subnet"
     )]
-    Held,
-    #[error("cannot lock {LOCK_FILE} (are you root?): {0}")]
-    Io(std::io::Error),
+    Held(RunPrefix),
+    #[error("cannot lock {} (are you root?): {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Held while a meshsim (or a test that builds meshes) runs.
@@ -22,16 +30,22 @@ pub struct RunLock {
     _lock: Flock<File>,
 }
 
-pub fn acquire() -> Result<RunLock, LockError> {
+/// Takes the lock of runs with `prefix`.
+pub fn acquire(prefix: &RunPrefix) -> Result<RunLock, LockError> {
+    let path = prefix.lock_file();
+    let io = |error: std::io::Error| LockError::Io {
+        path: path.clone(),
+        error,
+    };
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(LOCK_FILE)
-        .map_err(LockError::Io)?;
+        .open(&path)
+        .map_err(io)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(RunLock { _lock: lock }),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Held),
-        Err((_, e)) => Err(LockError::Io(e.into())),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Held(prefix.clone())),
+        Err((_, e)) => Err(io(e.into())),
     }
 }

@@ -51,6 +51,11 @@ pub enum RuntimeError {
         "{0} already exists: another meshsim is running, or one crashed; stop it, or run `meshsim down`"
     )]
     Leftover(String),
+    #[error(
+        "the subnet {subnet} is in use on this host ({by}): another run (or network) has it; \
+         give this run another one, e.g. --subnet 10.78.0.0/16"
+    )]
+    SubnetInUse { subnet: String, by: String },
     #[error(transparent)]
     Docker(#[from] docker::DockerError),
     #[error(transparent)]
@@ -319,7 +324,7 @@ pub async fn start(
 ) -> Result<Runtime<AnyBackend>, RuntimeError> {
     let workload = RunWorkload::prepare(workload, run).await?;
     let backend = match run.backend {
-        BackendKind::Netns => NetnsBackend::start(run.addressing)
+        BackendKind::Netns => NetnsBackend::start(run.addressing, run.prefix.clone())
             .await
             .map(AnyBackend::Netns),
         BackendKind::Docker => {
@@ -328,7 +333,7 @@ pub async fn start(
                 .clone()
                 .or_else(|| workload.docker_image().map(str::to_owned))
                 .unwrap_or_else(|| docker::BASE_IMAGE.to_owned());
-            DockerBackend::start(run.addressing, image)
+            DockerBackend::start(run.addressing, image, run.prefix.clone())
                 .await
                 .map(AnyBackend::Docker)
         }

@@ -24,7 +24,7 @@ use super::{
     RuntimeError,
     backend::{Backend, BackendNode},
     host_link::HostLink,
-    names::{BRIDGE, PREFIX},
+    names::RunPrefix,
     node::NodeNet,
     process::{ChildProcess, kill_processes_in, kill_processes_in_any, with_private_files},
 };
@@ -55,6 +55,8 @@ pub struct NetnsBackend {
     /// The host's end of its client links.
     host: HostLink,
     addressing: Addressing,
+    /// The run's names: `ms-n1`, `ms-br0`, ...
+    prefix: RunPrefix,
     root: Netlink,
     bridges: Vec<Bridge>,
     nodes_per_bridge: usize,
@@ -65,26 +67,28 @@ pub struct NetnsBackend {
 impl NetnsBackend {
     /// Creates the bridge with the host's address. Fails if the bridge exists (see
     /// `cleanup`); nothing is left behind when it fails.
-    pub async fn start(addressing: Addressing) -> Result<Self, RuntimeError> {
-        Self::start_with(addressing, NODES_PER_BRIDGE).await
+    pub async fn start(addressing: Addressing, prefix: RunPrefix) -> Result<Self, RuntimeError> {
+        Self::start_with(addressing, prefix, NODES_PER_BRIDGE).await
     }
 
     /// [`NetnsBackend::start`] with `nodes_per_bridge` node ports per bridge (tests use a
     /// few, to cross bridges without a thousand nodes).
     pub async fn start_with(
         addressing: Addressing,
+        prefix: RunPrefix,
         nodes_per_bridge: usize,
     ) -> Result<Self, RuntimeError> {
         let root = Netlink::connect()?;
-        if root.link_by_name(BRIDGE).await?.is_some() {
-            return Err(RuntimeError::Leftover(format!("the bridge {BRIDGE}")));
+        let first = prefix.bridge(0);
+        if root.link_by_name(&first).await?.is_some() {
+            return Err(RuntimeError::Leftover(format!("the bridge {first}")));
         }
-        let bridge = root.create_bridge(BRIDGE).await?;
+        let bridge = root.create_bridge(&first).await?;
         // The host joins the mesh like a node: its address and MAC are on a veth whose peer
         // is a bridge port, so node -> host frames leave the bridge through a port where
         // the classifier and fq sit (its client links). The bridge gets a fixed MAC of its
         // own (it would otherwise take its lowest port's).
-        let host = match HostLink::join(&root, bridge, &addressing).await {
+        let host = match HostLink::join(&root, bridge, &addressing, &prefix).await {
             Ok(host) => host,
             Err(e) => {
                 let _ = root.delete_link(bridge).await;
@@ -94,6 +98,7 @@ impl NetnsBackend {
         Ok(NetnsBackend {
             host,
             addressing,
+            prefix,
             root,
             bridges: vec![Bridge {
                 index: bridge,
@@ -116,12 +121,12 @@ impl NetnsBackend {
             return Ok(i);
         }
         let n = self.bridges.len();
-        let name = format!("{PREFIX}br{n}");
+        let name = self.prefix.bridge(n);
         let index = self.root.create_bridge(&name).await?;
         let trunk = async {
             let (a, b) = self
                 .root
-                .create_veth_pair(&format!("{PREFIX}tk{n}a"), &format!("{PREFIX}tk{n}b"), None)
+                .create_veth_pair(&self.prefix.trunk(n, 'a'), &self.prefix.trunk(n, 'b'), None)
                 .await?;
             self.root.set_master(a, self.bridges[0].index).await?;
             self.root.set_master(b, index).await?;
@@ -145,7 +150,7 @@ impl NetnsBackend {
             }
             Err(e) => {
                 // The trunk's ends go with the bridge or on their own.
-                if let Ok(Some(a)) = self.root.link_by_name(&format!("{PREFIX}tk{n}a")).await {
+                if let Ok(Some(a)) = self.root.link_by_name(&self.prefix.trunk(n, 'a')).await {
                     let _ = self.root.delete_link(a.index).await;
                 }
                 let _ = self.root.delete_link(index).await;
@@ -163,7 +168,7 @@ impl NetnsBackend {
         let ip = self.addressing.node(id)?;
         let port = self
             .root
-            .create_veth(&port_name(id), "eth0", ns, Some(Addressing::mac(id)))
+            .create_veth(&self.prefix.node(id), "eth0", ns, Some(Addressing::mac(id)))
             .await?;
         self.root
             .set_master(port, self.bridges[bridge].index)
@@ -177,7 +182,7 @@ impl NetnsBackend {
 
     /// Removes a node's namespace and our end of its veth, whatever state they are in.
     async fn tear_down(&self, id: NodeId) -> Result<(), RuntimeError> {
-        let name = port_name(id);
+        let name = self.prefix.node(id);
         // Anything still running inside (say, started with `meshsim exec`) would keep the
         // namespace, and with it the veth, alive after the mount is gone.
         kill_processes_in(&format!("{NETNS_DIR}/{name}"));
@@ -189,11 +194,6 @@ impl NetnsBackend {
         }
         Ok(())
     }
-}
-
-/// The namespace and the host side of the veth of node `id` share this name.
-fn port_name(id: NodeId) -> String {
-    format!("{PREFIX}{}", id.name())
 }
 
 impl Backend for NetnsBackend {
@@ -208,7 +208,7 @@ impl Backend for NetnsBackend {
 
     async fn create(&mut self, id: NodeId, needs: &NodeNeeds) -> Result<BackendNode, RuntimeError> {
         let bridge = self.bridge_with_room().await?;
-        let name = port_name(id);
+        let name = self.prefix.node(id);
         let ns = NetNs::create(&name).map_err(RuntimeError::from_netns)?;
         match self.build(id, &ns, bridge).await {
             Ok((port, net)) => {
@@ -248,7 +248,7 @@ impl Backend for NetnsBackend {
     /// peers included, far faster than one `RTM_DELLINK` (and its RCU grace period) per
     /// node. What has not gone after a while is deleted one by one.
     async fn remove_all(&mut self) -> Result<(), RuntimeError> {
-        let names: Vec<String> = self.nodes.keys().map(|&id| port_name(id)).collect();
+        let names: Vec<String> = self.nodes.keys().map(|&id| self.prefix.node(id)).collect();
         self.nodes.clear();
         for bridge in &mut self.bridges {
             bridge.nodes = 0;
@@ -263,7 +263,7 @@ impl Backend for NetnsBackend {
         loop {
             let left: Vec<LinkInfo> = self
                 .root
-                .links_with_prefix(PREFIX)
+                .links_with_prefix(&self.prefix.names())
                 .await?
                 .into_iter()
                 .filter(|l| ports.contains(l.name.as_str()))
@@ -287,7 +287,7 @@ impl Backend for NetnsBackend {
     }
 
     async fn finish(&mut self) -> Result<(), RuntimeError> {
-        HostLink::remove(&self.root).await?;
+        HostLink::remove(&self.root, &self.prefix).await?;
         for bridge in self.bridges.iter().rev() {
             if let Some(trunk) = bridge.trunk {
                 self.root.delete_link(trunk).await?;

@@ -232,7 +232,12 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn error(&self, span: Range<usize>, field: String, message: impl Into<String>) -> ScenarioError {
+    fn error(
+        &self,
+        span: Range<usize>,
+        field: String,
+        message: impl Into<String>,
+    ) -> ScenarioError {
         ScenarioError::Step {
             at: Location::of(self.path, self.text, span.start),
             field,
@@ -252,7 +257,9 @@ impl<'a> Checker<'a> {
         if !self.nodes.contains(&id) {
             let there = match (self.nodes.first(), self.nodes.last()) {
                 (Some(first), Some(last)) if first == last => format!("there is {first}"),
-                (Some(first), Some(last)) => format!("there are {} from {first} to {last}", self.nodes.len()),
+                (Some(first), Some(last)) => {
+                    format!("there are {} from {first} to {last}", self.nodes.len())
+                }
                 _ => "there are none".to_owned(),
             };
             return Err(self.error(
@@ -411,7 +418,11 @@ impl<'a> Checker<'a> {
                 ));
             }
             pins.validate().map_err(|e| {
-                self.error(pin_span.clone(), field(&format!("pin.{}", e.field().unwrap_or(""))), e.to_string())
+                self.error(
+                    pin_span.clone(),
+                    field(&format!("pin.{}", e.field().unwrap_or(""))),
+                    e.to_string(),
+                )
             })?;
             return Ok(Action::Pin { a, b, pins });
         }
@@ -644,7 +655,11 @@ impl<'a> Checker<'a> {
         let ida = self.node(a, field("a"))?;
         let idb = self.node(b, field("b"))?;
         if ida == idb {
-            return Err(self.error(b.span(), field("b"), format!("a link joins two different nodes, got {ida} twice")));
+            return Err(self.error(
+                b.span(),
+                field("b"),
+                format!("a link joins two different nodes, got {ida} twice"),
+            ));
         }
         Ok((ida, idb))
     }
@@ -692,15 +707,15 @@ pub(crate) fn patch_settings(
 
 /// `12s`, `500ms`, `2m`, `1m 30s`, `1.5s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("{text:?} is not a time: write it as 500ms, 12s, 1.5s, 2m or 1m 30s")
-    };
+    let bad = || format!("{text:?} is not a time: write it as 500ms, 12s, 1.5s, 2m or 1m 30s");
     let t = text.trim();
     if t.is_empty() {
         return Err(bad());
     }
     // A decimal number of one unit (`1.5s`), which humantime does not read.
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     if number.contains('.') {
         let n: f64 = number.parse().map_err(|_| bad())?;
@@ -862,9 +877,27 @@ remove = "n4"
         assert_eq!(
             kinds,
             [
-                "wait", "add", "move", "pin", "unpin", "settings", "client", "client",
-                "partition", "heal", "heal", "down", "up", "flap", "send", "send", "wait",
-                "wait", "wait", "mark", "remove"
+                "wait",
+                "add",
+                "move",
+                "pin",
+                "unpin",
+                "settings",
+                "client",
+                "client",
+                "partition",
+                "heal",
+                "heal",
+                "down",
+                "up",
+                "flap",
+                "send",
+                "send",
+                "wait",
+                "wait",
+                "wait",
+                "mark",
+                "remove"
             ]
         );
         assert_eq!(s.steps[1].when, When::At(Duration::from_millis(1500)));
@@ -901,23 +934,103 @@ remove = "n4"
     #[test]
     fn errors_point_at_the_field() {
         let cases: &[(&str, usize, &str, &str)] = &[
-            ("[[step]]\njump = \"n1\"\n", 2, "step[0].jump", "unknown field"),
-            ("[[step]]\nat = \"soon\"\nmark = \"x\"\n", 2, "step[0].at", "not a time"),
-            ("[[step]]\nat = \"5s\"\nmark = \"a\"\n[[step]]\nat = \"2s\"\nmark = \"b\"\n", 5, "step[1].at", "out of order"),
-            ("[[step]]\nmove = { node = \"n9\", x = 1, y = 1 }\n", 2, "step[0].move.node", "no node n9"),
-            ("[[step]]\nremove = \"n2\"\n[[step]]\npartition = [\"n1\", \"n2\"]\n", 4, "step[1].partition[1]", "no node n2"),
-            ("[[step]]\nmark = \"a\"\nheal = \"all\"\n", 1, "step[0]", "one action per step"),
+            (
+                "[[step]]\njump = \"n1\"\n",
+                2,
+                "step[0].jump",
+                "unknown field",
+            ),
+            (
+                "[[step]]\nat = \"soon\"\nmark = \"x\"\n",
+                2,
+                "step[0].at",
+                "not a time",
+            ),
+            (
+                "[[step]]\nat = \"5s\"\nmark = \"a\"\n[[step]]\nat = \"2s\"\nmark = \"b\"\n",
+                5,
+                "step[1].at",
+                "out of order",
+            ),
+            (
+                "[[step]]\nmove = { node = \"n9\", x = 1, y = 1 }\n",
+                2,
+                "step[0].move.node",
+                "no node n9",
+            ),
+            (
+                "[[step]]\nremove = \"n2\"\n[[step]]\npartition = [\"n1\", \"n2\"]\n",
+                4,
+                "step[1].partition[1]",
+                "no node n2",
+            ),
+            (
+                "[[step]]\nmark = \"a\"\nheal = \"all\"\n",
+                1,
+                "step[0]",
+                "one action per step",
+            ),
             ("[[step]]\nat = \"1s\"\n", 1, "step[0]", "nothing to do"),
-            ("[[step]]\nat = \"1s\"\nafter = \"1s\"\nmark = \"a\"\n", 3, "step[0].after", "not both"),
-            ("[[step]]\nadd = { name = \"n7\", x = 1, y = 1 }\n", 2, "step[0].add.name", "is n4"),
-            ("[[step]]\nflap = { a = \"n1\", b = \"n2\", period = \"4s\", for = \"1s\" }\n", 2, "step[0].flap.for", "shorter than one period"),
-            ("[[step]]\nsend = { from = \"n1\", count = 3 }\n", 2, "step[0].send.every", "need an interval"),
-            ("[[step]]\nwait = { until = \"done\", timeout = \"1s\" }\n", 2, "step[0].wait.until", "unknown condition"),
-            ("[[step]]\nwait = { until = \"ready\" }\n", 2, "step[0].wait.timeout", "needs a timeout"),
-            ("[[step]]\nsettings = { neighbors = 3 }\n", 2, "step[0].settings.neighbors", "unknown setting"),
-            ("[[step]]\nsettings = { loss_pct = 300.0 }\n", 2, "step[0].settings.loss_pct", "loss_pct"),
-            ("[[step]]\ndown = [\"n1\", \"n1\"]\n", 2, "step[0].down.b", "two different nodes"),
-            ("[[step]]\npin = { a = \"n1\", b = \"n2\" }\n", 2, "step[0].pin", "pins nothing"),
+            (
+                "[[step]]\nat = \"1s\"\nafter = \"1s\"\nmark = \"a\"\n",
+                3,
+                "step[0].after",
+                "not both",
+            ),
+            (
+                "[[step]]\nadd = { name = \"n7\", x = 1, y = 1 }\n",
+                2,
+                "step[0].add.name",
+                "is n4",
+            ),
+            (
+                "[[step]]\nflap = { a = \"n1\", b = \"n2\", period = \"4s\", for = \"1s\" }\n",
+                2,
+                "step[0].flap.for",
+                "shorter than one period",
+            ),
+            (
+                "[[step]]\nsend = { from = \"n1\", count = 3 }\n",
+                2,
+                "step[0].send.every",
+                "need an interval",
+            ),
+            (
+                "[[step]]\nwait = { until = \"done\", timeout = \"1s\" }\n",
+                2,
+                "step[0].wait.until",
+                "unknown condition",
+            ),
+            (
+                "[[step]]\nwait = { until = \"ready\" }\n",
+                2,
+                "step[0].wait.timeout",
+                "needs a timeout",
+            ),
+            (
+                "[[step]]\nsettings = { neighbors = 3 }\n",
+                2,
+                "step[0].settings.neighbors",
+                "unknown setting",
+            ),
+            (
+                "[[step]]\nsettings = { loss_pct = 300.0 }\n",
+                2,
+                "step[0].settings.loss_pct",
+                "loss_pct",
+            ),
+            (
+                "[[step]]\ndown = [\"n1\", \"n1\"]\n",
+                2,
+                "step[0].down.b",
+                "two different nodes",
+            ),
+            (
+                "[[step]]\npin = { a = \"n1\", b = \"n2\" }\n",
+                2,
+                "step[0].pin",
+                "pins nothing",
+            ),
             ("[[step]]\nheal = \"some\"\n", 2, "step[0].heal", "\"all\""),
         ];
         for (steps, line, field, says) in cases {
@@ -930,16 +1043,30 @@ remove = "n4"
 
     #[test]
     fn a_topology_file_with_steps_is_refused_by_up() {
-        let e = topology_file::parse(Path::new("t.toml"), &format!("{HEAD}\n[[step]]\nmark = \"x\"\n"))
-            .unwrap_err();
+        let e = topology_file::parse(
+            Path::new("t.toml"),
+            &format!("{HEAD}\n[[step]]\nmark = \"x\"\n"),
+        )
+        .unwrap_err();
         assert_eq!(e.field(), Some("step"));
         assert!(e.to_string().contains("meshsim run"), "{e}");
     }
 
     #[test]
     fn times_read_as_people_write_them() {
-        for (text, ms) in [("500ms", 500), ("12s", 12_000), ("1.5s", 1500), ("2m", 120_000), ("1m 30s", 90_000), ("0s", 0)] {
-            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+        for (text, ms) in [
+            ("500ms", 500),
+            ("12s", 12_000),
+            ("1.5s", 1500),
+            ("2m", 120_000),
+            ("1m 30s", 90_000),
+            ("0s", 0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
         }
         for text in ["", "soon", "-1s", "1.5x", "s"] {
             assert!(parse_duration(text).is_err(), "{text}");
@@ -955,7 +1082,8 @@ remove = "n4"
         assert_eq!(s.file.topology.settings.latency_scale_pct, 250.0);
         s.set("client.bandwidth_down_bps=64000").unwrap();
         assert_eq!(s.file.topology.client.bandwidth_down_bps, 64_000);
-        s.set("settings.bandwidth_mode=decay_with_distance").unwrap();
+        s.set("settings.bandwidth_mode=decay_with_distance")
+            .unwrap();
         for (bad, says) in [
             ("settings.neighbors=3", "unknown setting"),
             ("client.speed=1", "unknown field"),

@@ -10,8 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    fs,
-    io,
+    fs, io,
     path::Path,
 };
 
@@ -116,7 +115,8 @@ pub fn partition_windows(data: &RunData) -> Vec<PartitionWindow> {
     let mut open: Vec<PartitionWindow> = Vec::new();
     let mut closed = Vec::new();
     for step in data.steps.iter().filter(|s| s.error.is_none()) {
-        let names = |ids: &[NodeId]| -> BTreeSet<String> { ids.iter().map(|id| id.name()).collect() };
+        let names =
+            |ids: &[NodeId]| -> BTreeSet<String> { ids.iter().map(|id| id.name()).collect() };
         match &step.action {
             Action::Cut(CutChange::Partition(ids)) => {
                 let side = names(ids);
@@ -242,12 +242,12 @@ pub struct Figures {
     pub failure: Option<String>,
 }
 
-pub fn figures(data: &RunData, deliveries: &[Delivery], partitions: &[PartitionOutcome]) -> Figures {
-    let late: Vec<f64> = data
-        .steps
-        .iter()
-        .map(|s| s.started_ms - s.due_ms)
-        .collect();
+pub fn figures(
+    data: &RunData,
+    deliveries: &[Delivery],
+    partitions: &[PartitionOutcome],
+) -> Figures {
+    let late: Vec<f64> = data.steps.iter().map(|s| s.started_ms - s.due_ms).collect();
     let delays: Vec<f64> = deliveries.iter().filter_map(Delivery::delay_ms).collect();
     Figures {
         steps_done: data.steps.iter().filter(|s| s.error.is_none()).count(),
@@ -294,7 +294,12 @@ pub fn write(dir: &Path, data: &RunData, facts: &RunFacts) -> io::Result<Figures
     let markers: Vec<(f64, String)> = data
         .steps
         .iter()
-        .filter(|s| !matches!(s.action, Action::WaitFor(_) | Action::WaitUntil { .. } | Action::Send { .. }))
+        .filter(|s| {
+            !matches!(
+                s.action,
+                Action::WaitFor(_) | Action::WaitUntil { .. } | Action::Send { .. }
+            )
+        })
         .map(|s| {
             let label = match &s.action {
                 Action::Mark(name) => name.clone(),
@@ -304,9 +309,28 @@ pub fn write(dir: &Path, data: &RunData, facts: &RunFacts) -> io::Result<Figures
         })
         .collect();
     let plots = [
-        ("traffic.svg", plot_traffic(&dir.join("traffic.svg"), &rates, &markers, data.ended_ms / 1000.0)),
-        ("delivery-cdf.svg", plot_cdf(&dir.join("delivery-cdf.svg"), &deliveries)),
-        ("delivery-time.svg", plot_over_time(&dir.join("delivery-time.svg"), &deliveries, &markers, data.ended_ms / 1000.0)),
+        (
+            "traffic.svg",
+            plot_traffic(
+                &dir.join("traffic.svg"),
+                &rates,
+                &markers,
+                data.ended_ms / 1000.0,
+            ),
+        ),
+        (
+            "delivery-cdf.svg",
+            plot_cdf(&dir.join("delivery-cdf.svg"), &deliveries),
+        ),
+        (
+            "delivery-time.svg",
+            plot_over_time(
+                &dir.join("delivery-time.svg"),
+                &deliveries,
+                &markers,
+                data.ended_ms / 1000.0,
+            ),
+        ),
     ];
     let mut drawn = BTreeSet::new();
     for (name, result) in plots {
@@ -427,7 +451,10 @@ fn report_text(
     }
     if !data.flaps.is_empty() {
         let downs = data.flaps.iter().filter(|f| f.down).count();
-        let _ = writeln!(r, "\nFlapping links went down {downs} times (every edge is in events.jsonl).");
+        let _ = writeln!(
+            r,
+            "\nFlapping links went down {downs} times (every edge is in events.jsonl)."
+        );
     }
 
     let _ = writeln!(r, "\n## Traffic\n");
@@ -444,10 +471,16 @@ fn report_text(
         if links.is_empty() {
             let _ = writeln!(r, "No link carried a packet.");
         } else {
-            let _ = writeln!(r, "Busiest directed links over the run (all of them are in counters.csv):\n");
+            let _ = writeln!(
+                r,
+                "Busiest directed links over the run (all of them are in counters.csv):\n"
+            );
         }
         if !links.is_empty() {
-            let _ = writeln!(r, "| link | packets | bytes | lost (loss or cut) | dropped (queue) |");
+            let _ = writeln!(
+                r,
+                "| link | packets | bytes | lost (loss or cut) | dropped (queue) |"
+            );
             let _ = writeln!(r, "|---|---|---|---|---|");
         }
         for ((from, to), c) in links.iter().take(12) {
@@ -458,7 +491,11 @@ fn report_text(
             );
         }
         let lost: u64 = last.links.values().map(|c| c.dropped_loss).sum();
-        let _ = writeln!(r, "\n{} links, {lost} packets lost in all.", last.links.len());
+        let _ = writeln!(
+            r,
+            "\n{} links, {lost} packets lost in all.",
+            last.links.len()
+        );
     } else {
         let _ = writeln!(r, "No counters were sampled.");
     }
@@ -479,9 +516,15 @@ fn report_text(
             let _ = writeln!(r, "![delivery time per server, CDF](delivery-cdf.svg)\n");
         }
         if drawn.contains("delivery-time.svg") {
-            let _ = writeln!(r, "![delivery time of each message over the run, steps marked](delivery-time.svg)\n");
+            let _ = writeln!(
+                r,
+                "![delivery time of each message over the run, steps marked](delivery-time.svg)\n"
+            );
         }
-        let _ = writeln!(r, "| server | delivered | p50 | p95 | max | not delivered |");
+        let _ = writeln!(
+            r,
+            "| server | delivered | p50 | p95 | max | not delivered |"
+        );
         let _ = writeln!(r, "|---|---|---|---|---|---|");
         let mut by_node: BTreeMap<&str, (Vec<f64>, usize)> = BTreeMap::new();
         for d in deliveries {
@@ -515,7 +558,10 @@ fn report_text(
                 p.window.step + 1,
                 p.window
                     .healed_ms
-                    .map_or("never healed".to_owned(), |h| format!("healed at {:.1} s", h / 1000.0)),
+                    .map_or("never healed".to_owned(), |h| format!(
+                        "healed at {:.1} s",
+                        h / 1000.0
+                    )),
                 p.messages,
                 p.crossings,
                 p.crossed_during,
@@ -575,9 +621,14 @@ fn plot_traffic(
     for (i, (link, _)) in busiest.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         chart
-            .draw_series(LineSeries::new(rates[*link].iter().copied(), colour.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                rates[*link].iter().copied(),
+                colour.stroke_width(2),
+            ))?
             .label(format!("{} → {}", link.0, link.1))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -599,12 +650,7 @@ fn plot_cdf(path: &Path, deliveries: &[Delivery]) -> Result<bool, Box<dyn std::e
     if by_node.is_empty() {
         return Ok(false);
     }
-    let x_max = by_node
-        .values()
-        .flatten()
-        .copied()
-        .fold(1.0, f64::max)
-        * 1.05;
+    let x_max = by_node.values().flatten().copied().fold(1.0, f64::max) * 1.05;
     let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -631,7 +677,9 @@ fn plot_cdf(path: &Path, deliveries: &[Delivery]) -> Result<bool, Box<dyn std::e
         chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
             .label(node.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -661,16 +709,14 @@ fn plot_over_time(
     if by_node.is_empty() {
         return Ok(false);
     }
-    let y_max = by_node
-        .values()
-        .flatten()
-        .map(|p| p.1)
-        .fold(1.0, f64::max)
-        * 1.1;
+    let y_max = by_node.values().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Delivery time of each message, by when it was sent", ("sans-serif", 18))
+        .caption(
+            "Delivery time of each message, by when it was sent",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(70)
@@ -753,7 +799,9 @@ mod tests {
     }
 
     fn partition(ids: &[u32]) -> Action {
-        Action::Cut(CutChange::Partition(ids.iter().map(|&i| NodeId(i)).collect()))
+        Action::Cut(CutChange::Partition(
+            ids.iter().map(|&i| NodeId(i)).collect(),
+        ))
     }
 
     fn data(steps: Vec<StepRecord>) -> RunData {
@@ -770,7 +818,13 @@ mod tests {
         }
     }
 
-    fn delivery(event: &str, origin: &str, sent_ms: f64, node: &str, seen_ms: Option<f64>) -> Delivery {
+    fn delivery(
+        event: &str,
+        origin: &str,
+        sent_ms: f64,
+        node: &str,
+        seen_ms: Option<f64>,
+    ) -> Delivery {
         Delivery {
             event: event.into(),
             origin: origin.into(),
@@ -785,14 +839,21 @@ mod tests {
         let d = data(vec![
             step(0, partition(&[1, 2]), 1000.0),
             step(1, partition(&[5]), 2000.0),
-            step(2, Action::Cut(CutChange::Heal(Some(vec![NodeId(5)]))), 3000.0),
+            step(
+                2,
+                Action::Cut(CutChange::Heal(Some(vec![NodeId(5)]))),
+                3000.0,
+            ),
             step(3, Action::Cut(CutChange::Heal(None)), 9000.0),
             step(4, partition(&[3]), 10_000.0),
         ]);
         let w = partition_windows(&d);
         let spans: Vec<(usize, Option<f64>)> = w.iter().map(|w| (w.step, w.healed_ms)).collect();
         assert_eq!(spans, [(0, Some(9002.0)), (1, Some(3002.0)), (4, None)]);
-        assert_eq!(w[0].side, BTreeSet::from(["n1".to_owned(), "n2".to_owned()]));
+        assert_eq!(
+            w[0].side,
+            BTreeSet::from(["n1".to_owned(), "n2".to_owned()])
+        );
     }
 
     #[test]
@@ -816,7 +877,13 @@ mod tests {
         ];
         let outcome = &partition_outcomes(&[window.clone()], &deliveries)[0];
         assert_eq!(
-            (outcome.messages, outcome.crossings, outcome.crossed_during, outcome.late, outcome.lost),
+            (
+                outcome.messages,
+                outcome.crossings,
+                outcome.crossed_during,
+                outcome.late,
+                outcome.lost
+            ),
             (2, 3, 1, 2, 0)
         );
         assert_eq!(outcome.converged_after_ms, Some(2000.0));
@@ -824,7 +891,10 @@ mod tests {
         let mut lost = deliveries.to_vec();
         lost[2].seen_ms = None;
         let outcome = &partition_outcomes(&[window], &lost)[0];
-        assert_eq!((outcome.late, outcome.lost, outcome.converged_after_ms), (1, 1, None));
+        assert_eq!(
+            (outcome.late, outcome.lost, outcome.converged_after_ms),
+            (1, 1, None)
+        );
     }
 
     #[test]
@@ -848,7 +918,12 @@ mod tests {
                 },
             )]),
         };
-        let rates = link_rates(&[sample(0.0, 0), sample(1000.0, 500), sample(3000.0, 2500), sample(3010.0, 9000)]);
+        let rates = link_rates(&[
+            sample(0.0, 0),
+            sample(1000.0, 500),
+            sample(3000.0, 2500),
+            sample(3010.0, 9000),
+        ]);
         assert_eq!(
             rates[&("n1".to_owned(), "n2".to_owned())],
             [(1.0, 500.0), (3.0, 1000.0)],
@@ -897,7 +972,10 @@ mod tests {
         assert_eq!((figures.messages, figures.undelivered), (1, 1));
         let report = fs::read_to_string(dir.join("report.md")).unwrap();
         assert!(report.contains("![bytes per second"), "{report}");
-        assert!(report.contains("| n1 → n2 | 50 | 5000 | 5 | 0 |"), "{report}");
+        assert!(
+            report.contains("| n1 → n2 | 50 | 5000 | 5 | 0 |"),
+            "{report}"
+        );
         assert!(report.contains("1 never arrived"), "{report}");
         assert!(report.contains("client.loss_pct=1"), "{report}");
         let svg = fs::read_to_string(dir.join("traffic.svg")).unwrap();

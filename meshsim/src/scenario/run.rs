@@ -472,7 +472,10 @@ impl StepRunner<'_> {
             .cloned()
             .collect();
         if !outside.is_empty() {
-            return Ok(Some(format!("not in the mesh room: {}", summarise(&outside))));
+            return Ok(Some(format!(
+                "not in the mesh room: {}",
+                summarise(&outside)
+            )));
         }
         if !matrix.converged(&room).await {
             return Ok(Some(

@@ -30,10 +30,22 @@ pub enum When {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Adds the node that gets `id` (the next id) at (x, y).
-    Add { id: NodeId, x: f64, y: f64 },
-    Move { node: NodeId, x: f64, y: f64 },
+    Add {
+        id: NodeId,
+        x: f64,
+        y: f64,
+    },
+    Move {
+        node: NodeId,
+        x: f64,
+        y: f64,
+    },
     Remove(NodeId),
-    Pin { a: NodeId, b: NodeId, pins: LinkPins },
+    Pin {
+        a: NodeId,
+        b: NodeId,
+        pins: LinkPins,
+    },
     Unpin {
         a: NodeId,
         b: NodeId,
@@ -122,12 +134,7 @@ impl Action {
 
     /// One line for people: `partition n1 n2 n3`, `wait until delivered (timeout 60s)`.
     pub fn describe(&self) -> String {
-        let names = |ids: &[NodeId]| {
-            ids.iter()
-                .map(|id| id.name())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let names = |ids: &[NodeId]| ids.iter().map(|id| id.name()).collect::<Vec<_>>().join(" ");
         let show = super::file::show;
         match self {
             Action::Add { id, x, y } => format!("add {id} at ({x}, {y})"),
@@ -141,7 +148,9 @@ impl Action {
                 Some(f) => format!("unpin {a}-{b} {f}"),
                 None => format!("unpin {a}-{b}"),
             },
-            Action::Settings(patch) => format!("settings {}", patch.to_string().trim().replace('\n', ", ")),
+            Action::Settings(patch) => {
+                format!("settings {}", patch.to_string().trim().replace('\n', ", "))
+            }
             Action::Client { node, link } => format!(
                 "client link of {} {}",
                 node.map_or("every node".to_owned(), |n| n.name()),
@@ -157,7 +166,11 @@ impl Action {
                 b,
                 period,
                 duration,
-            } => format!("flap {a}-{b} every {} for {}", show(*period), show(*duration)),
+            } => format!(
+                "flap {a}-{b} every {} for {}",
+                show(*period),
+                show(*duration)
+            ),
             Action::Send {
                 from, count, every, ..
             } => {

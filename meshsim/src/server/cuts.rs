@@ -6,7 +6,10 @@
 use axum::{Router, extract::State, routing::get};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, extract::{Json, resolve_node}};
+use super::{
+    ApiError, AppState,
+    extract::{Json, resolve_node},
+};
 use crate::{
     model::{CutChange, NodeId},
     sim::MeshState,
@@ -99,9 +102,10 @@ async fn change(
         crate::sim::SimError::Model(crate::model::ModelError::NotLinked(a, b)) => {
             ApiError::invalid("down", format!("{a} and {b} are not linked"))
         }
-        crate::sim::SimError::Model(crate::model::ModelError::SameNode(a)) => {
-            ApiError::invalid("down", format!("a link joins two different nodes, got {a} twice"))
-        }
+        crate::sim::SimError::Model(crate::model::ModelError::SameNode(a)) => ApiError::invalid(
+            "down",
+            format!("a link joins two different nodes, got {a} twice"),
+        ),
         e => ApiError::from_sim(e, &[]),
     })?;
     Ok(axum::Json(cuts(&app.sim.state().borrow())))

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     model::{
-        ClientDoc, ClientLink, ClientLinks, CutChange, Diff, HOST, LinkField, LinkPins, Model, ModelError,
-        Node, NodeId, Route, Routes, Settings, Snapshot, Topology,
+        ClientDoc, ClientLink, ClientLinks, CutChange, Diff, HOST, LinkField, LinkPins, Model,
+        ModelError, Node, NodeId, Route, Routes, Settings, Snapshot, Topology,
     },
     workload::NodeWorkload,
 };
@@ -464,9 +464,7 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
                 let _ = reply.send(result);
             }
             Command::Cut { change, reply } => {
-                let result = self
-                    .change(None, RUN_WORKLOAD, |m| m.cut(&change))
-                    .await;
+                let result = self.change(None, RUN_WORKLOAD, |m| m.cut(&change)).await;
                 let _ = reply.send(result);
             }
             Command::SetClient { id, link, reply } => {

@@ -17,9 +17,7 @@ use serde_json::Value;
 /// five times a second once its routes are in, and `steps`.
 fn mesh6_scenario(steps: &str) -> String {
     let mesh6 = std::fs::read_to_string(examples_dir().join("mesh6.toml")).unwrap();
-    format!(
-        "[run]\nnode_cmd = \"sleep 1; exec ping -q -i 0.2 10.77.0.7\"\n\n{mesh6}\n{steps}"
-    )
+    format!("[run]\nnode_cmd = \"sleep 1; exec ping -q -i 0.2 10.77.0.7\"\n\n{mesh6}\n{steps}")
 }
 
 fn run(args: &[&str]) -> Output {
@@ -113,10 +111,21 @@ wait = { until = "ready", timeout = "10s" }
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("[step 2/12,") && stderr.contains("partition n1 n2 n4"), "{stderr}");
+    assert!(
+        stderr.contains("[step 2/12,") && stderr.contains("partition n1 n2 n4"),
+        "{stderr}"
+    );
     assert!(stderr.contains("all 12 steps ran"), "{stderr}");
     assert_eq!(leftovers(), Vec::<String>::new());
-    for f in ["events.jsonl", "counters.csv", "deliveries.csv", "report.md", "scenario.toml", "run.json", "traffic.svg"] {
+    for f in [
+        "events.jsonl",
+        "counters.csv",
+        "deliveries.csv",
+        "report.md",
+        "scenario.toml",
+        "run.json",
+        "traffic.svg",
+    ] {
         assert!(out_dir.join(f).exists(), "{f} is missing");
     }
 
@@ -124,16 +133,29 @@ wait = { until = "ready", timeout = "10s" }
     let steps = of_kind(&events, "step");
     let indices: Vec<u64> = steps.iter().map(|s| s["index"].as_u64().unwrap()).collect();
     assert_eq!(indices, (0..12).collect::<Vec<_>>());
-    assert!(steps.iter().all(|s| s["error"].is_null() && s["late_ms"].as_f64().unwrap() >= 0.0));
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["error"].is_null() && s["late_ms"].as_f64().unwrap() >= 0.0)
+    );
     assert_eq!(steps[2]["due_ms"], 5000.0);
     // The Sim showed the cut: two changes carry it, and every link back whole after.
     let changes = of_kind(&events, "change");
-    assert!(changes.iter().any(|c| c["partitions"] == serde_json::json!([["n1", "n2", "n4"]]) && c["cut_links"] == 3));
-    let flaps: Vec<bool> = of_kind(&events, "flap").iter().map(|f| f["down"].as_bool().unwrap()).collect();
+    assert!(changes.iter().any(
+        |c| c["partitions"] == serde_json::json!([["n1", "n2", "n4"]]) && c["cut_links"] == 3
+    ));
+    let flaps: Vec<bool> = of_kind(&events, "flap")
+        .iter()
+        .map(|f| f["down"].as_bool().unwrap())
+        .collect();
     assert_eq!(flaps, [true, false, true, false]);
     assert_eq!(changes.last().unwrap()["cut_links"], 0);
     assert_eq!(of_kind(&events, "mark")[0]["name"], "cut");
-    assert!(events.iter().all(|e| e["t_ms"].is_number() && e["wall_ms"].is_number()));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["t_ms"].is_number() && e["wall_ms"].is_number())
+    );
 
     // n1 and n2 kept pinging n6 across the cut: their packets reached n2 -> n3 and died
     // there, counted as lost; before the cut and after the heal that link lost nothing.
@@ -150,8 +172,12 @@ wait = { until = "ready", timeout = "10s" }
     let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     assert!(report.contains("**Outcome: every step ran.**"), "{report}");
     assert!(report.contains("**n1 n2 n4** cut off at"), "{report}");
-    assert!(report.contains("settings.bandwidth_bps=1000000"), "{report}");
-    let run_json: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json")).unwrap()).unwrap();
+    assert!(
+        report.contains("settings.bandwidth_bps=1000000"),
+        "{report}"
+    );
+    let run_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run_json["settings"]["bandwidth_bps"], 1_000_000);
 }
 
@@ -178,7 +204,10 @@ fn a_step_that_fails_ends_the_run_non_zero_with_its_results() {
     );
     assert_eq!(leftovers(), Vec::<String>::new());
     let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
-    assert!(report.contains("**Outcome: stopped early: step 2"), "{report}");
+    assert!(
+        report.contains("**Outcome: stopped early: step 2"),
+        "{report}"
+    );
     assert!(report.contains("(1 of 3 steps ran)"), "{report}");
     assert_eq!(of_kind(&events(&out_dir), "mark").len(), 1);
 }
@@ -198,7 +227,12 @@ fn an_interrupted_run_still_writes_what_it_gathered() {
     let mut meshsim = Running::spawn(
         "meshsim",
         Command::new(meshsim_bin())
-            .args(["run", file.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
+            .args([
+                "run",
+                file.to_str().unwrap(),
+                "--out",
+                out_dir.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
         Duration::from_secs(20),
@@ -249,8 +283,15 @@ fn bad_scenarios_fail_with_one_line_before_anything_starts() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}");
         let last = stderr.lines().last().unwrap_or("");
-        assert!(last.starts_with("meshsim: ") && last.contains(says), "{name}: {stderr}");
-        assert_eq!(leftovers(), Vec::<String>::new(), "{name} started something");
+        assert!(
+            last.starts_with("meshsim: ") && last.contains(says),
+            "{name}: {stderr}"
+        );
+        assert_eq!(
+            leftovers(),
+            Vec::<String>::new(),
+            "{name} started something"
+        );
     }
     // Results are never mixed with an earlier run's.
     let full = dir.path().join("full");
@@ -260,5 +301,183 @@ fn bad_scenarios_fail_with_one_line_before_anything_starts() {
     std::fs::write(&file, mesh6_scenario("[[step]]\nmark = \"x\"\n")).unwrap();
     let out = run(&[file.to_str().unwrap(), "--out", full.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
-    assert_eq!(std::fs::read_to_string(full.join("report.md")).unwrap(), "earlier");
+    assert_eq!(
+        std::fs::read_to_string(full.join("report.md")).unwrap(),
+        "earlier"
+    );
+}
+
+/// Starts `meshsim ARGS` with stderr piped; returns its guard and its stderr lines as they come.
+fn spawn(args: &[&str]) -> (Running, std::sync::mpsc::Receiver<String>) {
+    let mut meshsim = Running::spawn(
+        "meshsim",
+        Command::new(meshsim_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        Duration::from_secs(20),
+    );
+    meshsim.sweep = true;
+    let stderr = BufReader::new(meshsim.child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (meshsim, rx)
+}
+
+/// Waits for a line containing `text`; panics with what came instead.
+fn wait_for(lines: &std::sync::mpsc::Receiver<String>, text: &str) {
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains(text) => return,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no {text:?} ({e}) in {seen:#?}"),
+        }
+    }
+}
+
+/// Removes the `exp2` run's leftovers when dropped.
+struct SweepExp2;
+impl Drop for SweepExp2 {
+    fn drop(&mut self) {
+        let _ = Command::new(meshsim_bin())
+            .args(["down", "--prefix", "exp2"])
+            .output();
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn two_scenarios_run_at_once_each_with_its_own_names() {
+    let (_sweep, _sweep2) = (Sweep, SweepExp2);
+    let dir = TempDir::new("scenario-two");
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        mesh6_scenario("[[step]]\nat = \"1s\"\npartition = [\"n1\"]\n\n[[step]]\nat = \"8s\"\nmark = \"end\"\n"),
+    )
+    .unwrap();
+    let (a_out, b_out) = (dir.path().join("a"), dir.path().join("b"));
+    let (mut a, a_lines) = spawn(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        a_out.to_str().unwrap(),
+    ]);
+    let (mut b, b_lines) = spawn(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        b_out.to_str().unwrap(),
+        "--prefix",
+        "exp2",
+        "--subnet",
+        "10.78.0.0/16",
+        "--node-cmd",
+        "sleep 1; exec ping -q -i 0.2 10.78.0.7",
+    ]);
+    wait_for(&a_lines, "[step 1/2");
+    wait_for(&b_lines, "[step 1/2");
+    let names = |prefix: &str| -> Vec<String> {
+        let mut v: Vec<String> = meshsim_tests::leftovers_of(prefix)
+            .into_iter()
+            .filter(|n| n.contains("-n"))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    assert_eq!(names("ms-").len(), 6);
+    assert_eq!(names("exp2-").len(), 6);
+
+    // A running run is nobody's leftover: `down` refuses it, `down --all` leaves it alone.
+    let down = Command::new(meshsim_bin())
+        .args(["down", "--prefix", "exp2"])
+        .output()
+        .unwrap();
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains("prefix exp2 is running"));
+    let all = Command::new(meshsim_bin())
+        .args(["down", "--all"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&all.stdout);
+    assert!(
+        said.contains("exp2: running, left alone") && said.contains("ms: running, left alone"),
+        "{said}"
+    );
+    assert_eq!(names("exp2-").len(), 6);
+
+    // A third run in a subnet already taken stops before making anything.
+    let third = run(&[
+        file.to_str().unwrap(),
+        "--out",
+        dir.path().join("c").to_str().unwrap(),
+        "--prefix",
+        "exp3",
+        "--subnet",
+        "10.78.0.0/16",
+    ]);
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(!third.status.success());
+    assert!(
+        stderr
+            .contains("the subnet 10.78.0.0/16 is in use on this host (10.78.0.1/16 on exp2-host)"),
+        "{stderr}"
+    );
+    assert_eq!(meshsim_tests::leftovers_of("exp3-"), Vec::<String>::new());
+
+    assert!(a.child.wait().unwrap().success());
+    assert!(b.child.wait().unwrap().success());
+    assert_eq!(leftovers(), Vec::<String>::new());
+    assert_eq!(meshsim_tests::leftovers_of("exp2-"), Vec::<String>::new());
+    // Each run counted its own mesh: n1's pings to n6 died on its cut link to n2 in both.
+    for out in [&a_out, &b_out] {
+        let lost = counters(out)
+            .iter()
+            .filter(|r| r.1 == "n1" && r.2 == "n2")
+            .map(|r| r.4)
+            .max();
+        assert!(lost.unwrap() > 0, "{}", out.display());
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn down_removes_a_crashed_runs_leftovers_by_prefix_and_all() {
+    let (_sweep, _sweep2) = (Sweep, SweepExp2);
+    let example = examples_dir().join("mesh6.toml");
+    let (mut crashed, lines) = spawn(&[
+        "up",
+        example.to_str().unwrap(),
+        "--prefix",
+        "exp2",
+        "--subnet",
+        "10.78.0.0/16",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    wait_for(&lines, "running:");
+    crashed.kill_9();
+    assert!(!meshsim_tests::leftovers_of("exp2-").is_empty());
+    // The default run's down touches nothing of exp2's.
+    let down = Command::new(meshsim_bin()).arg("down").output().unwrap();
+    assert!(down.status.success());
+    assert!(!meshsim_tests::leftovers_of("exp2-").is_empty());
+    let all = Command::new(meshsim_bin())
+        .args(["down", "--all"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&all.stdout);
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    assert!(said.contains("exp2: removed 6 namespaces"), "{said}");
+    assert_eq!(meshsim_tests::leftovers_of("exp2-"), Vec::<String>::new());
 }

@@ -18,7 +18,7 @@ use meshsim::{
     run_config::{BackendKind, RunConfig},
     runtime::{
         self, RuntimeError,
-        docker::{self, DockerError, NETWORK, RUN_LABEL},
+        docker::{self, DockerError, RUN_LABEL},
         names::PREFIX,
     },
     workload::{SynapseOptions, WorkloadKind},
@@ -54,8 +54,8 @@ async fn assert_nothing_left() {
     let left = docker.list_containers(Some(options)).await.unwrap();
     assert!(left.is_empty(), "containers left: {left:?}");
     assert!(
-        docker.inspect_network(NETWORK, None).await.is_err(),
-        "the network {NETWORK} is left"
+        docker.inspect_network("meshsim", None).await.is_err(),
+        "the network meshsim is left"
     );
     assert_eq!(
         NetNs::list_with_prefix(PREFIX).unwrap(),

@@ -14,7 +14,12 @@ use serde_json::Value;
 
 fn run(scenario: &Path, out: &Path) -> Output {
     Command::new(meshsim_bin())
-        .args(["run", scenario.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "run",
+            scenario.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap()
 }
@@ -37,7 +42,10 @@ fn the_partition_example_converges_after_the_heal_and_says_how_long_it_took() {
     let _sweep = Sweep;
     let dir = TempDir::new("scenario-partition");
     let out_dir = dir.path().join("out");
-    let out = run(&examples_dir().join("scenarios/partition-heal.toml"), &out_dir);
+    let out = run(
+        &examples_dir().join("scenarios/partition-heal.toml"),
+        &out_dir,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(leftovers(), Vec::<String>::new());
@@ -50,10 +58,15 @@ fn the_partition_example_converges_after_the_heal_and_says_how_long_it_took() {
     for row in deliveries.lines().skip(1) {
         let f: Vec<&str> = row.split(',').collect();
         let (origin, sent, node, seen) = (f[1], f[2].parse::<f64>().unwrap(), f[3], f[4]);
-        let seen: f64 = seen.parse().unwrap_or_else(|_| panic!("never delivered: {row}"));
+        let seen: f64 = seen
+            .parse()
+            .unwrap_or_else(|_| panic!("never delivered: {row}"));
         if sent > partitioned && sent < healed && west.contains(origin) != west.contains(node) {
             across += 1;
-            assert!(seen > healed, "crossed the partition while it stood: {row} (healed at {healed})");
+            assert!(
+                seen > healed,
+                "crossed the partition while it stood: {row} (healed at {healed})"
+            );
         }
     }
     // Two messages from the west to three eastern servers, one from the east to three western.
@@ -61,7 +74,9 @@ fn the_partition_example_converges_after_the_heal_and_says_how_long_it_took() {
     let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     assert!(report.contains("**n1 n2 n4** cut off at"), "{report}");
     assert!(
-        report.contains("0 crossed while it stood, 9 arrived after the heal, 0 never arrived. **Converged "),
+        report.contains(
+            "0 crossed while it stood, 9 arrived after the heal, 0 never arrived. **Converged "
+        ),
         "{report}"
     );
     for plot in ["traffic.svg", "delivery-cdf.svg", "delivery-time.svg"] {
