@@ -15,16 +15,27 @@ export class ApiError extends Error {
   }
 }
 
+/** `body` is sent as JSON, or as it is when it is a {text} (a scenario file). */
 async function call(method, path, body) {
+  return (await request(method, path, body)).json;
+}
+
+/** The answer's text (a scenario file the server wrote). */
+async function callText(method, path) {
+  return (await request(method, path)).text;
+}
+
+async function request(method, path, body) {
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const raw = body !== undefined && typeof body.text === "string";
+  if (body !== undefined) headers["Content-Type"] = raw ? "text/plain; charset=utf-8" : "application/json";
   let response;
   try {
     response = await fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : raw ? body.text : JSON.stringify(body),
     });
   } catch (e) {
     throw new ApiError(0, `meshsim is not reachable (${e.message})`, null);
@@ -43,7 +54,7 @@ async function call(method, path, body) {
     const message = json?.error ?? (text.split("\n")[0] || `${response.status} ${response.statusText}`);
     throw new ApiError(response.status, message, json?.field);
   }
-  return json;
+  return { json, text };
 }
 
 export const api = {
@@ -66,6 +77,13 @@ export const api = {
   setClientDefault: (link) => call("PUT", "/api/client", link),
   // {partition: [ids]}, {heal: [ids] | "all"}, {down: [a, b]}, {up: [a, b]}.
   cut: (change) => call("POST", "/api/cuts", change),
+  // The timeline: run a scenario file (its text), steer it; record the canvas as one.
+  startScenario: (name, text) => call("POST", `/api/scenario?name=${encodeURIComponent(name)}`, { text }),
+  pauseScenario: () => call("POST", "/api/scenario/pause"),
+  resumeScenario: () => call("POST", "/api/scenario/resume"),
+  stopScenario: () => call("DELETE", "/api/scenario"),
+  startRecording: () => call("POST", "/api/recording"),
+  stopRecording: () => callText("DELETE", "/api/recording"),
   // As the node's test user, into the mesh room.
   sendMessage: (id, body) => call("POST", `/api/nodes/${id}/messages`, { body }),
 };

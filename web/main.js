@@ -25,6 +25,7 @@ import { Panels } from "./panels.js";
 import { Renderer } from "./render.js";
 import { connect } from "./socket.js";
 import { Store } from "./state.js";
+import { Timeline } from "./timeline.js";
 import { Traffic } from "./traffic.js";
 import { View } from "./view.js";
 
@@ -65,6 +66,7 @@ new MatrixPanel(
 );
 events.addEventListener("workloads", () => renderer.invalidate());
 new ClientPanel(store, (e) => panels.toast(e));
+const timeline = new Timeline((e) => panels.toast(e));
 
 store.addEventListener("state", () => {
   traffic.forgetMissing((id) => store.nodes.has(id));
@@ -111,6 +113,7 @@ connect(
     else events.onWorkloads(msg);
     renderer.invalidateOverlay();
   },
+  (msg) => timeline.onScenario(msg),
 );
 // The WebSocket's first message carries the state too; this fetch only shows it sooner and
 // reports a wrong token or an unreachable server in words.

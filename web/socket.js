@@ -1,5 +1,5 @@
 // The WebSocket to meshsim: "state" messages go to the store, "traffic" frames to the
-// traffic model, "events" and "workloads" (Matrix) to the events model. It reconnects with a growing pause (up to a few seconds) for as long as the
+// traffic model, "events" and "workloads" (Matrix) to the events model, "scenario" to the timeline. It reconnects with a growing pause (up to a few seconds) for as long as the
 // page is open, so restarting meshsim needs no reload.
 
 import { socketUrl } from "./api.js";
@@ -9,9 +9,10 @@ const MAX_BACKOFF_MS = 4000;
 /**
  * `onTraffic(frame)` gets each traffic frame; `onStateCost(ms)` how long reading and
  * applying a state message took, which grows with the mesh and competes with drawing;
- * `onMatrix(msg)` each "events" and "workloads" message.
+ * `onMatrix(msg)` each "events" and "workloads" message; `onScenario(msg)` each "scenario"
+ * (the timeline).
  */
-export function connect(store, onTraffic, onStateCost, onMatrix) {
+export function connect(store, onTraffic, onStateCost, onMatrix, onScenario) {
   let backoff = 250;
   const open = () => {
     const ws = new WebSocket(socketUrl());
@@ -36,6 +37,8 @@ export function connect(store, onTraffic, onStateCost, onMatrix) {
         onTraffic(msg);
       } else if (msg.type === "events" || msg.type === "workloads") {
         onMatrix(msg);
+      } else if (msg.type === "scenario") {
+        onScenario(msg);
       }
     });
     ws.addEventListener("close", () => {

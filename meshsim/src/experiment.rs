@@ -5,17 +5,16 @@ use std::{
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use meshsim::{
-    scenario::{
-        self, Scenario,
-        record::{Clock, Recorder},
-        report::{self, Figures, RunFacts},
-        run::Ports,
-    },
-    workload::NodeWorkload,
+use meshsim::scenario::{
+    self, Scenario,
+    desk::Desk,
+    report::Figures,
+    run::Ports,
+    session::{self, Session},
 };
 use serde_json::json;
 
@@ -30,6 +29,8 @@ pub struct Job {
     dir: PathBuf,
     overrides: Vec<String>,
     figures: Option<Figures>,
+    /// Shared with the server, so the canvas shows the run's timeline.
+    pub desk: Arc<Desk>,
 }
 
 pub async fn run(
@@ -130,6 +131,7 @@ async fn once(
         dir: dir.to_owned(),
         overrides: set.to_vec(),
         figures: None,
+        desk: Desk::new(),
     };
     let result = mesh::run_with(
         Some(scenario.file.clone()),
@@ -157,9 +159,6 @@ impl Job {
     /// Runs the steps on the running mesh, then writes the results, also when a step failed
     /// or the run was interrupted.
     pub async fn run(&mut self, ports: Ports, stop: &mut StopSignals) -> Result<()> {
-        let clock = Clock::now();
-        let (recorder, writer) = Recorder::create(&self.dir.join("events.jsonl"), clock)
-            .with_context(|| format!("creating {}/events.jsonl", self.dir.display()))?;
         eprintln!(
             "meshsim: running {} ({} steps); results go to {}",
             self.scenario.path.display(),
@@ -167,33 +166,23 @@ impl Job {
             self.dir.display()
         );
         let progress = |line: String| eprintln!("meshsim: {line}");
-        let data =
-            scenario::run::run(&self.scenario, &ports, recorder, &progress, stop.wait()).await;
-        writer
-            .await
-            .context("the event log's writer failed")?
-            .context("writing events.jsonl")?;
-        let state = ports.sim.state().borrow().clone();
-        let servers = if state.run.workload == "synapse" {
-            state
-                .nodes
-                .values()
-                .filter(|f| f.workload == NodeWorkload::Run)
-                .map(|f| f.name.clone())
-                .collect()
-        } else {
-            Default::default()
-        };
-        let facts = RunFacts {
-            scenario: self.scenario.path.display().to_string(),
+        let session = Session {
+            ports: &ports,
+            desk: &self.desk,
+            dir: &self.dir,
+            overrides: &self.overrides,
             version: crate::version(),
-            backend: state.run.backend.to_owned(),
-            workload: state.run.workload.to_owned(),
-            overrides: self.overrides.clone(),
-            servers,
         };
-        let figures = report::write(&self.dir, &data, &facts)
-            .with_context(|| format!("writing the report into {}", self.dir.display()))?;
+        // Ctrl-C, SIGTERM, or Stop on the canvas's timeline.
+        let stopped = async {
+            tokio::select! {
+                () = stop.wait() => {}
+                () = self.desk.stop_requested() => {}
+            }
+        };
+        let figures = session::run_into(&self.scenario, session, &progress, stopped)
+            .await
+            .with_context(|| format!("writing the results into {}", self.dir.display()))?;
         eprintln!(
             "meshsim: {}; the report is {}",
             match &figures.failure {

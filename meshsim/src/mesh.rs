@@ -9,7 +9,7 @@ use meshsim::{
     net::{FqSupport, probe_fq},
     run_config::{BackendKind, RunConfig},
     runtime::{self, cleanup::remove_leftovers, lock, names::RunPrefix},
-    scenario::run::Ports,
+    scenario::{desk::Desk, run::Ports},
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
     topology_file::{self, RunTable, TopologyFile},
@@ -195,10 +195,17 @@ async fn serve_and_run(
         matrix: views.matrix.clone(),
         workloads: views.workloads.clone(),
     };
+    let desk = match &then {
+        Then::Scenario(job) => Arc::clone(&job.desk),
+        Then::Serve => Desk::new(),
+    };
     let server_options = ServerOptions {
         token: options.token.clone(),
         matrix: views.matrix,
         workloads: Some(views.workloads),
+        desk,
+        results_dir: options.prefix.tmp_dir().join("scenarios"),
+        version: crate::version(),
         ..ServerOptions::default()
     };
     let server = Server::new(listener, sim.clone(), server_options)

@@ -18,6 +18,7 @@ use tokio::{sync::watch, task::JoinSet, time::Instant};
 
 use super::{
     Scenario,
+    desk::Desk,
     file::{patch_settings, show},
     record::{Clock, Recorder, round3},
     step::{Action, Condition, Step, When},
@@ -121,6 +122,7 @@ pub async fn run(
     scenario: &Scenario,
     ports: &Ports,
     recorder: Recorder,
+    desk: &Desk,
     progress: &(dyn Fn(String) + Send + Sync),
     stop: impl Future<Output = ()>,
 ) -> RunData {
@@ -152,20 +154,24 @@ pub async fn run(
         background: JoinSet::new(),
         total: scenario.steps.len(),
         progress,
+        desk,
+        paused: desk.paused(),
+        paused_for: Duration::ZERO,
     };
     let mut steps = Vec::new();
     let mut failure = None;
     tokio::select! {
         () = runner.all(&scenario.steps, &mut steps, &mut failure) => {}
         () = stop => {
-            failure = Some("interrupted (Ctrl-C or SIGTERM)".to_owned());
+            failure = Some("interrupted before its last step (Ctrl-C, SIGTERM or Stop)".to_owned());
             recorder.record("interrupted", json!({}));
         }
     }
     // Flaps and message streams still going are stopped; a flapping link is left up.
     runner.background.abort_all();
     while runner.background.join_next().await.is_some() {}
-    for edge in lock(&gathered).flaps.clone() {
+    let flaps = lock(&gathered).flaps.clone();
+    for edge in flaps {
         if edge.down
             && let (Ok(a), Ok(b)) = (edge.a.parse::<NodeId>(), edge.b.parse::<NodeId>())
         {
@@ -214,6 +220,11 @@ struct StepRunner<'a> {
     background: JoinSet<()>,
     total: usize,
     progress: &'a (dyn Fn(String) + Send + Sync),
+    desk: &'a Desk,
+    /// Whether the desk holds the steps, and for how long they were held: `at` times move
+    /// by it.
+    paused: watch::Receiver<bool>,
+    paused_for: Duration,
 }
 
 impl StepRunner<'_> {
@@ -227,12 +238,21 @@ impl StepRunner<'_> {
         let mut previous_end = clock.start;
         for step in steps {
             let due = match step.when {
-                When::At(t) => clock.start + t,
+                When::At(t) => clock.start + t + self.paused_for,
                 When::After(d) => previous_end + d,
             };
-            tokio::time::sleep_until(Instant::from_std(due)).await;
-            let due_ms = due.saturating_duration_since(clock.start).as_secs_f64() * 1000.0;
+            let ms_of = |due: std::time::Instant| {
+                due.saturating_duration_since(clock.start).as_secs_f64() * 1000.0
+            };
+            self.desk.due(step.index, ms_of(due));
+            let held = self.sleep_until(due).await;
+            let due = due + held;
+            if !held.is_zero() {
+                self.desk.due(step.index, ms_of(due));
+            }
+            let due_ms = ms_of(due);
             let started_ms = clock.t_ms();
+            self.desk.started(step.index, started_ms);
             (self.progress)(format!(
                 "[step {}/{}, {:.1}s] {}",
                 step.index + 1,
@@ -242,6 +262,8 @@ impl StepRunner<'_> {
             ));
             let result = self.one(step).await;
             let done_ms = clock.t_ms();
+            self.desk
+                .done(step.index, done_ms, result.as_ref().err().cloned());
             previous_end = std::time::Instant::now();
             let record = StepRecord {
                 index: step.index,
@@ -356,7 +378,7 @@ impl StepRunner<'_> {
                 }
             }
             Action::WaitFor(d) => {
-                tokio::time::sleep(*d).await;
+                self.sleep_until(std::time::Instant::now() + *d).await;
                 Ok(())
             }
             Action::WaitUntil { condition, timeout } => {
@@ -365,6 +387,36 @@ impl StepRunner<'_> {
             Action::Mark(name) => {
                 self.recorder.record("mark", json!({ "name": name }));
                 Ok(())
+            }
+        }
+    }
+
+    /// Sleeps until `due`, moved on by the time spent paused meanwhile (returned, and added
+    /// to the run's paused time, which moves every later `at` too).
+    async fn sleep_until(&mut self, mut due: std::time::Instant) -> Duration {
+        let mut held_for = Duration::ZERO;
+        loop {
+            if *self.paused.borrow_and_update() {
+                let held = Instant::now();
+                while *self.paused.borrow_and_update() {
+                    if self.paused.changed().await.is_err() {
+                        break;
+                    }
+                }
+                let d = held.elapsed();
+                held_for += d;
+                self.paused_for += d;
+                due += d;
+                self.desk.add_paused(d);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(Instant::from_std(due)) => return held_for,
+                changed = self.paused.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(Instant::from_std(due)).await;
+                        return held_for;
+                    }
+                }
             }
         }
     }

@@ -16,7 +16,10 @@ use super::{
     ApiError, AppState,
     extract::{Json, NodePath},
 };
-use crate::model::{ClientLink, NodeId};
+use crate::{
+    model::{ClientLink, NodeId},
+    scenario::step::Action,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -58,6 +61,7 @@ async fn set_default(
     Json(link): Json<ClientLink>,
 ) -> Result<axum::Json<ClientLink>, ApiError> {
     app.sim.set_client_default(link).await?;
+    app.desk.record(Action::Client { node: None, link });
     Ok(axum::Json(app.sim.state().borrow().clients.default))
 }
 
@@ -77,6 +81,10 @@ async fn set_node(
         .set_client(id, Some(link))
         .await
         .map_err(|e| ApiError::from_sim(e, &[("id", id)]))?;
+    app.desk.record(Action::Client {
+        node: Some(id),
+        link,
+    });
     node_client(&app, id).map(axum::Json)
 }
 
@@ -88,5 +96,11 @@ async fn unset_node(
         .set_client(id, None)
         .await
         .map_err(|e| ApiError::from_sim(e, &[("id", id)]))?;
+    // A scenario step cannot say "back to the default": it sets the default's values.
+    let link = app.sim.state().borrow().clients.default;
+    app.desk.record(Action::Client {
+        node: Some(id),
+        link,
+    });
     Ok(StatusCode::NO_CONTENT.into_response())
 }

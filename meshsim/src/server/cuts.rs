@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     model::{CutChange, NodeId},
+    scenario::step::Action,
     sim::MeshState,
 };
 
@@ -98,7 +99,7 @@ async fn change(
             }
         }
     };
-    app.sim.cut(change).await.map_err(|e| match e {
+    app.sim.cut(change.clone()).await.map_err(|e| match e {
         crate::sim::SimError::Model(crate::model::ModelError::NotLinked(a, b)) => {
             ApiError::invalid("down", format!("{a} and {b} are not linked"))
         }
@@ -108,6 +109,7 @@ async fn change(
         ),
         e => ApiError::from_sim(e, &[]),
     })?;
+    app.desk.record(Action::Cut(change));
     Ok(axum::Json(cuts(&app.sim.state().borrow())))
 }
 

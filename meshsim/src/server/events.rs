@@ -230,6 +230,13 @@ async fn send(
             SendError::NotReady(_) | SendError::NoMeshRoom => ApiError::Conflict(e.to_string()),
             SendError::Client { .. } => ApiError::Homeserver(e.to_string()),
         })?;
+    app.desk.record(crate::scenario::step::Action::Send {
+        from: id,
+        body: Some(message.body.clone()),
+        room: message.room.clone(),
+        count: 1,
+        every: std::time::Duration::ZERO,
+    });
     Ok((
         StatusCode::CREATED,
         axum::Json(SentBody {

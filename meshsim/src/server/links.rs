@@ -9,7 +9,10 @@ use super::{
     ApiError, AppState,
     extract::{Json, PairPath, Query, present},
 };
-use crate::model::{Link, LinkField, LinkPins, NodeId, Pair};
+use crate::{
+    model::{Link, LinkField, LinkPins, NodeId, Pair},
+    scenario::step::Action,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/links/{a}/{b}", get(read).put(pin).delete(unpin))
@@ -66,6 +69,7 @@ async fn pin(
         .pin(a, b, pins)
         .await
         .map_err(|e| ApiError::from_sim(e, &[("a", a), ("b", b)]))?;
+    app.desk.record(Action::Pin { a, b, pins });
     linked(&app, a, b)?
         .map(axum::Json)
         .ok_or_else(|| ApiError::Conflict("the link went away while it was pinned".into()))
@@ -95,6 +99,7 @@ async fn unpin(
         .unpin(a, b, field)
         .await
         .map_err(|e| ApiError::from_sim(e, &[("a", a), ("b", b)]))?;
+    app.desk.record(Action::Unpin { a, b, field });
     Ok(StatusCode::NO_CONTENT)
 }
 

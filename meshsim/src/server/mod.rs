@@ -15,6 +15,7 @@ mod extract;
 mod links;
 mod metrics;
 mod nodes;
+mod scenario;
 mod security;
 mod settings;
 mod state;
@@ -22,7 +23,7 @@ mod telemetry;
 mod topology;
 mod ws;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{Router, extract::DefaultBodyLimit, http::Method, response::IntoResponse};
 pub use error::ApiError;
@@ -36,6 +37,7 @@ use tokio::{
 };
 
 use crate::{
+    scenario::desk::Desk,
     sim::{SimError, SimHandle},
     workload::{WorkloadStatus, matrix::Matrix},
 };
@@ -71,6 +73,12 @@ pub struct ServerOptions {
     pub matrix: Option<Arc<Matrix>>,
     /// Every node's workload state (`runtime::Runtime::workload_status`).
     pub workloads: Option<watch::Receiver<WorkloadStatus>>,
+    /// The scenario desk (the timeline, the recording); shared with a headless run.
+    pub desk: Arc<Desk>,
+    /// Where scenarios started from the canvas write their results (a folder each).
+    pub results_dir: PathBuf,
+    /// meshsim's version, for reports.
+    pub version: String,
 }
 
 impl Default for ServerOptions {
@@ -81,6 +89,9 @@ impl Default for ServerOptions {
             traffic_interval: Duration::from_millis(50),
             matrix: None,
             workloads: None,
+            desk: Desk::new(),
+            results_dir: std::env::temp_dir().join("meshsim-scenarios"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 }
@@ -98,6 +109,9 @@ pub struct AppState {
     /// Turns true when the server stops, so WebSocket sessions end and the graceful shutdown
     /// does not wait for them forever.
     shutdown: watch::Receiver<bool>,
+    desk: Arc<Desk>,
+    results_dir: Arc<PathBuf>,
+    version: Arc<str>,
 }
 
 /// Binds `addr`, before anything else is started, so a taken port fails fast.
@@ -174,6 +188,9 @@ impl Server {
             workloads: options.workloads.clone(),
             metrics,
             shutdown: shutdown_rx,
+            desk: options.desk,
+            results_dir: Arc::new(options.results_dir),
+            version: options.version.into(),
         };
         let security = Arc::new(Security::new(addr, options.token));
         Ok(Self {
@@ -226,12 +243,14 @@ fn router(app: AppState, security: Arc<Security>) -> Router {
         .merge(events::router())
         .merge(client::router())
         .merge(cuts::router())
+        .merge(scenario::router())
         .fallback(|uri: axum::extract::OriginalUri| async move {
             ApiError::NoRoute(format!(
                 "{}: the API's resources are /api/state, /api/nodes, /api/nodes/{{id}}, \
                  /api/links/{{a}}/{{b}}, /api/settings, /api/topology, /api/events, \
                  /api/nodes/{{id}}/messages, /api/rooms/mesh, /api/client, \
-                 /api/nodes/{{id}}/client and /api/cuts (docs/api.md)",
+                 /api/nodes/{{id}}/client, /api/cuts, /api/scenario and /api/recording \
+                 (docs/api.md)",
                 uri.path()
             ))
         });

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     model::NodeId,
+    scenario::step::Action,
     workload::{NodeWorkload, node_workload},
 };
 
@@ -60,6 +61,11 @@ async fn create(
         }
     };
     let node = app.sim.add_node_running(new.x, new.y, workload).await?;
+    app.desk.record(Action::Add {
+        id: node.id,
+        x: new.x,
+        y: new.y,
+    });
     // The Sim publishes before it answers, so the new state has the node's addresses.
     let body = found(&app, node.id)?;
     let location = format!("/api/nodes/{}", node.id.0);
@@ -132,6 +138,11 @@ async fn move_to(
         .move_node(id, at.x, at.y)
         .await
         .map_err(|e| ApiError::from_sim(e, &[("id", id)]))?;
+    app.desk.record(Action::Move {
+        node: id,
+        x: at.x,
+        y: at.y,
+    });
     Ok(axum::Json(found(&app, id)?))
 }
 
@@ -143,6 +154,7 @@ async fn remove(
         .remove_node(id)
         .await
         .map_err(|e| ApiError::from_sim(e, &[("id", id)]))?;
+    app.desk.record(Action::Remove(id));
     Ok(StatusCode::NO_CONTENT)
 }
 

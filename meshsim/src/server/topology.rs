@@ -27,6 +27,13 @@ async fn load(
     State(app): State<AppState>,
     Json(topology): Json<Topology>,
 ) -> Result<axum::Json<StateBody>, ApiError> {
+    if app.desk.recording() {
+        return Err(ApiError::Conflict(
+            "a recording is on: a whole new mesh is no step a scenario can replay; stop the \
+             recording (DELETE /api/recording) first"
+                .into(),
+        ));
+    }
     let ids: Vec<Option<NodeId>> = topology.nodes.iter().map(|n| n.id).collect();
     app.sim.load(topology, None).await.map_err(|e| match e {
         SimError::Refused(Refusal {

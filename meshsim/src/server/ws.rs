@@ -31,7 +31,7 @@ use super::{
     ApiError, AppState, events,
     state::{StateBody, WorkloadBody},
 };
-use crate::{sim::MeshState, workload::WorkloadStatus};
+use crate::{scenario::desk::Status, sim::MeshState, workload::WorkloadStatus};
 
 /// How long one message may take to go out before the client counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,9 +100,27 @@ fn workloads_message(status: &WorkloadStatus) -> Option<Utf8Bytes> {
     serde_json::to_string(&message).ok().map(Into::into)
 }
 
+/// `{"type":"scenario", ...GET /api/scenario}`.
+#[derive(Serialize)]
+struct ScenarioMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    status: &'a Status,
+}
+
+fn scenario_message(status: &Status) -> Option<Utf8Bytes> {
+    let message = ScenarioMessage {
+        kind: "scenario",
+        status,
+    };
+    serde_json::to_string(&message).ok().map(Into::into)
+}
+
 async fn session(socket: WebSocket, app: AppState) {
     let (mut tx, mut rx) = socket.split();
     let mut state = app.sim.state();
+    let mut scenario = app.desk.status();
     let mut feed = app.feed.subscribe();
     let mut shutdown = app.shutdown.clone();
     let mut workloads = app.workloads.clone();
@@ -122,8 +140,21 @@ async fn session(socket: WebSocket, app: AppState) {
             return;
         }
     }
+    let message = scenario_message(&scenario.borrow_and_update());
+    if send(&mut tx, message).await.is_err() {
+        return;
+    }
     loop {
         tokio::select! {
+            changed = scenario.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let message = scenario_message(&scenario.borrow_and_update());
+                if send(&mut tx, message).await.is_err() {
+                    return;
+                }
+            }
             changed = async { workloads.as_mut()?.changed().await.ok() }, if workloads.is_some() => {
                 let Some(status) = workloads.as_mut().filter(|_| changed.is_some()) else {
                     workloads = None;

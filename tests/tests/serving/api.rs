@@ -70,7 +70,7 @@ async fn nodes_are_created_read_moved_and_deleted() {
         state["links"],
         json!([{
             "a": 1, "b": 2, "latency_ms": 100.0, "jitter_ms": 0.0,
-            "bandwidth_bps": 512000, "loss_pct": 0.0, "pinned": []
+            "bandwidth_bps": 512000, "loss_pct": 0.0, "pinned": [], "cut": false
         }])
     );
 
@@ -354,7 +354,7 @@ async fn links_are_pinned_both_ways_and_unpinned() {
         pinned,
         json!({
             "a": 1, "b": 2, "latency_ms": 25.0, "jitter_ms": 0.0,
-            "bandwidth_bps": 512000, "loss_pct": 1.5, "pinned": ["latency_ms", "loss_pct"]
+            "bandwidth_bps": 512000, "loss_pct": 1.5, "pinned": ["latency_ms", "loss_pct"], "cut": false
         })
     );
     let (status, pinned) = lab

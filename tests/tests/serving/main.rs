@@ -4,4 +4,5 @@
 mod api;
 mod browser;
 mod metrics;
+mod scenario;
 mod ws;
