@@ -121,6 +121,7 @@ fn main() -> Result<()> {
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "synapse"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "events"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "client"])?;
+            cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "scenario"])?;
             // The seed's way needs netem, which only the VM's kernel has.
             vm::bench("mesh", &["vm"])
         }
