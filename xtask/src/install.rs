@@ -39,13 +39,19 @@ fn stage(prefix: &str, stage: &Path) -> Result<()> {
     let bin = stage.join("bin");
     fs::create_dir_all(&bin)?;
     fs::copy(binary, bin.join("meshsim")).context("staging the binary")?;
-    let examples = stage.join("share/doc/meshsim/examples");
-    fs::create_dir_all(&examples)?;
-    for entry in fs::read_dir("examples").context("reading examples/")? {
-        let path = entry?.path();
-        if path.is_file() {
-            fs::copy(&path, examples.join(path.file_name().unwrap_or_default()))
-                .with_context(|| format!("staging {}", path.display()))?;
+    // The examples and the scenarios beside them (one level of folders).
+    for (from, to) in [
+        ("examples", "examples"),
+        ("examples/scenarios", "examples/scenarios"),
+    ] {
+        let into = stage.join("share/doc/meshsim").join(to);
+        fs::create_dir_all(&into)?;
+        for entry in fs::read_dir(from).with_context(|| format!("reading {from}/"))? {
+            let path = entry?.path();
+            if path.is_file() {
+                fs::copy(&path, into.join(path.file_name().unwrap_or_default()))
+                    .with_context(|| format!("staging {}", path.display()))?;
+            }
         }
     }
     Ok(())

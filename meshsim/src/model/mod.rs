@@ -23,7 +23,8 @@
 //! Dijkstra from every node over the links, cost = latency, or 1/bandwidth with
 //! [`CostMetric::Bandwidth`] (see [`link_cost`]). Paths compare by cost, then hop count; the
 //! next hop is the lowest-id neighbour that begins a best path. Following next hops never
-//! loops. A pair with no route is unreachable.
+//! loops. A pair with no route is unreachable. Cut links (see `cut`) are avoided where a
+//! path remains without them; a pair with none keeps its path over them.
 
 mod client;
 mod cut;

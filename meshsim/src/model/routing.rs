@@ -292,7 +292,7 @@ mod tests {
             let all: Vec<(Pair, u64)> = links.iter().map(|&(p, c, _)| (p, c)).collect();
             // Reachability is the full graph's; every path ends at its destination.
             assert_eq!(routes.len(), next_hops(&nodes, all.iter().copied()).len());
-            for (&(src, dst), _) in &routes {
+            for &(src, dst) in routes.keys() {
                 let mut at = src;
                 for _ in 0..=n {
                     if at == dst {

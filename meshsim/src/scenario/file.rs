@@ -733,7 +733,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A duration as a person writes it: `1.5s`, `250ms`.
 pub fn show(d: Duration) -> String {
-    if d.subsec_millis() == 0 && d.subsec_nanos() % 1_000_000 == 0 && d.as_millis() % 1000 == 0 {
+    if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())

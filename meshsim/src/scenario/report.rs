@@ -875,7 +875,7 @@ mod tests {
             // Same side of the cut: not counted.
             delivery("$c", "n3", 3000.0, "n2", Some(3050.0)),
         ];
-        let outcome = &partition_outcomes(&[window.clone()], &deliveries)[0];
+        let outcome = &partition_outcomes(std::slice::from_ref(&window), &deliveries)[0];
         assert_eq!(
             (
                 outcome.messages,
