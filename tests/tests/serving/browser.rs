@@ -436,3 +436,53 @@ async fn canvas_creates_moves_and_pins_in_a_real_browser() {
 
     browser.close().await;
 }
+
+/// The timeline in a real browser: a scenario posted to the API shows as a tick per step and
+/// a label that follows it to the end; Record records a click on the canvas as a step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and chromium: run with cargo xtask test"]
+async fn the_timeline_shows_a_scenario_and_records_the_canvas() {
+    let browser = Browser::open(&["serve"], Duration::from_secs(30)).await;
+    let (page, api) = (&browser.page, &browser.api);
+    let scenario = "[[nodes]]\nname = \"n1\"\nx = 200\ny = 200\n\n[[nodes]]\nname = \"n2\"\nx = 400\ny = 200\n\n\
+                    [[step]]\nat = \"300ms\"\npartition = [\"n1\"]\n\n[[step]]\nwait = { for = \"3s\" }\n\n\
+                    [[step]]\nheal = \"all\"\n\n[[step]]\nmark = \"end\"\n";
+    let posted = api
+        .http
+        .post(format!("{}/api/scenario?name=tl.toml", api.base))
+        .header("content-type", "text/plain")
+        .body(scenario)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), reqwest::StatusCode::ACCEPTED);
+    eventually("a tick per step and the running label", Duration::from_secs(10), async || {
+        let ticks = page.find_all(Locator::Css("#timeline-track .tick")).await.ok()?;
+        let label = text_of(page, "timeline-label").await?;
+        (ticks.len() >= 2 && label.starts_with("tl.toml") && label.contains("of 4")).then_some(())
+    })
+    .await;
+    screenshot(page, "timeline.png").await;
+    eventually("the end of the scenario", Duration::from_secs(20), async || {
+        let label = text_of(page, "timeline-label").await?;
+        label.contains("done: all 4 steps ran").then_some(())
+    })
+    .await;
+    let ticks = page.find_all(Locator::Css("#timeline-track .tick.done")).await.unwrap();
+    assert_eq!(ticks.len(), 4);
+
+    click_on(page, "#record").await;
+    eventually("the recorder on", Duration::from_secs(10), async || {
+        let button = text_of(page, "record").await?;
+        (button == "Stop & save").then_some(())
+    })
+    .await;
+    click_at(page, client_point(page, 300.0, 350.0).await).await;
+    let recorded = eventually("the click in the recording", Duration::from_secs(10), async || {
+        let text = api.get("/api/recording").await?.text().await.ok()?;
+        text.contains("add = { name = \"n3\"").then_some(text)
+    })
+    .await;
+    assert!(recorded.contains("[[nodes]]"), "{recorded}");
+    browser.close().await;
+}
