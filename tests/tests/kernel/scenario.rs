@@ -481,3 +481,41 @@ fn down_removes_a_crashed_runs_leftovers_by_prefix_and_all() {
     assert!(said.contains("exp2: removed 6 namespaces"), "{said}");
     assert_eq!(meshsim_tests::leftovers_of("exp2-"), Vec::<String>::new());
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn repeat_runs_into_numbered_folders_with_a_summary() {
+    let _sweep = Sweep;
+    let dir = TempDir::new("scenario-repeat");
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        mesh6_scenario("[[step]]\nat = \"1s\"\npartition = [\"n1\"]\n\n[[step]]\nat = \"2s\"\nheal = \"all\"\n"),
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = run(&[
+        file.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--repeat",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("run 1 of 2") && stderr.contains("run 2 of 2"),
+        "{stderr}"
+    );
+    for k in ["1", "2"] {
+        assert!(out_dir.join(k).join("report.md").exists(), "run {k}");
+    }
+    let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
+    assert!(summary.starts_with("# 2 runs of "), "{summary}");
+    assert!(
+        summary.contains("| [1](1/report.md) | 2/2 |")
+            && summary.contains("| [2](2/report.md) | 2/2 |"),
+        "{summary}"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new());
+}

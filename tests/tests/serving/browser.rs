@@ -456,19 +456,34 @@ async fn the_timeline_shows_a_scenario_and_records_the_canvas() {
         .await
         .unwrap();
     assert_eq!(posted.status(), reqwest::StatusCode::ACCEPTED);
-    eventually("a tick per step and the running label", Duration::from_secs(10), async || {
-        let ticks = page.find_all(Locator::Css("#timeline-track .tick")).await.ok()?;
-        let label = text_of(page, "timeline-label").await?;
-        (ticks.len() >= 2 && label.starts_with("tl.toml") && label.contains("of 4")).then_some(())
-    })
+    eventually(
+        "a tick per step and the running label",
+        Duration::from_secs(10),
+        async || {
+            let ticks = page
+                .find_all(Locator::Css("#timeline-track .tick"))
+                .await
+                .ok()?;
+            let label = text_of(page, "timeline-label").await?;
+            (ticks.len() >= 2 && label.starts_with("tl.toml") && label.contains("of 4"))
+                .then_some(())
+        },
+    )
     .await;
     screenshot(page, "timeline.png").await;
-    eventually("the end of the scenario", Duration::from_secs(20), async || {
-        let label = text_of(page, "timeline-label").await?;
-        label.contains("done: all 4 steps ran").then_some(())
-    })
+    eventually(
+        "the end of the scenario",
+        Duration::from_secs(20),
+        async || {
+            let label = text_of(page, "timeline-label").await?;
+            label.contains("done: all 4 steps ran").then_some(())
+        },
+    )
     .await;
-    let ticks = page.find_all(Locator::Css("#timeline-track .tick.done")).await.unwrap();
+    let ticks = page
+        .find_all(Locator::Css("#timeline-track .tick.done"))
+        .await
+        .unwrap();
     assert_eq!(ticks.len(), 4);
 
     click_on(page, "#record").await;
@@ -478,10 +493,14 @@ async fn the_timeline_shows_a_scenario_and_records_the_canvas() {
     })
     .await;
     click_at(page, client_point(page, 300.0, 350.0).await).await;
-    let recorded = eventually("the click in the recording", Duration::from_secs(10), async || {
-        let text = api.get("/api/recording").await?.text().await.ok()?;
-        text.contains("add = { name = \"n3\"").then_some(text)
-    })
+    let recorded = eventually(
+        "the click in the recording",
+        Duration::from_secs(10),
+        async || {
+            let text = api.get("/api/recording").await?.text().await.ok()?;
+            text.contains("add = { name = \"n3\"").then_some(text)
+        },
+    )
     .await;
     assert!(recorded.contains("[[nodes]]"), "{recorded}");
     browser.close().await;
