@@ -308,6 +308,7 @@ pub fn write(dir: &Path, data: &RunData, facts: &RunFacts) -> io::Result<Figures
             (s.started_ms / 1000.0, label)
         })
         .collect();
+    register_font();
     let plots = [
         (
             "traffic.svg",
@@ -345,6 +346,18 @@ pub fn write(dir: &Path, data: &RunData, facts: &RunFacts) -> io::Result<Figures
     let text = report_text(data, facts, &figures, &deliveries, &partitions, &drawn);
     fs::write(dir.join("report.md"), text)?;
     Ok(figures)
+}
+
+/// Lays text out with the DejaVu font compiled in (plotters' ab_glyph needs one registered).
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+            .is_err()
+        {
+            tracing::warn!("the bundled DejaVu font did not load: the report's plots lack text");
+        }
+    });
 }
 
 fn write_counters_csv(path: &Path, samples: &[Sample]) -> io::Result<()> {
