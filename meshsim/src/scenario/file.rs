@@ -1053,6 +1053,19 @@ remove = "n4"
     }
 
     #[test]
+    fn the_example_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scenarios");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let scenario = read(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(scenario.needs_matrix(), "{}", path.display());
+            parsed += 1;
+        }
+        assert_eq!(parsed, 3);
+    }
+
+    #[test]
     fn times_read_as_people_write_them() {
         for (text, ms) in [
             ("500ms", 500),
