@@ -616,40 +616,30 @@ fn plot_traffic(
         .flat_map(|(link, _)| rates[*link].iter().map(|p| p.1))
         .fold(1.0, f64::max)
         * 1.1;
-    let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Bytes per second on the busiest links", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x_end.max(1.0), 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the start (s)")
-        .y_desc("bytes/s")
-        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
-        .draw()?;
-    draw_markers(&mut chart, markers, y_max)?;
-    for (i, (link, _)) in busiest.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
-        chart
-            .draw_series(LineSeries::new(
-                rates[*link].iter().copied(),
-                colour.stroke_width(2),
-            ))?
-            .label(format!("{} → {}", link.0, link.1))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
+    let frame = Frame {
+        path,
+        title: "Bytes per second on the busiest links",
+        x: (x_end.max(1.0), "time since the start (s)"),
+        y: (y_max, "bytes/s"),
+        y_labels: 70,
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    draw_plot(frame, |chart| {
+        draw_markers(chart, markers, y_max)?;
+        for (i, (link, _)) in busiest.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    rates[*link].iter().copied(),
+                    colour.stroke_width(2),
+                ))?
+                .label(format!("{} → {}", link.0, link.1))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+        }
+        Ok(())
+    })?;
     Ok(true)
 }
 
@@ -664,43 +654,33 @@ fn plot_cdf(path: &Path, deliveries: &[Delivery]) -> Result<bool, Box<dyn std::e
         return Ok(false);
     }
     let x_max = by_node.values().flatten().copied().fold(1.0, f64::max) * 1.05;
-    let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Delivery time per server (CDF)", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, 0f64..1.0)?;
-    chart
-        .configure_mesh()
-        .x_desc("delivery time (ms)")
-        .y_desc("fraction delivered")
-        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
-        .draw()?;
-    for (i, (node, delays)) in by_node.iter_mut().enumerate() {
-        delays.sort_by(f64::total_cmp);
-        let n = delays.len() as f64;
-        let colour = PALETTE[i % PALETTE.len()];
-        let points: Vec<(f64, f64)> = delays
-            .iter()
-            .enumerate()
-            .flat_map(|(k, &v)| [(v, k as f64 / n), (v, (k + 1) as f64 / n)])
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-            .label(node.to_string())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
+    let frame = Frame {
+        path,
+        title: "Delivery time per server (CDF)",
+        x: (x_max, "delivery time (ms)"),
+        y: (1.0, "fraction delivered"),
+        y_labels: 60,
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    draw_plot(frame, |chart| {
+        for (i, (node, delays)) in by_node.iter_mut().enumerate() {
+            delays.sort_by(f64::total_cmp);
+            let n = delays.len() as f64;
+            let colour = PALETTE[i % PALETTE.len()];
+            let points: Vec<(f64, f64)> = delays
+                .iter()
+                .enumerate()
+                .flat_map(|(k, &v)| [(v, k as f64 / n), (v, (k + 1) as f64 / n)])
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+                .label(node.to_string())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+        }
+        Ok(())
+    })?;
     Ok(true)
 }
 
@@ -723,38 +703,25 @@ fn plot_over_time(
         return Ok(false);
     }
     let y_max = by_node.values().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Delivery time of each message, by when it was sent",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x_end.max(1.0), 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("sent at (s since the start)")
-        .y_desc("delivery time (ms)")
-        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
-        .draw()?;
-    draw_markers(&mut chart, markers, y_max)?;
-    for (i, (node, points)) in by_node.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?
-            .label(node.to_string())
-            .legend(move |(x, y)| Circle::new((x + 8, y), 3, colour.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
+    let frame = Frame {
+        path,
+        title: "Delivery time of each message, by when it was sent",
+        x: (x_end.max(1.0), "sent at (s since the start)"),
+        y: (y_max, "delivery time (ms)"),
+        y_labels: 70,
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    draw_plot(frame, |chart| {
+        draw_markers(chart, markers, y_max)?;
+        for (i, (node, points)) in by_node.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?
+                .label(node.to_string())
+                .legend(move |(x, y)| Circle::new((x + 8, y), 3, colour.filled()));
+        }
+        Ok(())
+    })?;
     Ok(true)
 }
 
@@ -763,6 +730,50 @@ type Chart<'a, 'b> = ChartContext<
     SVGBackend<'b>,
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A plot's file, title, axes (end of range, description) and legend place; every plot of
+/// the report is 960 × 420 with the same margins, grid and legend style.
+struct Frame<'a> {
+    path: &'a Path,
+    title: &'a str,
+    x: (f64, &'a str),
+    y: (f64, &'a str),
+    /// The width left for the y axis's labels.
+    y_labels: u32,
+    legend: SeriesLabelPosition,
+}
+
+/// Draws `frame`, then what `series` draws in it (labelling its series), then the legend.
+fn draw_plot(
+    frame: Frame<'_>,
+    series: impl FnOnce(&mut Chart<'_, '_>) -> PlotResult,
+) -> PlotResult {
+    let root = SVGBackend::new(frame.path, (960, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(frame.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(frame.y_labels)
+        .build_cartesian_2d(0f64..frame.x.0, 0f64..frame.y.0)?;
+    chart
+        .configure_mesh()
+        .x_desc(frame.x.1)
+        .y_desc(frame.y.1)
+        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+        .draw()?;
+    series(&mut chart)?;
+    chart
+        .configure_series_labels()
+        .position(frame.legend)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
 
 /// A grey vertical line with the step's kind at each marker.
 fn draw_markers(
