@@ -107,3 +107,38 @@ impl Drop for Running {
         }
     }
 }
+
+/// Starts `meshsim ARGS` with its stderr piped (stdout dropped), swept on drop; returns its
+/// guard and its stderr lines as they come.
+pub fn spawn_meshsim(args: &[&str]) -> (Running, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead as _, BufReader};
+    let mut meshsim = Running::spawn(
+        "meshsim",
+        Command::new(meshsim_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        Duration::from_secs(20),
+    );
+    meshsim.sweep = true;
+    let stderr = BufReader::new(meshsim.child.stderr.take().expect("stderr is piped"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (meshsim, rx)
+}
+
+/// Waits (a minute at most) for a line containing `text`; panics with what came instead.
+pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, text: &str) {
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains(text) => return,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no {text:?} ({e}) in {seen:#?}"),
+        }
+    }
+}

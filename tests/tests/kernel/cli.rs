@@ -4,14 +4,12 @@
 //!
 //! These need root (and no other meshsim running): `cargo xtask test` runs them.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::{process::Command, sync::mpsc, time::Duration};
 
-use meshsim_tests::{Running, Sweep, fixtures::examples_dir, leftovers, meshsim_bin, processes_in};
+use meshsim_tests::{
+    Running, Sweep, fixtures::examples_dir, leftovers, meshsim_bin, processes_in, spawn_meshsim,
+    wait_for_line,
+};
 
 fn example() -> String {
     examples_dir().join("mesh6.toml").display().to_string()
@@ -20,29 +18,9 @@ fn example() -> String {
 /// Starts `meshsim ARGS` and waits until it says it is running; returns its guard (which
 /// ends it, also when the test fails) and the receiver of the rest of its stderr.
 fn start(args: &[&str]) -> (Running, mpsc::Receiver<String>) {
-    let mut meshsim = Running::spawn(
-        "meshsim",
-        Command::new(meshsim_bin())
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::piped()),
-        Duration::from_secs(20),
-    );
-    meshsim.sweep = true;
-    let stderr = BufReader::new(meshsim.child.stderr.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.contains("running:") => return (meshsim, rx),
-            Ok(_) => {}
-            Err(e) => panic!("meshsim did not come up: {e}"),
-        }
-    }
+    let (meshsim, lines) = spawn_meshsim(args);
+    wait_for_line(&lines, "running:");
+    (meshsim, lines)
 }
 
 #[test]

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use meshsim_tests::{Running, Sweep, TempDir, fixtures::examples_dir, leftovers, meshsim_bin};
+use meshsim_tests::{
+    Running, Sweep, TempDir, fixtures::examples_dir, leftovers, meshsim_bin, spawn_meshsim,
+    wait_for_line,
+};
 use serde_json::Value;
 
 /// mesh6's settings and nodes (n1 -> n2 -> n3 -> n6 along the top), every node pinging n6
@@ -307,39 +310,6 @@ fn bad_scenarios_fail_with_one_line_before_anything_starts() {
     );
 }
 
-/// Starts `meshsim ARGS` with stderr piped; returns its guard and its stderr lines as they come.
-fn spawn(args: &[&str]) -> (Running, std::sync::mpsc::Receiver<String>) {
-    let mut meshsim = Running::spawn(
-        "meshsim",
-        Command::new(meshsim_bin())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-        Duration::from_secs(20),
-    );
-    meshsim.sweep = true;
-    let stderr = BufReader::new(meshsim.child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (meshsim, rx)
-}
-
-/// Waits for a line containing `text`; panics with what came instead.
-fn wait_for(lines: &std::sync::mpsc::Receiver<String>, text: &str) {
-    let mut seen = Vec::new();
-    loop {
-        match lines.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.contains(text) => return,
-            Ok(line) => seen.push(line),
-            Err(e) => panic!("no {text:?} ({e}) in {seen:#?}"),
-        }
-    }
-}
-
 /// Removes the `exp2` run's leftovers when dropped.
 struct SweepExp2;
 impl Drop for SweepExp2 {
@@ -362,13 +332,13 @@ fn two_scenarios_run_at_once_each_with_its_own_names() {
     )
     .unwrap();
     let (a_out, b_out) = (dir.path().join("a"), dir.path().join("b"));
-    let (mut a, a_lines) = spawn(&[
+    let (mut a, a_lines) = spawn_meshsim(&[
         "run",
         file.to_str().unwrap(),
         "--out",
         a_out.to_str().unwrap(),
     ]);
-    let (mut b, b_lines) = spawn(&[
+    let (mut b, b_lines) = spawn_meshsim(&[
         "run",
         file.to_str().unwrap(),
         "--out",
@@ -380,8 +350,8 @@ fn two_scenarios_run_at_once_each_with_its_own_names() {
         "--node-cmd",
         "sleep 1; exec ping -q -i 0.2 10.78.0.7",
     ]);
-    wait_for(&a_lines, "[step 1/2");
-    wait_for(&b_lines, "[step 1/2");
+    wait_for_line(&a_lines, "[step 1/2");
+    wait_for_line(&b_lines, "[step 1/2");
     let names = |prefix: &str| -> Vec<String> {
         let mut v: Vec<String> = meshsim_tests::leftovers_of(prefix)
             .into_iter()
@@ -451,7 +421,7 @@ fn two_scenarios_run_at_once_each_with_its_own_names() {
 fn down_removes_a_crashed_runs_leftovers_by_prefix_and_all() {
     let (_sweep, _sweep2) = (Sweep, SweepExp2);
     let example = examples_dir().join("mesh6.toml");
-    let (mut crashed, lines) = spawn(&[
+    let (mut crashed, lines) = spawn_meshsim(&[
         "up",
         example.to_str().unwrap(),
         "--prefix",
@@ -461,7 +431,7 @@ fn down_removes_a_crashed_runs_leftovers_by_prefix_and_all() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    wait_for(&lines, "running:");
+    wait_for_line(&lines, "running:");
     crashed.kill_9();
     assert!(!meshsim_tests::leftovers_of("exp2-").is_empty());
     // The default run's down touches nothing of exp2's.
