@@ -58,7 +58,7 @@ use super::{
 };
 use crate::{
     model::NodeId,
-    net::{NetNs, Netlink},
+    net::{NetNs, Netlink, rps},
     run_config::Addressing,
     workload::host::{HostKind, NodeHost, NodeNeeds, NodeProcess, Program, Spawning},
 };
@@ -345,12 +345,14 @@ impl DockerBackend {
             .peer_index("eth0")
             .await?
             .ok_or_else(|| missing("its eth0 is not one end of a veth pair"))?;
-        Ok(self
+        let port = self
             .root
             .link_by_index(peer)
             .await?
-            .ok_or_else(|| missing("the host side of its veth was not found"))?
-            .index)
+            .ok_or_else(|| missing("the host side of its veth was not found"))?;
+        // It receives what the node sends: each flow on one CPU (see `rps`).
+        rps::steer_host_by_flow(&port.name)?;
+        Ok(port.index)
     }
 }
 

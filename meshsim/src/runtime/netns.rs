@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     model::NodeId,
-    net::{LinkInfo, NETNS_DIR, NetNs, Netlink},
+    net::{LinkInfo, NETNS_DIR, NetNs, Netlink, rps},
     run_config::Addressing,
     workload::host::{Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program, Spawning},
 };
@@ -174,6 +174,8 @@ impl NetnsBackend {
             .set_master(port, self.bridges[bridge].index)
             .await?;
         self.root.set_up(port).await?;
+        // Our end receives what the node sends: each flow on one CPU (see `rps`).
+        rps::steer_host_by_flow(&self.prefix.node(id))?;
         let net = NodeNet::open(ns.clone()).await?;
         net.configure(ip, &self.addressing).await?;
         self.host.pin_node(&self.root, id, ip).await?;
