@@ -168,6 +168,15 @@ fn installed_files() -> Vec<(&'static str, String)> {
                 )
             },
         ),
+        (
+            "Postgres",
+            match meshsim::workload::postgres::find_binaries() {
+                Ok(bin) => format!("{} (for --database postgres)", bin.display()),
+                Err(_) => {
+                    "not installed: `apt-get install postgresql` for --database postgres".to_owned()
+                }
+            },
+        ),
     ]
 }
 

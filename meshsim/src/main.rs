@@ -13,7 +13,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, V
 use meshsim::{
     run_config::Addressing,
     runtime::names::{DEFAULT_PREFIX, RunPrefix},
-    workload::synapse::SYNAPSE_VERSION,
+    workload::synapse::{Database, SYNAPSE_VERSION},
 };
 
 #[derive(Parser)]
@@ -159,6 +159,11 @@ struct RunOptions {
     /// With `--node-cmd`, overrides the topology file's `workload` and `node_cmd`.
     #[arg(long, value_name = "none|synapse")]
     workload: Option<String>,
+    /// Where Synapse nodes keep their data: `sqlite` (the default, a file in the node's
+    /// directory) or `postgres` (a database per node in one Postgres cluster of the run, on
+    /// a unix socket; Debian's postgresql must be installed). Overrides the file's `database`.
+    #[arg(long, value_enum)]
+    database: Option<Database>,
     /// A command to run in nodes, with {name} and {ip} filled in; output goes to
     /// LOG_DIR/<name>.log and it stops with the node. Overrides the topology file's
     /// `workload` and `node_cmd`.
@@ -266,6 +271,7 @@ fn default_options() -> RunOptions {
         subnet: Addressing::default(),
         workload: None,
         node_cmd: None,
+        database: None,
         log_dir: None,
         prefix: RunPrefix::default(),
         loose: false,

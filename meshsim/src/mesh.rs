@@ -13,7 +13,7 @@ use meshsim::{
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
     topology_file::{self, RunTable, TopologyFile},
-    workload::{NodeWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix},
+    workload::{NodeWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix, synapse::Database},
 };
 use tokio::{
     net::TcpListener,
@@ -43,6 +43,16 @@ impl RunChoice {
             .map(BackendKind::from)
             .or(file.backend)
             .unwrap_or_default();
+        let mut workload = workload;
+        match (options.database.or(file.database), &mut workload) {
+            (Some(database), WorkloadKind::Synapse(synapse)) => synapse.database = database,
+            (Some(Database::Postgres), other) => bail!(
+                "database postgres is for homeservers, but this run's workload is {}: add \
+                 `--workload synapse` (or `workload = \"synapse\"` in the file's [run] table)",
+                other.name()
+            ),
+            _ => {}
+        }
         let image = options.image.clone().or_else(|| file.image.clone());
         if image.is_some() && backend == BackendKind::Netns {
             tracing::warn!(
@@ -87,6 +97,7 @@ pub async fn run_with(
     // Each run's homeservers live under its own directory.
     if let WorkloadKind::Synapse(synapse) = &mut workload {
         synapse.run_dir = options.prefix.tmp_dir().join("run");
+        synapse.postgres_dir = options.prefix.postgres_dir();
     }
     if let Then::Scenario(job) = &then
         && job.scenario.needs_matrix()
@@ -118,6 +129,7 @@ pub async fn run_with(
             links = removed.links.len(),
             processes = removed.processes,
             containers = removed.containers.len(),
+            dirs = ?removed.dirs,
             "removed what a previous meshsim left behind (it did not stop cleanly)"
         );
     }
@@ -397,12 +409,17 @@ pub async fn down(prefix: &RunPrefix, all: bool) -> Result<()> {
                     println!("{label}nothing to remove");
                 } else {
                     println!(
-                        "{label}removed {} namespaces, {} links, {} processes, {} containers, {} networks",
+                        "{label}removed {} namespaces, {} links, {} processes, {} containers, {} networks{}",
                         removed.namespaces.len(),
                         removed.links.len(),
                         removed.processes,
                         removed.containers.len(),
-                        removed.networks.len()
+                        removed.networks.len(),
+                        removed
+                            .dirs
+                            .iter()
+                            .map(|d| format!(", {}", d.display()))
+                            .collect::<String>()
                     );
                 }
             }

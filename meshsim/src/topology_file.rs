@@ -38,7 +38,7 @@ use toml::{
 use crate::{
     model::{ModelError, NodeId, Topology},
     run_config::BackendKind,
-    workload::{NodeWorkload, SynapseOptions, WorkloadKind, node_workload},
+    workload::{NodeWorkload, SynapseOptions, WorkloadKind, node_workload, synapse::Database},
 };
 
 /// A place in a topology file: 1-based line and column, shown as `path:line:column`.
@@ -177,6 +177,8 @@ pub struct RunTable {
     pub workload: Option<WorkloadKind>,
     /// `image = "IMAGE"`, for the docker backend.
     pub image: Option<String>,
+    /// `database = "sqlite" | "postgres"`, for Synapse nodes.
+    pub database: Option<Database>,
 }
 
 /// `workload = "..."` in one node's table, with where it is written.
@@ -225,6 +227,8 @@ struct RunDoc {
     node_cmd: Option<Spanned<String>>,
     #[serde(default)]
     image: Option<Spanned<String>>,
+    #[serde(default)]
+    database: Option<Spanned<Database>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -461,6 +465,20 @@ fn run_table(
         (Some(WorkloadName::None), None) => Some(WorkloadKind::None),
         (None, None) => None,
     };
+    // Postgres is for homeservers: with another workload named here it would do nothing.
+    if let Some(db) = &doc.database
+        && *db.get_ref() == Database::Postgres
+        && matches!(
+            workload,
+            Some(WorkloadKind::None | WorkloadKind::Command(_))
+        )
+    {
+        return Err(refuse(
+            db.span(),
+            "database",
+            "`database = \"postgres\"` is for homeservers: add `workload = \"synapse\"`".to_owned(),
+        ));
+    }
     Ok(RunTable {
         backend: doc.backend.map(|b| match b {
             BackendName::Netns => BackendKind::Netns,
@@ -468,6 +486,7 @@ fn run_table(
         }),
         workload,
         image: image.map(Spanned::into_inner),
+        database: doc.database.map(Spanned::into_inner),
     })
 }
 
@@ -999,6 +1018,28 @@ y = 40
         assert_refused(&text, 2, 12, "run.node_cmd", "invalid type: integer `3`");
         let text = format!("run = 3\n{TWO_NODES}");
         assert_refused(&text, 1, 7, "run", "invalid type: integer `3`");
+        let text = with_run("workload = \"synapse\"\ndatabase = \"mysql\"\n");
+        assert_refused(
+            &text,
+            3,
+            12,
+            "run.database",
+            "unknown variant `mysql`, expected `sqlite` or `postgres`",
+        );
+        let text = with_run("node_cmd = \"sleep 1\"\ndatabase = \"postgres\"\n");
+        assert_refused(&text, 3, 12, "run.database", "is for homeservers");
+    }
+
+    #[test]
+    fn the_database_is_read_for_homeservers() {
+        let text = with_run("workload = \"synapse\"\ndatabase = \"postgres\"\n");
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        assert_eq!(file.run.database, Some(Database::Postgres));
+        // Without a workload here, the flags may still name synapse: checked at the start.
+        let file = parse_file(Path::new(BAD), &with_run("database = \"postgres\"\n")).unwrap();
+        assert_eq!(file.run.database, Some(Database::Postgres));
+        let file = parse_file(Path::new(BAD), &with_run("database = \"sqlite\"\n")).unwrap();
+        assert_eq!(file.run.database, Some(Database::Sqlite));
     }
 
     #[test]

@@ -27,8 +27,12 @@ use futures_util::StreamExt as _;
 
 /// The locally made root of every image.
 const DEBIAN: (&str, &str) = ("meshsim/debian", "bookworm");
-/// Synapse's release: the one the netns backend installs (meshsim/src/workload/synapse.rs).
+/// Synapse's release: the one the netns backend installs (meshsim/src/workload/synapse/config.rs).
 const SYNAPSE_VERSION: &str = "1.163.2";
+/// Its Postgres driver (meshsim/src/workload/synapse/config.rs).
+const PSYCOPG2_VERSION: &str = "2.9.13";
+/// The label of meshsim/synapse that says which versions it holds.
+const CONTENTS_LABEL: &str = "org.meshsim.contents";
 /// The host's trusted certificates, copied into the base image's build context (see
 /// images/base/Dockerfile).
 const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -75,13 +79,37 @@ async fn build_all() -> Result<()> {
         let _ = std::fs::remove_file(context.join(HOST_CA_IN_CONTEXT));
         built?;
     }
-    if exists(&docker, "meshsim/synapse").await? {
-        println!("images: meshsim/synapse exists");
+    // The label says what the image holds: one made for other versions is made again.
+    let contents = format!("synapse {SYNAPSE_VERSION}, psycopg2 {PSYCOPG2_VERSION}");
+    if label(&docker, "meshsim/synapse", CONTENTS_LABEL)
+        .await?
+        .as_deref()
+        == Some(&contents)
+    {
+        println!("images: meshsim/synapse exists ({contents})");
     } else {
-        let args = HashMap::from([("SYNAPSE_VERSION", SYNAPSE_VERSION)]);
+        let args = HashMap::from([
+            ("SYNAPSE_VERSION", SYNAPSE_VERSION),
+            ("PSYCOPG2_VERSION", PSYCOPG2_VERSION),
+        ]);
         build(&docker, &images.join("synapse"), "meshsim/synapse", &args).await?;
     }
     Ok(())
+}
+
+/// The value of `key` among the image's labels; `None` when it has no such label or there
+/// is no such image.
+async fn label(docker: &Docker, image: &str, key: &str) -> Result<Option<String>> {
+    match docker.inspect_image(image).await {
+        Ok(inspect) => Ok(inspect
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|mut labels| labels.remove(key))),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up the image {image}")),
+    }
 }
 
 async fn exists(docker: &Docker, image: &str) -> Result<bool> {

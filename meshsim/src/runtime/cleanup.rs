@@ -2,7 +2,8 @@
 //! namespace and root-namespace link with meshsim's prefix (the qdiscs and tc programs on
 //! them go with the devices), after stopping processes still running inside those namespaces.
 //! When Docker is reachable, first every container with meshsim's run label and the
-//! `meshsim` network (see `docker::remove_leftovers`): labels only, never names.
+//! `meshsim` network (see `docker::remove_leftovers`): labels only, never names. Last, the
+//! run's Postgres cluster, which runs on the host (`workload::postgres::remove_leftover`).
 
 use super::{RuntimeError, names::RunPrefix, process::kill_processes_in};
 use crate::net::{NETNS_DIR, NetNs, Netlink};
@@ -17,6 +18,8 @@ pub struct Removed {
     pub containers: Vec<String>,
     /// Docker networks (`meshsim`).
     pub networks: Vec<String>,
+    /// Directories of services the run kept on the host (its Postgres cluster).
+    pub dirs: Vec<std::path::PathBuf>,
 }
 
 impl Removed {
@@ -26,6 +29,7 @@ impl Removed {
             && self.processes == 0
             && self.containers.is_empty()
             && self.networks.is_empty()
+            && self.dirs.is_empty()
     }
 }
 
@@ -45,6 +49,14 @@ pub async fn remove_leftovers(prefix: &RunPrefix) -> Result<Removed, RuntimeErro
     for link in root.links_with_prefix(&names).await? {
         root.delete_link(link.index).await?;
         removed.links.push(link.name);
+    }
+    // The run's Postgres runs on the host, outside every namespace: its pid file names it.
+    let postgres = prefix.postgres_dir();
+    if postgres.exists() {
+        if crate::workload::postgres::remove_leftover(&postgres) {
+            removed.processes += 1;
+        }
+        removed.dirs.push(postgres);
     }
     Ok(removed)
 }

@@ -115,6 +115,11 @@ impl RunPrefix {
         }
     }
 
+    /// The run's Postgres cluster (data and socket), when homeservers use it.
+    pub fn postgres_dir(&self) -> PathBuf {
+        self.tmp_dir().join("postgres")
+    }
+
     /// The Docker network: `meshsim`, or `meshsim-<prefix>`.
     pub fn docker_network(&self) -> String {
         if self.is_default() {

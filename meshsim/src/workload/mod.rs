@@ -9,6 +9,7 @@
 //! - `command`: `--node-cmd`;
 //! - `synapse`: the homeserver, its install (`venv`), its per-run CA (`pki`), and how nodes
 //!   find each other by name without any public DNS (`names`, `dns`);
+//! - `postgres`: the run's Postgres cluster, for homeservers that keep their data there;
 //! - `http`: HTTP to a server on a node's own loopback, never across a link.
 
 mod command;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod matrix;
 pub mod names;
 pub mod pki;
+pub mod postgres;
 pub mod synapse;
 pub mod venv;
 
@@ -221,6 +223,8 @@ pub enum WorkloadError {
     },
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PostgresError),
     #[error("could not {what} {path}: {source}")]
     Io {
         what: &'static str,

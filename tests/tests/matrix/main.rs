@@ -6,5 +6,6 @@ mod browser;
 mod client;
 mod docker;
 mod events;
+mod postgres;
 mod scenario;
 mod synapse;

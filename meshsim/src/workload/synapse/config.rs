@@ -18,12 +18,15 @@ use crate::{
     workload::{
         WorkloadError,
         pki::{NodeCert, RunCa},
+        postgres::{DatabaseArgs, POOL_MAX, POOL_MIN},
         venv::{VenvError, VenvSpec},
     },
 };
 
 /// The Synapse release meshsim installs (from PyPI: there is no Debian package).
 pub const SYNAPSE_VERSION: &str = "1.163.2";
+/// The Postgres driver Synapse uses, installed next to it.
+pub const PSYCOPG2_VERSION: &str = "2.9.13";
 /// Federation, over TLS, as on the real network.
 pub const FEDERATION_PORT: u16 = 8448;
 /// Plain HTTP for clients, registration and health checks: client and federation resources,
@@ -49,6 +52,41 @@ pub struct SynapseOptions {
     pub password: String,
     /// How long a node may take to answer before it counts as failed.
     pub start_timeout: Duration,
+    /// Where each node keeps its data.
+    pub database: Database,
+    /// Where the run's Postgres cluster goes, for `Database::Postgres` (emptied at the start
+    /// and removed at the end of a run).
+    pub postgres_dir: PathBuf,
+}
+
+/// Where a homeserver keeps its data.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Database {
+    /// A file in the node's directory (Synapse's default).
+    #[default]
+    Sqlite,
+    /// A database of its own in the run's Postgres cluster, as in production.
+    Postgres,
+}
+
+impl Database {
+    pub fn name(self) -> &'static str {
+        match self {
+            Database::Sqlite => "sqlite",
+            Database::Postgres => "postgres",
+        }
+    }
 }
 
 impl Default for SynapseOptions {
@@ -61,6 +99,8 @@ impl Default for SynapseOptions {
             user: "meshsim".to_owned(),
             password: "meshsim".to_owned(),
             start_timeout: Duration::from_secs(180),
+            database: Database::Sqlite,
+            postgres_dir: PathBuf::from("/tmp/meshsim/postgres"),
         }
     }
 }
@@ -77,11 +117,17 @@ impl SynapseOptions {
     /// The cached venv for this version.
     pub fn venv(&self) -> VenvSpec {
         VenvSpec {
-            dir: self
-                .cache_dir
-                .join(format!("synapse-venv-{}", self.version)),
+            dir: self.cache_dir.join(format!(
+                "synapse-venv-{}-pg{PSYCOPG2_VERSION}",
+                self.version
+            )),
             python: self.python.clone(),
-            packages: vec![format!("matrix-synapse=={}", self.version)],
+            // psycopg2 as a wheel: the source package would need a compiler and libpq's
+            // headers. Synapse imports the module, which both provide.
+            packages: vec![
+                format!("matrix-synapse=={}", self.version),
+                format!("psycopg2-binary=={PSYCOPG2_VERSION}"),
+            ],
             what: format!("synapse {}", self.version),
             approx_mb: 240,
         }
@@ -119,6 +165,8 @@ pub struct NodeConfig<'a> {
     pub mesh_cidr: &'a str,
     pub ca_path: &'a Path,
     pub registration_secret: &'a str,
+    /// Its Postgres database; `None` for SQLite in its directory.
+    pub postgres: Option<&'a DatabaseArgs>,
 }
 
 /// Whether `<run_dir>/<name>/` holds a node an earlier node of this name finished writing:
@@ -228,11 +276,7 @@ signing_key_path: {signing_key}
 # Synapse refuses private addresses by default; the mesh is one.
 ip_range_whitelist: [{cidr}]
 
-database:
-  name: sqlite3
-  args:
-    database: {db}
-
+{database}
 enable_media_repo: false
 media_store_path: {media}
 url_preview_enabled: false
@@ -291,13 +335,28 @@ federation:
         ca = q(&node.ca_path.to_string_lossy()),
         signing_key = p("signing.key"),
         cidr = q(node.mesh_cidr),
-        db = p("homeserver.db"),
+        database = database_yaml(node.postgres, &p("homeserver.db")),
         media = p("media"),
         registration_secret = q(node.registration_secret),
         macaroon = q(macaroon_secret),
         form = q(form_secret),
     );
     y
+}
+
+/// The `database` section: SQLite at `sqlite_path` (quoted), or the node's Postgres
+/// database over the cluster's socket.
+fn database_yaml(postgres: Option<&DatabaseArgs>, sqlite_path: &str) -> String {
+    match postgres {
+        None => format!("database:\n  name: sqlite3\n  args:\n    database: {sqlite_path}\n"),
+        Some(db) => format!(
+            "database:\n  name: psycopg2\n  args:\n    user: {user}\n    dbname: {dbname}\n    \
+             host: {host}\n    cp_min: {POOL_MIN}\n    cp_max: {POOL_MAX}\n",
+            user = yaml_string(db.user),
+            dbname = yaml_string(&db.dbname),
+            host = yaml_string(&db.socket_dir.to_string_lossy()),
+        ),
+    }
 }
 
 /// A YAML double-quoted scalar.
@@ -356,6 +415,7 @@ mod tests {
             mesh_cidr: "10.77.0.0/16",
             ca_path: Path::new("/tmp/meshsim/run/ca.pem"),
             registration_secret: "s3cret",
+            postgres: None,
         };
         let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), "mac", "form");
         for want in [
@@ -376,6 +436,28 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_node_names_its_database_and_the_clusters_socket() {
+        let db = DatabaseArgs {
+            socket_dir: PathBuf::from("/tmp/meshsim/postgres"),
+            dbname: "n3".to_owned(),
+            user: "synapse",
+        };
+        let node = NodeConfig {
+            name: "n3",
+            mesh_cidr: "10.77.0.0/16",
+            ca_path: Path::new("/tmp/meshsim/run/ca.pem"),
+            registration_secret: "s3cret",
+            postgres: Some(&db),
+        };
+        let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), "mac", "form");
+        let want = "database:\n  name: psycopg2\n  args:\n    user: \"synapse\"\n    \
+                    dbname: \"n3\"\n    host: \"/tmp/meshsim/postgres\"\n    cp_min: 1\n    \
+                    cp_max: 4\n";
+        assert!(y.contains(want), "missing {want:?} in\n{y}");
+        assert!(!y.contains("sqlite3"));
+    }
+
+    #[test]
     fn yaml_strings_are_escaped() {
         assert_eq!(yaml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\x0a\"");
     }
@@ -392,6 +474,7 @@ mod tests {
             mesh_cidr: "10.77.0.0/16",
             ca_path: &ca_path,
             registration_secret: "s3cret",
+            postgres: None,
         };
         let read = |dir: &NodeDir, file: &str| fs::read_to_string(dir.dir.join(file)).unwrap();
         let first = write_node_dir(&run_dir, &node, &ca).unwrap();

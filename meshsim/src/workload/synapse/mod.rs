@@ -27,6 +27,7 @@ use super::{
     matrix::Matrix,
     names::MeshNames,
     pki::RunCa,
+    postgres::Postgres,
     venv::VenvSpec,
 };
 use crate::{random::random_hex, run_config::Addressing};
@@ -55,6 +56,8 @@ pub struct SynapseRun {
     logs: NodeLogs,
     /// What the nodes' test users see: observers, the event log, the mesh room.
     matrix: Arc<Matrix>,
+    /// The run's cluster, when nodes keep their data in Postgres.
+    postgres: Option<Postgres>,
 }
 
 impl SynapseRun {
@@ -85,7 +88,21 @@ impl SynapseRun {
         };
         prepare_run_dir(&options.run_dir)?;
         let logs_dir = logs.dir().to_owned();
-        let made = Self::in_run_dir(options, venv, addressing, logs);
+        let postgres = match options.database {
+            Database::Sqlite => None,
+            Database::Postgres => {
+                match Postgres::start(options.postgres_dir.clone(), logs_dir.join("postgres.log"))
+                    .await
+                {
+                    Ok(cluster) => Some(cluster),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&options.run_dir);
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let made = Self::in_run_dir(options, venv, addressing, logs, postgres);
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&options.run_dir);
         }
@@ -94,6 +111,7 @@ impl SynapseRun {
             version = %options.version,
             run_dir = %options.run_dir.display(),
             logs = %logs_dir.display(),
+            database = options.database.name(),
             "every node runs Synapse: server name = node name, user @{}:<node>",
             options.user
         );
@@ -105,6 +123,7 @@ impl SynapseRun {
         venv: Option<VenvSpec>,
         addressing: &Addressing,
         logs: NodeLogs,
+        postgres: Option<Postgres>,
     ) -> Result<Self, WorkloadError> {
         let ca = RunCa::new(&format!("pid {} {}", std::process::id(), random_hex(4)))?;
         let ca_path = options.run_dir.join("ca.pem");
@@ -123,12 +142,15 @@ impl SynapseRun {
             mesh_cidr: addressing.cidr(),
             logs,
             matrix: Matrix::new(&options.user, &options.password),
+            postgres,
         })
     }
 
     /// The run's hosts file over `/etc/hosts` and its resolv.conf over `/etc/resolv.conf`;
-    /// containers also get the run and log directories.
+    /// containers also get the run and log directories (and Postgres's socket).
     pub fn needs(&self) -> NodeNeeds {
+        let mut dirs = vec![self.options.run_dir.clone(), self.logs.dir().to_owned()];
+        dirs.extend(self.postgres.as_ref().map(|pg| pg.dir().to_owned()));
         NodeNeeds {
             covers: vec![
                 Cover {
@@ -140,7 +162,7 @@ impl SynapseRun {
                     target: RESOLV_CONF.into(),
                 },
             ],
-            dirs: vec![self.options.run_dir.clone(), self.logs.dir().to_owned()],
+            dirs,
             runs_processes: true,
         }
     }
@@ -171,11 +193,13 @@ impl SynapseRun {
         host: Arc<dyn NodeHost>,
         status: &watch::Sender<WorkloadStatus>,
     ) -> Result<Running, WorkloadError> {
+        let database = self.postgres.as_ref().map(|pg| pg.args(&node.name));
         let config = NodeConfig {
             name: &node.name,
             mesh_cidr: &self.mesh_cidr,
             ca_path: &self.ca_path,
             registration_secret: &self.registration_secret,
+            postgres: database.as_ref(),
         };
         let dir = write_node_dir(&self.options.run_dir, &config, &self.ca)?;
         let remove_new_dir = |dir: &NodeDir| {
@@ -184,6 +208,13 @@ impl SynapseRun {
                 let _ = std::fs::remove_dir_all(&dir.dir);
             }
         };
+        // Its database goes with its directory: kept when the node comes back as itself.
+        if let Some(pg) = &self.postgres
+            && let Err(e) = pg.ensure_database(&node.name, dir.reused).await
+        {
+            remove_new_dir(&dir);
+            return Err(e.into());
+        }
         let socket = match dns::bind_in(host.netns()) {
             Ok(socket) => socket,
             Err(e) => {
@@ -357,8 +388,11 @@ impl SynapseRun {
         }
     }
 
-    /// When the run ends: the run directory goes.
+    /// When the run ends: the run directory and the Postgres cluster go.
     pub fn finish(&self) {
+        if let Some(pg) = &self.postgres {
+            pg.finish();
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.options.run_dir) {
             tracing::warn!("could not remove {}: {e}", self.options.run_dir.display());
         }

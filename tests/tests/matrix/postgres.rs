@@ -1,0 +1,218 @@
+//! Homeservers on Postgres (`--database postgres`): one cluster per run on a unix socket in
+//! the run's directory, a database per node. A real client's conversation n1 -> n2 -> n3 ends
+//! up in n1's and n3's own databases (and not n2's, which is not in the room); a removed
+//! node's database stays for the run; the cluster goes with the run, and `meshsim down`
+//! removes it after `kill -9`.
+
+use std::{path::Path, time::Instant};
+
+use meshsim::{
+    runtime::process::pid_alive,
+    workload::{SynapseOptions, WorkloadKind, postgres::ROLE, synapse::Database},
+};
+use meshsim_tests::{
+    Sweep, assert_carried,
+    fixtures::{check_line, examples_dir, line},
+    id,
+    matrix::Nio,
+    mesh::{MeshConfig, MeshLab},
+    meshsim_bin, spawn_meshsim, wait_for_line,
+};
+
+/// The `m.room.message` bodies in node `name`'s database.
+async fn messages_in(options: &SynapseOptions, name: &str) -> Vec<String> {
+    let client = connect(options, name).await;
+    client
+        .query(
+            "SELECT j.json FROM events e JOIN event_json j USING (event_id) \
+             WHERE e.type = 'm.room.message'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            let json: String = row.get(0);
+            let event: serde_json::Value = serde_json::from_str(&json).unwrap();
+            event["content"]["body"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn connect(options: &SynapseOptions, dbname: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host_path(&options.postgres_dir)
+        .user("postgres")
+        .dbname(dbname)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {dbname}'s database: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+async fn databases(options: &SynapseOptions) -> Vec<String> {
+    connect(options, "postgres")
+        .await
+        .query(
+            "SELECT datname FROM pg_database WHERE datdba = \
+             (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY datname",
+            &[&ROLE],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// The pid in the cluster's `postmaster.pid`, if there is one.
+fn postmaster(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("data/postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                // After the command's closing parenthesis: state, then the parent's pid.
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root, Postgres and Synapse: run with cargo xtask test"]
+async fn a_conversation_over_postgres_is_in_each_servers_own_database() {
+    let (n1, n2, n3) = (id("n1"), id("n2"), id("n3"));
+    let topology = line();
+    check_line(&topology);
+    let options = SynapseOptions {
+        database: Database::Postgres,
+        ..SynapseOptions::default()
+    };
+    let nio = Nio::prepare(&options, true).await;
+    let mut mesh = MeshLab::start(MeshConfig {
+        workload: WorkloadKind::Synapse(options.clone()),
+        settings: topology.settings.clone(),
+        fq_if_available: true,
+        log_dir: std::env::temp_dir().join("meshsim-postgres-test-logs"),
+        ..MeshConfig::default()
+    })
+    .await;
+    let pid = postmaster(&options.postgres_dir).expect("the run's Postgres is up");
+    let up = Instant::now();
+    mesh.sim.load(topology, None).await.unwrap();
+    mesh.ready(3, options.start_timeout).await;
+    println!(
+        "3 Synapse nodes on Postgres ready {:.1} s after the load",
+        up.elapsed().as_secs_f64()
+    );
+    assert_eq!(databases(&options).await, ["n1", "n2", "n3"]);
+
+    let before = mesh.sim.counters().await.unwrap();
+    let room = nio.step(&mesh, n1, "invite", "@meshsim:n3", "").await;
+    nio.step(&mesh, n3, "join", &room, "").await;
+    let body = format!("kept in postgres ({})", std::process::id());
+    nio.step(&mesh, n1, "send", &room, &body).await;
+    nio.step(&mesh, n3, "await", &room, &body).await;
+    let after = mesh.sim.counters().await.unwrap();
+    assert_carried(&before, &after, &[(n1, n2), (n2, n3), (n3, n2), (n2, n1)]);
+
+    for node in ["n1", "n3"] {
+        let bodies = messages_in(&options, node).await;
+        assert!(
+            bodies.contains(&body),
+            "{node}'s database holds the message: {bodies:?}"
+        );
+    }
+    assert!(
+        !messages_in(&options, "n2").await.contains(&body),
+        "n2 only forwarded: the room is not on it"
+    );
+
+    // A node removed: its Synapse stops, its database stays for the run.
+    let n3_pid = mesh.status.borrow()[&n3].pid.unwrap();
+    mesh.sim.remove_node(n3).await.unwrap();
+    assert!(!Path::new(&format!("/proc/{n3_pid}")).exists());
+    assert!(messages_in(&options, "n3").await.contains(&body));
+
+    mesh.stop().await;
+    assert!(!pid_alive(pid), "the run's Postgres stops with the run");
+    assert!(
+        !options.postgres_dir.exists(),
+        "its directory (data and socket) is removed"
+    );
+}
+
+#[test]
+#[ignore = "needs root, Postgres and Synapse: run with cargo xtask test"]
+fn down_stops_the_runs_postgres_after_kill_9() {
+    let _sweep = Sweep;
+    let dir = SynapseOptions::default().postgres_dir;
+    let file = examples_dir().join("mesh6.toml");
+    let (mut meshsim, lines) = spawn_meshsim(&[
+        "up",
+        file.to_str().unwrap(),
+        "--workload",
+        "synapse",
+        "--database",
+        "postgres",
+    ]);
+    wait_for_line(&lines, "Postgres for this run's homeservers is up");
+    let pid = postmaster(&dir).expect("a postmaster.pid");
+    let children = children_of(pid);
+    assert!(!children.is_empty(), "a running cluster has its helpers");
+    meshsim.kill_9();
+    assert!(
+        pid_alive(pid),
+        "a killed meshsim leaves its Postgres running"
+    );
+    let out = std::process::Command::new(meshsim_bin())
+        .arg("down")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&dir.display().to_string()), "{stdout}");
+    // (A zombie until whoever inherited it reaps it: not alive.)
+    assert!(!pid_alive(pid), "down stops it");
+    assert!(!dir.exists(), "and removes its data and socket");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "no process of the cluster is left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    for child in children {
+        assert!(
+            !pid_alive(child),
+            "the cluster's process {child} outlived it"
+        );
+    }
+}
