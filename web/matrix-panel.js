@@ -56,7 +56,7 @@ export class MatrixPanel {
   #fillList() {
     const events = this.#events;
     const run = this.#store.run;
-    $("events-panel").hidden = !events.present && run?.workload !== "synapse";
+    $("events-panel").hidden = !events.present && !run?.workload?.startsWith("synapse");
     const latest = events.latest(SHOWN);
     $("events-empty").hidden = latest.length > 0;
     $("events-list").replaceChildren(...latest.map((e) => this.#row(e)));

@@ -13,7 +13,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, V
 use meshsim::{
     run_config::Addressing,
     runtime::names::{DEFAULT_PREFIX, RunPrefix},
-    workload::synapse::{Database, SYNAPSE_VERSION},
+    workload::synapse::{Database, SYNAPSE_VERSION, workers::Profile},
 };
 
 #[derive(Parser)]
@@ -153,17 +153,23 @@ struct RunOptions {
     /// The mesh subnet; the host is .1 on the bridge, node nK is address K + 1.
     #[arg(long, default_value = "10.77.0.0/16")]
     subnet: Addressing,
-    /// What nodes run: `none` (the default) or `synapse`, a Synapse homeserver whose
-    /// server name is the node's name (installed from PyPI once; README, "Synapse nodes").
+    /// What nodes run: `none` (the default), `synapse`, a Synapse homeserver whose server
+    /// name is the node's name (installed from PyPI once; README, "Synapse nodes"), or
+    /// `synapse-workers`, the same with workers, Redis and nginx, on Postgres.
     /// A node may still run nothing (the canvas, the API, `workload = "none"` in a file).
     /// With `--node-cmd`, overrides the topology file's `workload` and `node_cmd`.
-    #[arg(long, value_name = "none|synapse")]
+    #[arg(long, value_name = "none|synapse|synapse-workers")]
     workload: Option<String>,
     /// Where Synapse nodes keep their data: `sqlite` (the default, a file in the node's
     /// directory) or `postgres` (a database per node in one Postgres cluster of the run, on
     /// a unix socket; Debian's postgresql must be installed). Overrides the file's `database`.
     #[arg(long, value_enum)]
     database: Option<Database>,
+    /// With `--workload synapse-workers`: which workers each homeserver runs, `small` (the
+    /// default: a sync worker, a federation reader, a federation sender) or `full` (the
+    /// production layout; docs/synapse.md, "Workers"). Overrides the file's `profile`.
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
     /// A command to run in nodes, with {name} and {ip} filled in; output goes to
     /// LOG_DIR/<name>.log and it stops with the node. Overrides the topology file's
     /// `workload` and `node_cmd`.
@@ -272,6 +278,7 @@ fn default_options() -> RunOptions {
         workload: None,
         node_cmd: None,
         database: None,
+        profile: None,
         log_dir: None,
         prefix: RunPrefix::default(),
         loose: false,

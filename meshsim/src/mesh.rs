@@ -45,6 +45,14 @@ impl RunChoice {
             .unwrap_or_default();
         let mut workload = workload;
         match (options.database.or(file.database), &mut workload) {
+            (Some(Database::Sqlite), WorkloadKind::Synapse(synapse))
+                if synapse.workers.is_some() =>
+            {
+                bail!(
+                    "workers share one database, so synapse-workers needs postgres (its \
+                     default): leave out `--database sqlite`"
+                )
+            }
             (Some(database), WorkloadKind::Synapse(synapse)) => synapse.database = database,
             (Some(Database::Postgres), other) => bail!(
                 "database postgres is for homeservers, but this run's workload is {}: add \
@@ -52,6 +60,17 @@ impl RunChoice {
                 other.name()
             ),
             _ => {}
+        }
+        match (options.profile.or(file.profile), &mut workload) {
+            (Some(profile), WorkloadKind::Synapse(synapse)) if synapse.workers.is_some() => {
+                synapse.workers = Some(profile)
+            }
+            (Some(_), other) => bail!(
+                "a profile chooses workers, but this run's workload is {}: use \
+                 `--workload synapse-workers`",
+                other.name()
+            ),
+            (None, _) => {}
         }
         let image = options.image.clone().or_else(|| file.image.clone());
         if image.is_some() && backend == BackendKind::Netns {
@@ -96,7 +115,7 @@ pub async fn run_with(
     let mut workload = choice.workload.clone();
     // Each run's homeservers live under its own directory.
     if let WorkloadKind::Synapse(synapse) = &mut workload {
-        synapse.run_dir = options.prefix.tmp_dir().join("run");
+        synapse.run_dir = options.prefix.run_dir();
         synapse.postgres_dir = options.prefix.postgres_dir();
     }
     if let Then::Scenario(job) = &then

@@ -38,7 +38,10 @@ use toml::{
 use crate::{
     model::{ModelError, NodeId, Topology},
     run_config::BackendKind,
-    workload::{NodeWorkload, SynapseOptions, WorkloadKind, node_workload, synapse::Database},
+    workload::{
+        NodeWorkload, SynapseOptions, WorkloadKind, node_workload,
+        synapse::{Database, workers::Profile},
+    },
 };
 
 /// A place in a topology file: 1-based line and column, shown as `path:line:column`.
@@ -179,6 +182,8 @@ pub struct RunTable {
     pub image: Option<String>,
     /// `database = "sqlite" | "postgres"`, for Synapse nodes.
     pub database: Option<Database>,
+    /// `profile = "small" | "full"`, for `synapse-workers` nodes.
+    pub profile: Option<Profile>,
 }
 
 /// `workload = "..."` in one node's table, with where it is written.
@@ -229,6 +234,8 @@ struct RunDoc {
     image: Option<Spanned<String>>,
     #[serde(default)]
     database: Option<Spanned<Database>>,
+    #[serde(default)]
+    profile: Option<Spanned<Profile>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -243,6 +250,8 @@ enum BackendName {
 enum WorkloadName {
     None,
     Synapse,
+    #[serde(rename = "synapse-workers")]
+    SynapseWorkers,
 }
 
 /// A node's workload as serde reads it: only a known name (`command` is what a node of a
@@ -253,6 +262,8 @@ enum NodeWorkloadName {
     None,
     Command,
     Synapse,
+    #[serde(rename = "synapse-workers")]
+    SynapseWorkers,
 }
 
 impl NodeWorkloadName {
@@ -261,6 +272,7 @@ impl NodeWorkloadName {
             NodeWorkloadName::None => "none",
             NodeWorkloadName::Command => "command",
             NodeWorkloadName::Synapse => "synapse",
+            NodeWorkloadName::SynapseWorkers => "synapse-workers",
         }
     }
 }
@@ -448,13 +460,19 @@ fn run_table(
     let node_cmd = not_empty(doc.node_cmd, "node_cmd")?;
     let image = not_empty(doc.image, "image")?;
     let workload = match (doc.workload, node_cmd) {
-        (Some(WorkloadName::Synapse), Some(cmd)) => {
+        (Some(name @ (WorkloadName::Synapse | WorkloadName::SynapseWorkers)), Some(cmd)) => {
+            let named = if name == WorkloadName::Synapse {
+                "synapse"
+            } else {
+                "synapse-workers"
+            };
             return Err(refuse(
                 cmd.span(),
                 "node_cmd",
-                "`workload = \"synapse\"` and `node_cmd` were both given: choose one \
-                 (`node_cmd` runs your command instead of a workload)"
-                    .to_owned(),
+                format!(
+                    "`workload = \"{named}\"` and `node_cmd` were both given: choose one \
+                     (`node_cmd` runs your command instead of a workload)"
+                ),
             ));
         }
         // As with the flags, `workload = "none"` next to a command is just the command.
@@ -462,9 +480,35 @@ fn run_table(
         (Some(WorkloadName::Synapse), None) => {
             Some(WorkloadKind::Synapse(SynapseOptions::default()))
         }
+        (Some(WorkloadName::SynapseWorkers), None) => Some(WorkloadKind::Synapse(
+            SynapseOptions::with_workers(Profile::default()),
+        )),
         (Some(WorkloadName::None), None) => Some(WorkloadKind::None),
         (None, None) => None,
     };
+    let workers = matches!(&workload, Some(WorkloadKind::Synapse(o)) if o.workers.is_some());
+    if let Some(db) = &doc.database
+        && *db.get_ref() == Database::Sqlite
+        && workers
+    {
+        return Err(refuse(
+            db.span(),
+            "database",
+            "workers share one database, so `synapse-workers` needs `database = \"postgres\"` \
+             (the default for it)"
+                .to_owned(),
+        ));
+    }
+    if let Some(profile) = &doc.profile
+        && workload.is_some()
+        && !workers
+    {
+        return Err(refuse(
+            profile.span(),
+            "profile",
+            "a profile chooses workers: it needs `workload = \"synapse-workers\"`".to_owned(),
+        ));
+    }
     // Postgres is for homeservers: with another workload named here it would do nothing.
     if let Some(db) = &doc.database
         && *db.get_ref() == Database::Postgres
@@ -487,6 +531,7 @@ fn run_table(
         workload,
         image: image.map(Spanned::into_inner),
         database: doc.database.map(Spanned::into_inner),
+        profile: doc.profile.map(Spanned::into_inner),
     })
 }
 
@@ -998,7 +1043,7 @@ y = 40
             2,
             12,
             "run.workload",
-            "unknown variant `dendrite`, expected `none` or `synapse`",
+            "unknown variant `dendrite`, expected one of `none`, `synapse`, `synapse-workers`",
         );
         let text = with_run("backend = \"vm\"\n");
         assert_refused(
@@ -1028,6 +1073,48 @@ y = 40
         );
         let text = with_run("node_cmd = \"sleep 1\"\ndatabase = \"postgres\"\n");
         assert_refused(&text, 3, 12, "run.database", "is for homeservers");
+        let text = with_run("workload = \"synapse-workers\"\ndatabase = \"sqlite\"\n");
+        assert_refused(&text, 3, 12, "run.database", "workers share one database");
+        let text = with_run("workload = \"synapse\"\nprofile = \"full\"\n");
+        assert_refused(
+            &text,
+            3,
+            11,
+            "run.profile",
+            "needs `workload = \"synapse-workers\"`",
+        );
+        let text = with_run("workload = \"synapse-workers\"\nprofile = \"huge\"\n");
+        assert_refused(
+            &text,
+            3,
+            11,
+            "run.profile",
+            "unknown variant `huge`, expected `small` or `full`",
+        );
+    }
+
+    #[test]
+    fn homeservers_with_workers_are_on_postgres_by_a_profile() {
+        let text = with_run("workload = \"synapse-workers\"\nprofile = \"full\"\n");
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        let Some(WorkloadKind::Synapse(options)) = &file.run.workload else {
+            panic!("{:?}", file.run.workload)
+        };
+        assert_eq!(
+            options.workers,
+            Some(Profile::Small),
+            "the default, until the run applies `profile`"
+        );
+        assert_eq!(options.database, Database::Postgres);
+        assert_eq!(file.run.profile, Some(Profile::Full));
+        assert_eq!(
+            file.run.workload.as_ref().unwrap().name(),
+            "synapse-workers"
+        );
+        assert_eq!(
+            file.node_workloads("synapse-workers").unwrap(),
+            BTreeMap::from([(NodeId(2), NodeWorkload::None)])
+        );
     }
 
     #[test]

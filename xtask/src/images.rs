@@ -80,7 +80,8 @@ async fn build_all() -> Result<()> {
         built?;
     }
     // The label says what the image holds: one made for other versions is made again.
-    let contents = format!("synapse {SYNAPSE_VERSION}, psycopg2 {PSYCOPG2_VERSION}");
+    let contents =
+        format!("synapse[redis] {SYNAPSE_VERSION}, psycopg2 {PSYCOPG2_VERSION}, redis, nginx");
     if label(&docker, "meshsim/synapse", CONTENTS_LABEL)
         .await?
         .as_deref()

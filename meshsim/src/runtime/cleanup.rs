@@ -6,7 +6,10 @@
 //! run's Postgres cluster, which runs on the host (`workload::postgres::remove_leftover`).
 
 use super::{RuntimeError, names::RunPrefix, process::kill_processes_in};
-use crate::net::{NETNS_DIR, NetNs, Netlink};
+use crate::{
+    net::{NETNS_DIR, NetNs, Netlink},
+    workload::{WorkloadError, synapse::RUN_MARKER},
+};
 
 /// What was removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -57,6 +60,16 @@ pub async fn remove_leftovers(prefix: &RunPrefix) -> Result<Removed, RuntimeErro
             removed.processes += 1;
         }
         removed.dirs.push(postgres);
+    }
+    // The homeservers' directory (their data, and the sockets of nodes with workers) is of
+    // no use to the next run, which empties it: only one meshsim marked as its own.
+    let run_dir = prefix.run_dir();
+    if run_dir.join(RUN_MARKER).is_file() {
+        std::fs::remove_dir_all(&run_dir).map_err(WorkloadError::io(
+            "remove the leftover run directory",
+            &run_dir,
+        ))?;
+        removed.dirs.push(run_dir);
     }
     Ok(removed)
 }

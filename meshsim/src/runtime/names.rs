@@ -115,6 +115,11 @@ impl RunPrefix {
         }
     }
 
+    /// The homeservers' directory: a directory per node, the CA, the name files.
+    pub fn run_dir(&self) -> PathBuf {
+        self.tmp_dir().join("run")
+    }
+
     /// The run's Postgres cluster (data and socket), when homeservers use it.
     pub fn postgres_dir(&self) -> PathBuf {
         self.tmp_dir().join("postgres")

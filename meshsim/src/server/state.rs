@@ -79,8 +79,8 @@ impl StateBody {
     }
 }
 
-/// `{backend: "netns"|"docker", workload: "none"|"command"|"synapse"}`: set when meshsim
-/// starts (flags, the topology file's `[run]`), fixed for the run.
+/// `{backend: "netns"|"docker", workload: "none"|"command"|"synapse"|"synapse-workers"}`:
+/// set when meshsim starts (flags, the topology file's `[run]`), fixed for the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunBody {
     pub backend: &'static str,

@@ -58,7 +58,7 @@ pub enum WorkloadKind {
 }
 
 /// The names `--workload` accepts.
-pub const WORKLOAD_NAMES: &[&str] = &["none", "synapse"];
+pub const WORKLOAD_NAMES: &[&str] = &["none", "synapse", "synapse-workers"];
 
 /// What one node runs: the run's workload (the default), or nothing. A plain value, so the
 /// Sim and the API can carry it without knowing what the run's workload is.
@@ -83,6 +83,9 @@ impl WorkloadKind {
             None => None,
             Some("none") => Some(WorkloadKind::None),
             Some("synapse") => Some(WorkloadKind::Synapse(SynapseOptions::default())),
+            Some("synapse-workers") => Some(WorkloadKind::Synapse(SynapseOptions::with_workers(
+                synapse::workers::Profile::default(),
+            ))),
             Some(other) => return Err(WorkloadError::Unknown(other.to_owned())),
         };
         match (named, node_cmd) {
@@ -95,11 +98,12 @@ impl WorkloadKind {
         }
     }
 
-    /// `none`, `command` or `synapse`, for messages.
+    /// `none`, `command`, `synapse` or `synapse-workers`, for messages.
     pub fn name(&self) -> &'static str {
         match self {
             WorkloadKind::None => "none",
             WorkloadKind::Command(_) => "command",
+            WorkloadKind::Synapse(o) if o.workers.is_some() => "synapse-workers",
             WorkloadKind::Synapse(_) => "synapse",
         }
     }
@@ -191,10 +195,18 @@ pub type WorkloadStatus = BTreeMap<NodeId, NodeStatus>;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     #[error(
-        "unknown workload {0:?}: use `--workload none` or `--workload synapse` \
-         (or `--node-cmd CMD` to run a command of your own)"
+        "unknown workload {0:?}: use `--workload none`, `--workload synapse` or \
+         `--workload synapse-workers` (or `--node-cmd CMD` to run a command of your own)"
     )]
     Unknown(String),
+    #[error(
+        "{program} was not found: homeservers with workers need it (Debian: \
+         `apt-get install {package}`)"
+    )]
+    MissingProgram {
+        program: &'static str,
+        package: &'static str,
+    },
     #[error(
         "`--workload {0}` and `--node-cmd` were both given: choose one \
          (`--node-cmd` runs your command instead of a workload)"

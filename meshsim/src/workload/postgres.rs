@@ -318,10 +318,12 @@ impl Postgres {
         // Two statements: each of them refuses to run inside a transaction, which one
         // batch of both would be.
         let quoted = quote_ident(name);
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted}"))
-            .await
-            .map_err(&sql_error)?;
+        if exists {
+            client
+                .batch_execute(&format!("DROP DATABASE {quoted}"))
+                .await
+                .map_err(&sql_error)?;
+        }
         client
             .batch_execute(&format!(
                 "CREATE DATABASE {quoted} OWNER {ROLE} TEMPLATE template0 ENCODING 'UTF8' \

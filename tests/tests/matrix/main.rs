@@ -9,3 +9,4 @@ mod events;
 mod postgres;
 mod scenario;
 mod synapse;
+mod workers;

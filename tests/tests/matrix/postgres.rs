@@ -20,7 +20,7 @@ use meshsim_tests::{
 };
 
 /// The `m.room.message` bodies in node `name`'s database.
-async fn messages_in(options: &SynapseOptions, name: &str) -> Vec<String> {
+pub(crate) async fn messages_in(options: &SynapseOptions, name: &str) -> Vec<String> {
     let client = connect(options, name).await;
     client
         .query(

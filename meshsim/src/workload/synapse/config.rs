@@ -19,6 +19,7 @@ use crate::{
         WorkloadError,
         pki::{NodeCert, RunCa},
         postgres::{DatabaseArgs, POOL_MAX, POOL_MIN},
+        synapse::workers::{self, Profile},
         venv::{VenvError, VenvSpec},
     },
 };
@@ -57,6 +58,9 @@ pub struct SynapseOptions {
     /// Where the run's Postgres cluster goes, for `Database::Postgres` (emptied at the start
     /// and removed at the end of a run).
     pub postgres_dir: PathBuf,
+    /// Workers by this profile, behind nginx (`--workload synapse-workers`); `None` for one
+    /// process. Workers need `Database::Postgres`.
+    pub workers: Option<Profile>,
 }
 
 /// Where a homeserver keeps its data.
@@ -101,6 +105,7 @@ impl Default for SynapseOptions {
             start_timeout: Duration::from_secs(180),
             database: Database::Sqlite,
             postgres_dir: PathBuf::from("/tmp/meshsim/postgres"),
+            workers: None,
         }
     }
 }
@@ -114,18 +119,28 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 impl SynapseOptions {
+    /// Homeservers with workers by `profile`: on Postgres, which workers share.
+    pub fn with_workers(profile: Profile) -> Self {
+        SynapseOptions {
+            workers: Some(profile),
+            database: Database::Postgres,
+            ..SynapseOptions::default()
+        }
+    }
+
     /// The cached venv for this version.
     pub fn venv(&self) -> VenvSpec {
         VenvSpec {
             dir: self.cache_dir.join(format!(
-                "synapse-venv-{}-pg{PSYCOPG2_VERSION}",
+                "synapse-venv-{}-redis-pg{PSYCOPG2_VERSION}",
                 self.version
             )),
             python: self.python.clone(),
-            // psycopg2 as a wheel: the source package would need a compiler and libpq's
-            // headers. Synapse imports the module, which both provide.
+            // Redis's client for workers (Synapse's `redis` extra); psycopg2 as a wheel:
+            // the source package would need a compiler and libpq's headers. Synapse imports
+            // the module, which both provide.
             packages: vec![
-                format!("matrix-synapse=={}", self.version),
+                format!("matrix-synapse[redis]=={}", self.version),
                 format!("psycopg2-binary=={PSYCOPG2_VERSION}"),
             ],
             what: format!("synapse {}", self.version),
@@ -167,6 +182,8 @@ pub struct NodeConfig<'a> {
     pub registration_secret: &'a str,
     /// Its Postgres database; `None` for SQLite in its directory.
     pub postgres: Option<&'a DatabaseArgs>,
+    /// Its workers; `None` for one process.
+    pub workers: Option<Profile>,
 }
 
 /// Whether `<run_dir>/<name>/` holds a node an earlier node of this name finished writing:
@@ -212,11 +229,35 @@ pub fn write_node_dir(
     // a day, and would take the new server's signatures under a reused id as forged.
     let key_id = format!("a_{}", random_hex(4));
     write("signing.key", &signing_key(&random_bytes(32), &key_id))?;
+    if let Some(profile) = config.workers {
+        write_worker_files(&dir, profile)?;
+    }
     write(
         "homeserver.yaml",
         &homeserver_yaml(config, &dir, &random_hex(24), &random_hex(24)),
     )?;
     Ok(node(false))
+}
+
+/// Each worker's configuration, nginx's, and the directories for sockets and nginx's files.
+fn write_worker_files(dir: &Path, profile: Profile) -> Result<(), WorkloadError> {
+    for sub in ["sockets", "workers", "nginx"] {
+        let path = dir.join(sub);
+        fs::create_dir_all(&path).map_err(WorkloadError::io("create", &path))?;
+    }
+    let write = |path: PathBuf, text: &str| {
+        fs::write(&path, text).map_err(WorkloadError::io("write", path))
+    };
+    for w in workers::workers(profile) {
+        write(
+            dir.join("workers").join(format!("{}.yaml", w.name)),
+            &workers::worker_yaml(dir, &w, &yaml_string),
+        )?;
+    }
+    write(
+        dir.join("nginx").join("nginx.conf"),
+        &workers::nginx_conf(dir, profile),
+    )
 }
 
 /// Synapse's signing key file: `ed25519 <key id> <unpadded base64 of the 32-byte seed>`.
@@ -244,24 +285,7 @@ public_baseurl: {baseurl}
 pid_file: {pid}
 report_stats: false
 
-listeners:
-  # Federation, over TLS with a certificate from the run's CA.
-  - port: {federation_port}
-    type: http
-    tls: true
-    bind_addresses: [\"0.0.0.0\"]
-    resources:
-      - names: [federation]
-        compress: false
-  # Clients, registration and health checks, plain HTTP.
-  - port: {client_port}
-    type: http
-    tls: false
-    bind_addresses: [\"0.0.0.0\"]
-    resources:
-      - names: [client, federation]
-        compress: false
-
+{listeners}
 tls_certificate_path: {tls_crt}
 tls_private_key_path: {tls_key}
 federation_verify_certificates: true
@@ -328,8 +352,10 @@ federation:
         server_name = q(node.name),
         baseurl = q(&format!("http://{}:{CLIENT_PORT}/", node.name)),
         pid = p("homeserver.pid"),
-        federation_port = FEDERATION_PORT,
-        client_port = CLIENT_PORT,
+        listeners = match node.workers {
+            None => single_listeners(),
+            Some(profile) => workers::shared_yaml(dir, profile, &q),
+        },
         tls_crt = p("tls.crt"),
         tls_key = p("tls.key"),
         ca = q(&node.ca_path.to_string_lossy()),
@@ -342,6 +368,31 @@ federation:
         form = q(form_secret),
     );
     y
+}
+
+/// A single process's listeners: federation over TLS on 8448, clients on 8008.
+fn single_listeners() -> String {
+    format!(
+        "\
+listeners:
+  # Federation, over TLS with a certificate from the run's CA.
+  - port: {FEDERATION_PORT}
+    type: http
+    tls: true
+    bind_addresses: [\"0.0.0.0\"]
+    resources:
+      - names: [federation]
+        compress: false
+  # Clients, registration and health checks, plain HTTP.
+  - port: {CLIENT_PORT}
+    type: http
+    tls: false
+    bind_addresses: [\"0.0.0.0\"]
+    resources:
+      - names: [client, federation]
+        compress: false
+"
+    )
 }
 
 /// The `database` section: SQLite at `sqlite_path` (quoted), or the node's Postgres
@@ -416,6 +467,7 @@ mod tests {
             ca_path: Path::new("/tmp/meshsim/run/ca.pem"),
             registration_secret: "s3cret",
             postgres: None,
+            workers: None,
         };
         let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), "mac", "form");
         for want in [
@@ -448,6 +500,7 @@ mod tests {
             ca_path: Path::new("/tmp/meshsim/run/ca.pem"),
             registration_secret: "s3cret",
             postgres: Some(&db),
+            workers: None,
         };
         let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), "mac", "form");
         let want = "database:\n  name: psycopg2\n  args:\n    user: \"synapse\"\n    \
@@ -475,6 +528,7 @@ mod tests {
             ca_path: &ca_path,
             registration_secret: "s3cret",
             postgres: None,
+            workers: None,
         };
         let read = |dir: &NodeDir, file: &str| fs::read_to_string(dir.dir.join(file)).unwrap();
         let first = write_node_dir(&run_dir, &node, &ca).unwrap();

@@ -9,6 +9,7 @@
 
 mod config;
 mod register;
+pub mod workers;
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +40,9 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 const IMAGE_PYTHON: &str = "/opt/synapse/bin/python";
 /// The image of Synapse containers.
 pub const SYNAPSE_IMAGE: &str = "meshsim/synapse";
+/// Redis and nginx, for homeservers with workers: Debian's, on the host and in the image.
+const REDIS: &str = "/usr/bin/redis-server";
+const NGINX: &str = "/usr/sbin/nginx";
 /// How often a starting Synapse is asked whether it answers.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
@@ -86,6 +90,13 @@ impl SynapseRun {
         } else {
             None
         };
+        if options.workers.is_some() && host_install {
+            for (program, package) in [(REDIS, "redis-server"), (NGINX, "nginx")] {
+                if !Path::new(program).is_file() {
+                    return Err(WorkloadError::MissingProgram { program, package });
+                }
+            }
+        }
         prepare_run_dir(&options.run_dir)?;
         let logs_dir = logs.dir().to_owned();
         let postgres = match options.database {
@@ -200,6 +211,7 @@ impl SynapseRun {
             ca_path: &self.ca_path,
             registration_secret: &self.registration_secret,
             postgres: database.as_ref(),
+            workers: self.options.workers,
         };
         let dir = write_node_dir(&self.options.run_dir, &config, &self.ca)?;
         let remove_new_dir = |dir: &NodeDir| {
@@ -239,12 +251,35 @@ impl SynapseRun {
                 return Err(e);
             }
         };
-        let program = Program::new(
-            python,
-            &["-m", "synapse.app.homeserver", "--config-path"],
-            &log,
-        )
-        .with_arg(dir.config().to_string_lossy())
+        let program = match self.options.workers {
+            None => Program::new(
+                python,
+                &["-m", "synapse.app.homeserver", "--config-path"],
+                &log,
+            )
+            .with_arg(dir.config().to_string_lossy()),
+            Some(profile) => {
+                // Rewritten at every start: the install's paths are this run's.
+                let script = dir.dir.join("node.sh");
+                let text = workers::node_script(
+                    &dir.dir,
+                    &node.name,
+                    self.logs.dir(),
+                    profile,
+                    &workers::Binaries {
+                        python: &python,
+                        redis: Path::new(REDIS),
+                        nginx: Path::new(NGINX),
+                    },
+                );
+                if let Err(e) = std::fs::write(&script, text) {
+                    dns.abort();
+                    remove_new_dir(&dir);
+                    return Err(WorkloadError::io("write", &script)(e));
+                }
+                Program::new("/bin/bash", &[], &log).with_arg(script.to_string_lossy())
+            }
+        }
         .in_dir(&dir.dir);
         let process: Arc<dyn NodeProcess> = match host.spawn(&program).await {
             Ok(process) => Arc::from(process),
@@ -312,11 +347,17 @@ impl SynapseRun {
                 break Ok(at.elapsed());
             }
             if !process.alive() {
+                // A node with workers says which process ended, with the end of its log.
+                let lines = if self.options.workers.is_some() {
+                    24
+                } else {
+                    12
+                };
                 break Err(format!(
                     "synapse on {} exited while starting; the end of {}:\n{}",
                     node.name,
                     log.display(),
-                    log_tail(&log, 12)
+                    log_tail(&log, lines)
                 ));
             }
             if Instant::now() >= deadline {
