@@ -10,6 +10,11 @@
 //! MemAvailable falls below `MEM_FLOOR`, at `CAP` nodes, or when the next step would pass
 //! `BUDGET`. The servers are idle (no rooms): the figure is what idle homeservers cost.
 //!
+//! `--database sqlite|postgres` (default sqlite) chooses where the homeservers keep their
+//! data, `--workers small|full` lays them out with workers (on Postgres); `--cap N` stops at
+//! N nodes. A node's RSS is its whole process group's. MemAvailable used per node is measured from before the
+//! runtime started, so the run's Postgres cluster counts too.
+//!
 //! Nothing is asserted, but any failure ends the bench with an error. It takes the run lock
 //! and removes every `ms-` namespace and interface before and after.
 
@@ -32,13 +37,16 @@ use meshsim::{
     run_config::RunConfig,
     runtime,
     sim::{Sim, SimHandle},
-    workload::{NodeState, SynapseOptions, WorkloadKind, WorkloadStatus, synapse::FEDERATION_PORT},
+    workload::{
+        NodeState, SynapseOptions, WorkloadKind, WorkloadStatus,
+        synapse::{Database, FEDERATION_PORT, workers::Profile},
+    },
 };
 use tokio::sync::watch;
 
 /// Nodes added per step.
 const STEP: usize = 8;
-/// Never more nodes than this.
+/// Never more nodes than this (`--cap` lowers it).
 const CAP: usize = 200;
 /// Every node must answer the federation version within this...
 const LATENCY_LIMIT: Duration = Duration::from_secs(1);
@@ -56,8 +64,57 @@ const BUDGET: Duration = Duration::from_secs(15 * 60);
 const SPACING: f64 = 80.0;
 const COLUMNS: usize = 8;
 
+/// What the command line chose.
+struct Args {
+    database: Database,
+    workers: Option<Profile>,
+    cap: usize,
+}
+
+/// `--database sqlite|postgres` and `--cap N`; cargo's own `--bench` is passed through.
+fn args() -> Result<Args> {
+    let mut parsed = Args {
+        database: Database::Sqlite,
+        workers: None,
+        cap: CAP,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--database" => {
+                parsed.database = match args.next().as_deref() {
+                    Some("sqlite") => Database::Sqlite,
+                    Some("postgres") => Database::Postgres,
+                    other => bail!("--database sqlite|postgres, not {other:?}"),
+                }
+            }
+            "--cap" => {
+                parsed.cap = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (STEP..=CAP).contains(n))
+                    .with_context(|| format!("--cap takes a number of nodes, {STEP} to {CAP}"))?
+            }
+            "--workers" => {
+                parsed.workers = match args.next().as_deref() {
+                    Some("small") => Some(Profile::Small),
+                    Some("full") => Some(Profile::Full),
+                    other => bail!("--workers small|full, not {other:?}"),
+                };
+                parsed.database = Database::Postgres;
+            }
+            "--bench" => {}
+            other => bail!(
+                "unknown argument {other:?}: --database sqlite|postgres, --workers small|full, --cap N"
+            ),
+        }
+    }
+    Ok(parsed)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    let args = args()?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
@@ -67,13 +124,21 @@ async fn main() -> Result<()> {
         gib(meminfo("MemAvailable")?)
     );
     println!(
-        "growing by {STEP} nodes up to {CAP}; a step passes when every node is ready within {} s and answers https /_matrix/federation/v1/version {PROBES} times within {} s each; stops below {:.0} GiB available or after {} min",
+        "homeservers on {}{}; growing by {STEP} nodes up to {}; a step passes when every node is ready within {} s and answers https /_matrix/federation/v1/version {PROBES} times within {} s each; stops below {:.0} GiB available or after {} min",
+        args.database.name(),
+        args.workers
+            .map_or(String::new(), |p| format!(" with workers ({})", p.name())),
+        args.cap,
         READY_BOUND.as_secs(),
         LATENCY_LIMIT.as_secs_f64(),
         gib(MEM_FLOOR),
         BUDGET.as_secs() / 60
     );
-    let options = SynapseOptions::default();
+    let options = SynapseOptions {
+        database: args.database,
+        workers: args.workers,
+        ..SynapseOptions::default()
+    };
     let venv = options.clone();
     let started = Instant::now();
     tokio::task::spawn_blocking(move || venv.prepare(&mut |line: &str| println!("{line}")))
@@ -84,7 +149,7 @@ async fn main() -> Result<()> {
         options.version,
         secs(started.elapsed())
     );
-    isolated(grow(options)).await
+    isolated(grow(options, args.cap)).await
 }
 
 /// One row of the table.
@@ -109,7 +174,8 @@ enum Stop {
 
 /// Starts the Sim, grows the mesh step by step, prints the table; the Sim is shut down
 /// whatever happened.
-async fn grow(options: SynapseOptions) -> Result<()> {
+async fn grow(options: SynapseOptions, cap: usize) -> Result<()> {
+    let baseline = meminfo("MemAvailable")?;
     let fq = matches!(probe_fq().await, FqSupport::Available);
     let dp = Datapath::load(DatapathOptions {
         fq,
@@ -125,26 +191,27 @@ async fn grow(options: SynapseOptions) -> Result<()> {
         .context("starting the netns runtime")?;
     let status = runtime.workload_status();
     let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
-    let result = steps(&sim, status, &options).await;
+    let result = steps(&sim, status, &options, cap).await;
     let stopped = sim.shutdown().await;
     let joined = task.await;
     let (rows, stop) = result?;
     stopped.context("shutting the Sim down")?;
     joined.context("the Sim's task")?;
-    report(&rows, &stop)
+    report(&rows, &stop, baseline)
 }
 
 async fn steps(
     sim: &SimHandle,
     mut status: watch::Receiver<WorkloadStatus>,
     options: &SynapseOptions,
+    cap: usize,
 ) -> Result<(Vec<StepFigures>, Stop)> {
     let bench = Instant::now();
     let ca = options.run_dir.join("ca.pem");
     let mut rows: Vec<StepFigures> = Vec::new();
     loop {
         let have = rows.last().map_or(0, |r| r.nodes);
-        if have + STEP > CAP {
+        if have + STEP > cap {
             return Ok((rows, Stop::Cap));
         }
         // The next step takes about as long as the last one did, or longer.
@@ -208,11 +275,13 @@ async fn steps(
             }
         }
         latencies.sort();
+        // A node's process leads its group: with workers, the group is all of its processes.
         let pids: Vec<u32> = status.borrow().values().filter_map(|s| s.pid).collect();
-        let mut rss_mib = pids
+        let groups = rss_by_group();
+        let mut rss_mib: Vec<f64> = pids
             .iter()
-            .map(|pid| rss_kib(*pid).map(|kib| kib as f64 / 1024.0))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|pid| groups.get(pid).copied().unwrap_or(0) as f64 / 1024.0)
+            .collect();
         rss_mib.sort_by(f64::total_cmp);
         let row = StepFigures {
             nodes,
@@ -318,15 +387,20 @@ async fn probe(ca: &Path, id: NodeId, ip: Ipv4Addr) -> Result<Duration, String> 
         .map_err(|e| format!("curl's time_total {total:?}: {e}"))
 }
 
-fn report(rows: &[StepFigures], stop: &Stop) -> Result<()> {
+/// MemAvailable the run took from `baseline`, per node, MiB.
+fn used_per_node(baseline: u64, row: &StepFigures) -> f64 {
+    baseline.saturating_sub(row.mem_available) as f64 / (1 << 20) as f64 / row.nodes as f64
+}
+
+fn report(rows: &[StepFigures], stop: &Stop, baseline: u64) -> Result<()> {
     ensure!(!rows.is_empty(), "no step passed: {}", describe(stop));
     println!(
-        "\n| nodes | all ready + TLS | version p50 | version worst | total RSS | RSS per node (median / max) | MemAvailable |"
+        "\n| nodes | all ready + TLS | version p50 | version worst | total RSS | RSS per node (median / max) | MemAvailable | MemAvailable used per node |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {:.0} MiB | {:.0} / {:.0} MiB | {:.1} GiB |",
+            "| {} | {} | {} | {} | {:.0} MiB | {:.0} / {:.0} MiB | {:.1} GiB | {:.0} MiB |",
             r.nodes,
             secs(r.to_ready),
             ms(r.median),
@@ -334,7 +408,8 @@ fn report(rows: &[StepFigures], stop: &Stop) -> Result<()> {
             r.rss_mib.iter().sum::<f64>(),
             median(&r.rss_mib),
             r.rss_mib.last().copied().unwrap_or(0.0),
-            gib(r.mem_available)
+            gib(r.mem_available),
+            used_per_node(baseline, r)
         );
     }
     let passed = rows.iter().take_while(|r| r.worst <= LATENCY_LIMIT).last();
@@ -345,14 +420,19 @@ fn report(rows: &[StepFigures], stop: &Stop) -> Result<()> {
         secs(first.to_ready)
     );
     match passed {
-        Some(last) => println!(
-            "the last step that passed: {} Synapse nodes, every one answering within {} s (worst {}); RSS per node median {:.0} MiB, max {:.0} MiB",
-            last.nodes,
-            LATENCY_LIMIT.as_secs_f64(),
-            ms(last.worst),
-            median(&last.rss_mib),
-            last.rss_mib.last().copied().unwrap_or(0.0)
-        ),
+        Some(last) => {
+            let per_node = used_per_node(baseline, last);
+            println!(
+                "the last step that passed: {} Synapse nodes, every one answering within {} s (worst {}); RSS per node median {:.0} MiB, max {:.0} MiB; MemAvailable used {per_node:.0} MiB per node, so about {:.0} would fit above the {:.0} GiB floor",
+                last.nodes,
+                LATENCY_LIMIT.as_secs_f64(),
+                ms(last.worst),
+                median(&last.rss_mib),
+                last.rss_mib.last().copied().unwrap_or(0.0),
+                baseline.saturating_sub(MEM_FLOOR) as f64 / (1 << 20) as f64 / per_node.max(1.0),
+                gib(MEM_FLOOR)
+            )
+        }
         None => println!("no step passed"),
     }
     println!("stopped: {}", describe(stop));
@@ -368,7 +448,7 @@ fn describe(stop: &Stop) -> String {
     match stop {
         Stop::Failed(why) => format!("the next step failed ({why})"),
         Stop::Memory => format!("MemAvailable fell below {:.0} GiB", gib(MEM_FLOOR)),
-        Stop::Cap => format!("the cap of {CAP} nodes"),
+        Stop::Cap => "the cap of nodes".to_owned(),
         Stop::Budget => format!(
             "another step would pass the {} min budget",
             BUDGET.as_secs() / 60
@@ -382,10 +462,36 @@ fn grid(i: usize) -> (f64, f64) {
     (SPACING * (col as f64 + 1.0), SPACING * (row as f64 + 1.0))
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    field_kib(&status, "VmRSS").with_context(|| format!("no VmRSS for {pid}"))
+/// Resident memory (KiB) summed per process group, over every process of the machine.
+fn rss_by_group() -> BTreeMap<u32, u64> {
+    let mut groups = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // After the command's closing parenthesis: state, parent, group.
+        let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(2)?
+                    .parse()
+                    .ok()
+            });
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| field_kib(&s, "VmRSS"));
+        if let (Some(group), Some(rss)) = (group, rss) {
+            *groups.entry(group).or_insert(0) += rss;
+        }
+    }
+    groups
 }
 
 /// Bytes of a /proc/meminfo field.

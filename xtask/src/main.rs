@@ -118,7 +118,15 @@ fn main() -> Result<()> {
             require_root("the benchmarks load eBPF programs")?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "classifier"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "mesh"])?;
-            cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "synapse"])?;
+            for layout in [
+                ["--database", "sqlite"],
+                ["--database", "postgres"],
+                ["--workers", "small"],
+            ] {
+                let mut args = vec!["bench", "-p", "meshsim-bench", "--bench", "synapse", "--"];
+                args.extend(layout);
+                cargo::run(&args)?;
+            }
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "events"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "client"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "scenario"])?;
