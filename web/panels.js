@@ -359,11 +359,17 @@ export class Panels {
     });
   }
 
-  /** The run's backend and workload in the top bar; the choice for new nodes when there is one. */
+  /**
+   * The run's backend and workload in the top bar (with homeservers' layout and database:
+   * "netns · synapse-workers (small) · postgres"); the choice for new nodes when there is one.
+   */
   #fillRun() {
     const run = this.#store.run;
     if (!run) return;
-    $("run").textContent = `${run.backend} · ${run.workload === "none" ? "no workload" : run.workload}`;
+    const workload = run.workload === "none" ? "no workload" : run.workload;
+    const profile = run.profile ? ` (${run.profile})` : "";
+    const database = run.database ? ` · ${run.database}` : "";
+    $("run").textContent = `${run.backend} · ${workload}${profile}${database}`;
     const choice = run.workload !== "none";
     $("new-workload-row").hidden = !choice;
     $("new-workload-run").value = run.workload;

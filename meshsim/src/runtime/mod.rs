@@ -140,6 +140,8 @@ impl<B: Backend> NodeRuntime for Runtime<B> {
         RunInfo {
             backend: self.backend.name(),
             workload: self.workload.name(),
+            database: self.workload.database(),
+            profile: self.workload.profile(),
         }
     }
 

@@ -58,6 +58,8 @@ impl StateBody {
             run: RunBody {
                 backend: state.run.backend,
                 workload: state.run.workload,
+                database: state.run.database,
+                profile: state.run.profile,
             },
             nodes: state
                 .snapshot
@@ -79,12 +81,18 @@ impl StateBody {
     }
 }
 
-/// `{backend: "netns"|"docker", workload: "none"|"command"|"synapse"|"synapse-workers"}`:
-/// set when meshsim starts (flags, the topology file's `[run]`), fixed for the run.
+/// `{backend: "netns"|"docker", workload: "none"|"command"|"synapse"|"synapse-workers"}`,
+/// with homeservers also `database` (`sqlite`|`postgres`) and with workers `profile`
+/// (`small`|`full`): set when meshsim starts (flags, the topology file's `[run]`), fixed for
+/// the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunBody {
     pub backend: &'static str,
     pub workload: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<&'static str>,
 }
 
 /// A node with its addresses and what it runs: `{id, name, x, y, ip, mac, workload}`.
@@ -170,6 +178,31 @@ mod tests {
         assert_eq!(
             format_mac(&[0x02, 0x6d, 0, 0, 0x1a, 0xff]),
             "02:6d:00:00:1a:ff"
+        );
+    }
+
+    #[test]
+    fn the_run_names_database_and_profile_only_for_homeservers() {
+        let plain = RunBody {
+            backend: "netns",
+            workload: "command",
+            database: None,
+            profile: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            serde_json::json!({"backend": "netns", "workload": "command"})
+        );
+        let workers = RunBody {
+            backend: "docker",
+            workload: "synapse-workers",
+            database: Some("postgres"),
+            profile: Some("full"),
+        };
+        assert_eq!(
+            serde_json::to_value(&workers).unwrap(),
+            serde_json::json!({"backend": "docker", "workload": "synapse-workers",
+                "database": "postgres", "profile": "full"})
         );
     }
 }

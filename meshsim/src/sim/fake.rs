@@ -127,6 +127,8 @@ impl NodeRuntime for FakeRuntime {
         RunInfo {
             backend: "fake",
             workload: "none",
+            database: None,
+            profile: None,
         }
     }
 

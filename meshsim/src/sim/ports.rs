@@ -59,8 +59,12 @@ pub struct Refusal {
 pub struct RunInfo {
     /// `netns` or `docker`.
     pub backend: &'static str,
-    /// The run's workload: `none`, `command` or `synapse`.
+    /// The run's workload: `none`, `command`, `synapse` or `synapse-workers`.
     pub workload: &'static str,
+    /// Homeservers' database (`sqlite`, `postgres`); `None` without homeservers.
+    pub database: Option<&'static str>,
+    /// The workers' profile (`small`, `full`) of `synapse-workers`.
+    pub profile: Option<&'static str>,
 }
 
 /// What the rest of meshsim needs to know about a running node.

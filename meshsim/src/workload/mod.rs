@@ -314,9 +314,25 @@ impl RunWorkload {
         })
     }
 
-    /// `none`, `command` or `synapse`.
+    /// `none`, `command`, `synapse` or `synapse-workers`.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Where homeservers keep their data (`sqlite`, `postgres`); `None` without them.
+    pub fn database(&self) -> Option<&'static str> {
+        match &self.prepared {
+            Prepared::Synapse(s) => Some(s.options.database.name()),
+            _ => None,
+        }
+    }
+
+    /// The workers' profile of `synapse-workers` (`small`, `full`).
+    pub fn profile(&self) -> Option<&'static str> {
+        match &self.prepared {
+            Prepared::Synapse(s) => s.options.workers.map(|p| p.name()),
+            _ => None,
+        }
     }
 
     /// Every node's workload: starting, ready or failed.
