@@ -29,9 +29,12 @@ const DEBIAN_BIN_DIRS: &str = "/usr/lib/postgresql";
 const SYSTEM_USER: &str = "postgres";
 /// Enough for ~500 homeservers at `POOL_MAX` connections each.
 pub const MAX_CONNECTIONS: u32 = 2048;
-/// Connections per homeserver (Synapse's `cp_min`/`cp_max`): idle nodes hold one.
+/// Connections per homeserver process (Synapse's `cp_min`/`cp_max`): idle nodes hold one.
 pub const POOL_MIN: u32 = 1;
 pub const POOL_MAX: u32 = 4;
+/// With workers, per process: `small` is 4 Synapse processes (~250 nodes), `full` 10
+/// (~100 nodes).
+pub const POOL_MAX_WORKERS: u32 = 2;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -201,6 +204,8 @@ impl Postgres {
             .arg(&data)
             .arg("-k")
             .arg(&dir)
+            // The socket's name carries the port: the default, whatever the environment says.
+            .args(["-p", "5432"])
             .args(["-c", "listen_addresses="])
             .args(["-c", &format!("max_connections={MAX_CONNECTIONS}")])
             // A lab's data: speed over durability (a run's cluster goes with the run).
@@ -269,6 +274,7 @@ impl Postgres {
     async fn connect(&self, dbname: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let (client, connection) = tokio_postgres::Config::new()
             .host_path(&self.socket_dir)
+            .port(5432)
             .user("postgres")
             .dbname(dbname)
             .connect_timeout(Duration::from_secs(5))
@@ -320,7 +326,8 @@ impl Postgres {
         let quoted = quote_ident(name);
         if exists {
             client
-                .batch_execute(&format!("DROP DATABASE {quoted}"))
+                // A node's earlier Synapse may still hold a connection.
+                .batch_execute(&format!("DROP DATABASE {quoted} WITH (FORCE)"))
                 .await
                 .map_err(&sql_error)?;
         }
@@ -384,8 +391,9 @@ fn quote_ident(name: &str) -> String {
 /// whether a process was killed.
 pub fn remove_leftover(dir: &Path) -> bool {
     let mut killed = false;
-    if let Some(pid) = postmaster_pid(&data_dir(dir))
-        && is_postgres(pid)
+    let data = data_dir(dir);
+    if let Some(pid) = postmaster_pid(&data)
+        && is_postmaster_of(pid, &data)
     {
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         // The group is gone once its leader is: wait until /proc says so.
@@ -409,9 +417,12 @@ fn postmaster_pid(data: &Path) -> Option<u32> {
     text.lines().next()?.trim().parse().ok()
 }
 
-fn is_postgres(pid: u32) -> bool {
+/// Whether `pid` is a postgres working in `data`: a pid reused by another process, even the
+/// host's own postmaster, is left alone.
+fn is_postmaster_of(pid: u32, data: &Path) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "postgres"))
+        && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 use std::{
     fmt::Write as _,
     fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -18,7 +19,7 @@ use crate::{
     workload::{
         WorkloadError,
         pki::{NodeCert, RunCa},
-        postgres::{DatabaseArgs, POOL_MAX, POOL_MIN},
+        postgres::{DatabaseArgs, POOL_MAX, POOL_MAX_WORKERS, POOL_MIN},
         synapse::workers::{self, Profile},
         venv::{VenvError, VenvSpec},
     },
@@ -234,7 +235,7 @@ pub fn write_node_dir(
     }
     write(
         "homeserver.yaml",
-        &homeserver_yaml(config, &dir, &random_hex(24), &random_hex(24)),
+        &homeserver_yaml(config, &dir, &Secrets::random()),
     )?;
     Ok(node(false))
 }
@@ -245,6 +246,11 @@ fn write_worker_files(dir: &Path, profile: Profile) -> Result<(), WorkloadError>
         let path = dir.join(sub);
         fs::create_dir_all(&path).map_err(WorkloadError::io("create", &path))?;
     }
+    // Only root reaches the sockets (each is 0600 too): replication and Redis trust whoever
+    // connects.
+    let sockets = dir.join("sockets");
+    fs::set_permissions(&sockets, fs::Permissions::from_mode(0o700))
+        .map_err(WorkloadError::io("restrict", &sockets))?;
     let write = |path: PathBuf, text: &str| {
         fs::write(&path, text).map_err(WorkloadError::io("write", path))
     };
@@ -267,12 +273,34 @@ pub fn signing_key(seed: &[u8], key_id: &str) -> String {
 }
 
 /// The node's `homeserver.yaml`.
-pub fn homeserver_yaml(
-    node: &NodeConfig<'_>,
-    dir: &Path,
-    macaroon_secret: &str,
-    form_secret: &str,
-) -> String {
+/// A node's own secrets, written into its configuration.
+pub struct Secrets {
+    pub macaroon: String,
+    pub form: String,
+    /// Workers and the main process authenticate replication requests with it.
+    pub replication: String,
+}
+
+impl Secrets {
+    pub fn random() -> Self {
+        Secrets {
+            macaroon: random_hex(24),
+            form: random_hex(24),
+            replication: random_hex(24),
+        }
+    }
+
+    #[cfg(test)]
+    fn fixed() -> Self {
+        Secrets {
+            macaroon: "mac".to_owned(),
+            form: "form".to_owned(),
+            replication: "repl".to_owned(),
+        }
+    }
+}
+
+pub fn homeserver_yaml(node: &NodeConfig<'_>, dir: &Path, secrets: &Secrets) -> String {
     let q = |s: &str| yaml_string(s);
     let p = |file: &str| yaml_string(&dir.join(file).to_string_lossy());
     let mut y = String::new();
@@ -354,18 +382,18 @@ federation:
         pid = p("homeserver.pid"),
         listeners = match node.workers {
             None => single_listeners(),
-            Some(profile) => workers::shared_yaml(dir, profile, &q),
+            Some(profile) => workers::shared_yaml(dir, profile, &secrets.replication, &q),
         },
         tls_crt = p("tls.crt"),
         tls_key = p("tls.key"),
         ca = q(&node.ca_path.to_string_lossy()),
         signing_key = p("signing.key"),
         cidr = q(node.mesh_cidr),
-        database = database_yaml(node.postgres, &p("homeserver.db")),
+        database = database_yaml(node.postgres, &p("homeserver.db"), pool_max(node.workers)),
         media = p("media"),
         registration_secret = q(node.registration_secret),
-        macaroon = q(macaroon_secret),
-        form = q(form_secret),
+        macaroon = q(&secrets.macaroon),
+        form = q(&secrets.form),
     );
     y
 }
@@ -395,14 +423,23 @@ listeners:
     )
 }
 
+/// Connections each process of a node may hold: fewer with workers, which are several
+/// processes, so the cluster's `max_connections` still holds a few hundred nodes.
+fn pool_max(workers: Option<Profile>) -> u32 {
+    match workers {
+        None => POOL_MAX,
+        Some(_) => POOL_MAX_WORKERS,
+    }
+}
+
 /// The `database` section: SQLite at `sqlite_path` (quoted), or the node's Postgres
 /// database over the cluster's socket.
-fn database_yaml(postgres: Option<&DatabaseArgs>, sqlite_path: &str) -> String {
+fn database_yaml(postgres: Option<&DatabaseArgs>, sqlite_path: &str, cp_max: u32) -> String {
     match postgres {
         None => format!("database:\n  name: sqlite3\n  args:\n    database: {sqlite_path}\n"),
         Some(db) => format!(
             "database:\n  name: psycopg2\n  args:\n    user: {user}\n    dbname: {dbname}\n    \
-             host: {host}\n    cp_min: {POOL_MIN}\n    cp_max: {POOL_MAX}\n",
+             host: {host}\n    cp_min: {POOL_MIN}\n    cp_max: {cp_max}\n",
             user = yaml_string(db.user),
             dbname = yaml_string(&db.dbname),
             host = yaml_string(&db.socket_dir.to_string_lossy()),
@@ -469,7 +506,7 @@ mod tests {
             postgres: None,
             workers: None,
         };
-        let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), "mac", "form");
+        let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), &Secrets::fixed());
         for want in [
             "server_name: \"n3\"",
             "tls_certificate_path: \"/tmp/meshsim/run/n3/tls.crt\"",
@@ -502,7 +539,7 @@ mod tests {
             postgres: Some(&db),
             workers: None,
         };
-        let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), "mac", "form");
+        let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), &Secrets::fixed());
         let want = "database:\n  name: psycopg2\n  args:\n    user: \"synapse\"\n    \
                     dbname: \"n3\"\n    host: \"/tmp/meshsim/postgres\"\n    cp_min: 1\n    \
                     cp_max: 4\n";

@@ -125,19 +125,25 @@ pub fn socket(dir: &Path, name: &str) -> String {
 /// The main process's listeners and what every process of the node shares (Redis, the
 /// instance map, who sends federation, who writes which stream), for `homeserver.yaml`.
 /// `q` quotes a YAML string.
-pub fn shared_yaml(dir: &Path, profile: Profile, q: &dyn Fn(&str) -> String) -> String {
+pub fn shared_yaml(
+    dir: &Path,
+    profile: Profile,
+    replication_secret: &str,
+    q: &dyn Fn(&str) -> String,
+) -> String {
     let workers = workers(profile);
     let mut y = String::new();
     let _ = writeln!(
         y,
-        "listeners:\n  # For nginx, which serves 8008 and 8448.\n  - path: {}\n    type: http\n    resources:\n      - names: [client, federation]\n        compress: false",
+        "listeners:\n  # For nginx, which serves 8008 and 8448.\n  - path: {}\n    mode: 0600\n    type: http\n    resources:\n      - names: [client, federation]\n        compress: false",
         q(&socket(dir, "main"))
     );
     let _ = writeln!(
         y,
-        "  # Replication, for the workers.\n  - path: {}\n    type: http\n    resources:\n      - names: [replication]",
+        "  # Replication, for the workers.\n  - path: {}\n    mode: 0600\n    type: http\n    resources:\n      - names: [replication]",
         q(&socket(dir, "main-replication"))
     );
+    let _ = writeln!(y, "worker_replication_secret: {}", q(replication_secret));
     let _ = writeln!(
         y,
         "\nredis:\n  enabled: true\n  path: {}",
@@ -183,14 +189,14 @@ pub fn worker_yaml(dir: &Path, worker: &Worker, q: &dyn Fn(&str) -> String) -> S
     let mut listeners = Vec::new();
     if !worker.serves.is_empty() {
         listeners.push(format!(
-            "  - path: {}\n    type: http\n    resources:\n      - names: [{}]\n        compress: false\n",
+            "  - path: {}\n    mode: 0600\n    type: http\n    resources:\n      - names: [{}]\n        compress: false\n",
             q(&socket(dir, &worker.name)),
             worker.serves.join(", ")
         ));
     }
     if worker.replication {
         listeners.push(format!(
-            "  - path: {}\n    type: http\n    resources:\n      - names: [replication]\n",
+            "  - path: {}\n    mode: 0600\n    type: http\n    resources:\n      - names: [replication]\n",
             q(&socket(dir, &format!("{}-replication", worker.name)))
         ));
     }
@@ -221,7 +227,7 @@ pub fn nginx_conf(dir: &Path, profile: Profile) -> String {
     }
     format!(
         "# Written by meshsim: this node's reverse proxy (see docs/synapse.md, \"Workers\").
-# It runs as root: the sockets are in a directory only root reaches.
+# It runs as root: the sockets are in a directory only root reaches, and each is 0600.
 user root;
 worker_processes 1;
 daemon off;
@@ -307,7 +313,7 @@ fail() {{
     stop_all
     exit 1
 }}
-rm -f {sockets}/*.sock
+rm -f {sockets}/*.sock {sockets}/*.sock.lock
 {redis} --port 0 --unixsocket {redis_sock} --unixsocketperm 700 --save '' --appendonly no \\
     --dir {dir_q} >{redis_log} 2>&1 &
 started $! redis {redis_log}
@@ -381,9 +387,10 @@ mod tests {
             .map(|w| w.name)
             .collect();
         assert_eq!(names, ["sync1", "federation_reader1", "federation_sender1"]);
-        let y = shared_yaml(Path::new("/r/n1"), Profile::Small, &q);
+        let y = shared_yaml(Path::new("/r/n1"), Profile::Small, "s3cret", &q);
         for want in [
-            "  - path: \"/r/n1/sockets/main.sock\"\n    type: http",
+            "  - path: \"/r/n1/sockets/main.sock\"\n    mode: 0600\n    type: http",
+            "worker_replication_secret: \"s3cret\"",
             "redis:\n  enabled: true\n  path: \"/r/n1/sockets/redis.sock\"",
             "instance_map:\n  main:\n    path: \"/r/n1/sockets/main-replication.sock\"",
             "federation_sender_instances: [federation_sender1]",
@@ -395,7 +402,7 @@ mod tests {
 
     #[test]
     fn the_full_profile_has_four_senders_and_its_stream_writer_in_the_instance_map() {
-        let y = shared_yaml(Path::new("/r/n1"), Profile::Full, &q);
+        let y = shared_yaml(Path::new("/r/n1"), Profile::Full, "s3cret", &q);
         for want in [
             "federation_sender_instances: [federation_sender1, federation_sender2, federation_sender3, federation_sender4]",
             "stream_writers:\n  events: [event_persister1]",
