@@ -261,35 +261,38 @@ impl Matrix {
     /// servers in it), unless it is in it or tried a moment ago.
     async fn join_mesh_room(&self, node: &str, session: &mut Client) {
         let mut room = self.mesh_room.lock().await;
-        match room.as_ref() {
-            None => match session.create_room(MESH_ROOM, MESH_ROOM).await {
+        let Some(id) = room.clone() else {
+            // Held while making it, so only one node makes the room.
+            match session.create_room(MESH_ROOM, MESH_ROOM).await {
                 Ok(id) => {
                     tracing::info!("{node} made the mesh room #{MESH_ROOM}:{node} ({id})");
                     *room = Some(id);
                 }
                 Err(e) => tracing::warn!("{node} could not make the mesh room: {e}"),
-            },
-            Some(id) => {
-                let members = lock(&self.log).members(id);
-                if members.contains(node) {
-                    return;
-                }
-                {
-                    let mut nodes = lock(&self.nodes);
-                    let Some(entry) = nodes.get_mut(node) else {
-                        return;
-                    };
-                    if entry.tried_join.is_some_and(|t| t.elapsed() < JOIN_RETRY) {
-                        return;
-                    }
-                    entry.tried_join = Some(Instant::now());
-                }
-                let via: Vec<String> = members.into_iter().collect();
-                match session.join(id, &via).await {
-                    Ok(_) => tracing::debug!("{node} joined the mesh room"),
-                    Err(e) => tracing::debug!("{node} could not join the mesh room yet: {e}"),
-                }
             }
+            return;
+        };
+        // A join goes on without the lock: `mesh_room` (a send, the room's state) would
+        // otherwise find it held for as long as the join takes and answer "no room yet".
+        drop(room);
+        let members = lock(&self.log).members(&id);
+        if members.contains(node) {
+            return;
+        }
+        {
+            let mut nodes = lock(&self.nodes);
+            let Some(entry) = nodes.get_mut(node) else {
+                return;
+            };
+            if entry.tried_join.is_some_and(|t| t.elapsed() < JOIN_RETRY) {
+                return;
+            }
+            entry.tried_join = Some(Instant::now());
+        }
+        let via: Vec<String> = members.into_iter().collect();
+        match session.join(&id, &via).await {
+            Ok(_) => tracing::debug!("{node} joined the mesh room"),
+            Err(e) => tracing::debug!("{node} could not join the mesh room yet: {e}"),
         }
     }
 
@@ -342,6 +345,8 @@ impl Matrix {
         lock(&self.nodes).get(node).is_some_and(|n| n.ready)
     }
 
+    /// The mesh room's id; `None` before it is made (also while it is being made: the lock
+    /// is held only then).
     pub fn mesh_room(&self) -> Option<String> {
         self.mesh_room.try_lock().ok().and_then(|r| r.clone())
     }
