@@ -117,6 +117,9 @@ pub struct Matrix {
     nodes: Mutex<BTreeMap<String, NodeView>>,
     /// The mesh room; held while it is made, so only one node makes it.
     mesh_room: tokio::sync::Mutex<Option<String>>,
+    /// The mesh room's id once made, for readers: the lock above is held through every
+    /// node's join, which must not make a send or the room's state see no room.
+    mesh_room_id: Mutex<Option<String>>,
     /// A session per node for sends and joins (the observer's is busy long-polling), each
     /// behind its own lock so a slow node never holds up another.
     senders: Mutex<HashMap<String, Session>>,
@@ -139,6 +142,7 @@ impl Matrix {
             since: Mutex::default(),
             nodes: Mutex::default(),
             mesh_room: tokio::sync::Mutex::new(None),
+            mesh_room_id: Mutex::new(None),
             senders: Mutex::default(),
             txn: AtomicU64::new(0),
         })
@@ -260,39 +264,40 @@ impl Matrix {
     /// Makes the mesh room on `node` if there is none, or has `node` join it (through the
     /// servers in it), unless it is in it or tried a moment ago.
     async fn join_mesh_room(&self, node: &str, session: &mut Client) {
+        // Held through the join too: one join at a time lets every server learn of the
+        // others. With joins at once, six servers still did not all know each other after
+        // 300 s (CI's partition scenario).
         let mut room = self.mesh_room.lock().await;
-        let Some(id) = room.clone() else {
-            // Held while making it, so only one node makes the room.
-            match session.create_room(MESH_ROOM, MESH_ROOM).await {
+        match room.as_ref() {
+            None => match session.create_room(MESH_ROOM, MESH_ROOM).await {
                 Ok(id) => {
                     tracing::info!("{node} made the mesh room #{MESH_ROOM}:{node} ({id})");
+                    *lock(&self.mesh_room_id) = Some(id.clone());
                     *room = Some(id);
                 }
                 Err(e) => tracing::warn!("{node} could not make the mesh room: {e}"),
+            },
+            Some(id) => {
+                let members = lock(&self.log).members(id);
+                if members.contains(node) {
+                    return;
+                }
+                {
+                    let mut nodes = lock(&self.nodes);
+                    let Some(entry) = nodes.get_mut(node) else {
+                        return;
+                    };
+                    if entry.tried_join.is_some_and(|t| t.elapsed() < JOIN_RETRY) {
+                        return;
+                    }
+                    entry.tried_join = Some(Instant::now());
+                }
+                let via: Vec<String> = members.into_iter().collect();
+                match session.join(id, &via).await {
+                    Ok(_) => tracing::debug!("{node} joined the mesh room"),
+                    Err(e) => tracing::debug!("{node} could not join the mesh room yet: {e}"),
+                }
             }
-            return;
-        };
-        // A join goes on without the lock: `mesh_room` (a send, the room's state) would
-        // otherwise find it held for as long as the join takes and answer "no room yet".
-        drop(room);
-        let members = lock(&self.log).members(&id);
-        if members.contains(node) {
-            return;
-        }
-        {
-            let mut nodes = lock(&self.nodes);
-            let Some(entry) = nodes.get_mut(node) else {
-                return;
-            };
-            if entry.tried_join.is_some_and(|t| t.elapsed() < JOIN_RETRY) {
-                return;
-            }
-            entry.tried_join = Some(Instant::now());
-        }
-        let via: Vec<String> = members.into_iter().collect();
-        match session.join(&id, &via).await {
-            Ok(_) => tracing::debug!("{node} joined the mesh room"),
-            Err(e) => tracing::debug!("{node} could not join the mesh room yet: {e}"),
         }
     }
 
@@ -345,10 +350,9 @@ impl Matrix {
         lock(&self.nodes).get(node).is_some_and(|n| n.ready)
     }
 
-    /// The mesh room's id; `None` before it is made (also while it is being made: the lock
-    /// is held only then).
+    /// The mesh room's id; `None` until it is made.
     pub fn mesh_room(&self) -> Option<String> {
-        self.mesh_room.try_lock().ok().and_then(|r| r.clone())
+        lock(&self.mesh_room_id).clone()
     }
 
     /// Whether every server in `room` knows every other one is in it, as each server itself
