@@ -122,6 +122,25 @@ pub fn socket(dir: &Path, name: &str) -> String {
         .into_owned()
 }
 
+/// The socket of `name`'s replication listener.
+fn replication_socket(dir: &Path, name: &str) -> String {
+    socket(dir, &format!("{name}-replication"))
+}
+
+/// One HTTP listener on the unix socket `path` (quoted) serving `names`; only root may use
+/// it. Client and federation resources are not compressed, as in the single-process
+/// listeners; replication keeps Synapse's default.
+fn unix_listener(path: &str, names: &str) -> String {
+    let compress = if names == "replication" {
+        ""
+    } else {
+        "        compress: false\n"
+    };
+    format!(
+        "  - path: {path}\n    mode: 0600\n    type: http\n    resources:\n      - names: [{names}]\n{compress}"
+    )
+}
+
 /// The main process's listeners and what every process of the node shares (Redis, the
 /// instance map, who sends federation, who writes which stream), for `homeserver.yaml`.
 /// `q` quotes a YAML string.
@@ -133,16 +152,16 @@ pub fn shared_yaml(
 ) -> String {
     let workers = workers(profile);
     let mut y = String::new();
-    let _ = writeln!(
-        y,
-        "listeners:\n  # For nginx, which serves 8008 and 8448.\n  - path: {}\n    mode: 0600\n    type: http\n    resources:\n      - names: [client, federation]\n        compress: false",
-        q(&socket(dir, "main"))
-    );
-    let _ = writeln!(
-        y,
-        "  # Replication, for the workers.\n  - path: {}\n    mode: 0600\n    type: http\n    resources:\n      - names: [replication]",
-        q(&socket(dir, "main-replication"))
-    );
+    y.push_str("listeners:\n  # For nginx, which serves 8008 and 8448.\n");
+    y.push_str(&unix_listener(
+        &q(&socket(dir, "main")),
+        "client, federation",
+    ));
+    y.push_str("  # Replication, for the workers.\n");
+    y.push_str(&unix_listener(
+        &q(&replication_socket(dir, "main")),
+        "replication",
+    ));
     let _ = writeln!(y, "worker_replication_secret: {}", q(replication_secret));
     let _ = writeln!(
         y,
@@ -152,14 +171,14 @@ pub fn shared_yaml(
     let _ = writeln!(
         y,
         "instance_map:\n  main:\n    path: {}",
-        q(&socket(dir, "main-replication"))
+        q(&replication_socket(dir, "main"))
     );
     for w in workers.iter().filter(|w| w.replication) {
         let _ = writeln!(
             y,
             "  {}:\n    path: {}",
             w.name,
-            q(&socket(dir, &format!("{}-replication", w.name)))
+            q(&replication_socket(dir, &w.name))
         );
     }
     let senders: Vec<&str> = workers
@@ -188,16 +207,15 @@ pub fn worker_yaml(dir: &Path, worker: &Worker, q: &dyn Fn(&str) -> String) -> S
     );
     let mut listeners = Vec::new();
     if !worker.serves.is_empty() {
-        listeners.push(format!(
-            "  - path: {}\n    mode: 0600\n    type: http\n    resources:\n      - names: [{}]\n        compress: false\n",
-            q(&socket(dir, &worker.name)),
-            worker.serves.join(", ")
+        listeners.push(unix_listener(
+            &q(&socket(dir, &worker.name)),
+            &worker.serves.join(", "),
         ));
     }
     if worker.replication {
-        listeners.push(format!(
-            "  - path: {}\n    mode: 0600\n    type: http\n    resources:\n      - names: [replication]\n",
-            q(&socket(dir, &format!("{}-replication", worker.name)))
+        listeners.push(unix_listener(
+            &q(&replication_socket(dir, &worker.name)),
+            "replication",
         ));
     }
     if listeners.is_empty() {
