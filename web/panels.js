@@ -360,8 +360,9 @@ export class Panels {
   }
 
   /**
-   * The run's backend and workload in the top bar (with homeservers' layout and database:
-   * "netns · synapse-workers (small) · postgres"); the choice for new nodes when there is one.
+   * The run's backend and workload in the top bar (with homeservers' layout, database and
+   * launch, and KSM: "netns · synapse · sqlite · fork · ksm"); the choice for new nodes when
+   * there is one.
    */
   #fillRun() {
     const run = this.#store.run;
@@ -369,7 +370,9 @@ export class Panels {
     const workload = run.workload === "none" ? "no workload" : run.workload;
     const profile = run.profile ? ` (${run.profile})` : "";
     const database = run.database ? ` · ${run.database}` : "";
-    $("run").textContent = `${run.backend} · ${workload}${profile}${database}`;
+    const launch = run.launch ? ` · ${run.launch}` : "";
+    const ksm = run.ksm ? " · ksm" : "";
+    $("run").textContent = `${run.backend} · ${workload}${profile}${database}${launch}${ksm}`;
     const choice = run.workload !== "none";
     $("new-workload-row").hidden = !choice;
     $("new-workload-run").value = run.workload;

@@ -11,9 +11,13 @@
 //! `BUDGET`. The servers are idle (no rooms): the figure is what idle homeservers cost.
 //!
 //! `--database sqlite|postgres` (default sqlite) chooses where the homeservers keep their
-//! data, `--workers small|full` lays them out with workers (on Postgres); `--cap N` stops at
-//! N nodes. A node's RSS is its whole process group's. MemAvailable used per node is measured from before the
-//! runtime started, so the run's Postgres cluster counts too.
+//! data, `--workers small|full` lays them out with workers (on Postgres); `--launch
+//! fork|cold` (default fork) forks one-process homeservers from the run's zygote or starts
+//! each cold; `--ksm` lets ksmd merge their pages, and then waits after each step until
+//! ksmd has scanned everything twice before measuring; `--cap N` stops at N nodes. A node's
+//! memory is its whole process group's proportional set size (a page shared by n processes
+//! counts 1/n). MemAvailable used per node is measured from before the runtime started, so
+//! the run's Postgres cluster and the zygote count too.
 //!
 //! Nothing is asserted, but any failure ends the bench with an error. It takes the run lock
 //! and removes every `ms-` namespace and interface before and after.
@@ -35,11 +39,15 @@ use meshsim::{
     model::{NodeId, Settings},
     net::{FqSupport, probe_fq},
     run_config::RunConfig,
-    runtime,
+    runtime::{
+        self,
+        ksm::{KSM_DIR, Ksm},
+        names::RunPrefix,
+    },
     sim::{Sim, SimHandle},
     workload::{
         NodeState, SynapseOptions, WorkloadKind, WorkloadStatus,
-        synapse::{Database, FEDERATION_PORT, workers::Profile},
+        synapse::{Database, FEDERATION_PORT, Launch, workers::Profile},
     },
 };
 use tokio::sync::watch;
@@ -56,6 +64,8 @@ const PROBES: usize = 3;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a step's new nodes may take to be ready.
 const READY_BOUND: Duration = Duration::from_secs(180);
+/// How long ksmd may take to scan everything twice after a step (`--ksm`).
+const KSM_SETTLE_BOUND: Duration = Duration::from_secs(300);
 /// Stop growing when the kernel has less than this available.
 const MEM_FLOOR: u64 = 2 << 30;
 /// The whole bench, bring-up of the last step included.
@@ -68,6 +78,8 @@ const COLUMNS: usize = 8;
 struct Args {
     database: Database,
     workers: Option<Profile>,
+    launch: Launch,
+    ksm: bool,
     cap: usize,
 }
 
@@ -76,6 +88,8 @@ fn args() -> Result<Args> {
     let mut parsed = Args {
         database: Database::Sqlite,
         workers: None,
+        launch: Launch::Fork,
+        ksm: false,
         cap: CAP,
     };
     let mut args = std::env::args().skip(1);
@@ -103,9 +117,18 @@ fn args() -> Result<Args> {
                 };
                 parsed.database = Database::Postgres;
             }
+            "--launch" => {
+                parsed.launch = match args.next().as_deref() {
+                    Some("fork") => Launch::Fork,
+                    Some("cold") => Launch::Cold,
+                    other => bail!("--launch fork|cold, not {other:?}"),
+                }
+            }
+            "--ksm" => parsed.ksm = true,
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}: --database sqlite|postgres, --workers small|full, --cap N"
+                "unknown argument {other:?}: --database sqlite|postgres, --workers small|full, \
+                 --launch fork|cold, --ksm, --cap N"
             ),
         }
     }
@@ -124,10 +147,16 @@ async fn main() -> Result<()> {
         gib(meminfo("MemAvailable")?)
     );
     println!(
-        "homeservers on {}{}; growing by {STEP} nodes up to {}; a step passes when every node is ready within {} s and answers https /_matrix/federation/v1/version {PROBES} times within {} s each; stops below {:.0} GiB available or after {} min",
+        "homeservers on {}{}, {} start{}; growing by {STEP} nodes up to {}; a step passes when every node is ready within {} s and answers https /_matrix/federation/v1/version {PROBES} times within {} s each; stops below {:.0} GiB available or after {} min",
         args.database.name(),
         args.workers
             .map_or(String::new(), |p| format!(" with workers ({})", p.name())),
+        if args.workers.is_some() {
+            "cold"
+        } else {
+            args.launch.name()
+        },
+        if args.ksm { ", KSM on" } else { "" },
         args.cap,
         READY_BOUND.as_secs(),
         LATENCY_LIMIT.as_secs_f64(),
@@ -137,6 +166,7 @@ async fn main() -> Result<()> {
     let options = SynapseOptions {
         database: args.database,
         workers: args.workers,
+        launch: args.launch,
         ..SynapseOptions::default()
     };
     let venv = options.clone();
@@ -149,7 +179,14 @@ async fn main() -> Result<()> {
         options.version,
         secs(started.elapsed())
     );
-    isolated(grow(options, args.cap)).await
+    // Held for the whole bench: the host's settings come back when it is dropped.
+    let ksm = args
+        .ksm
+        .then(|| Ksm::enable(&RunPrefix::default()))
+        .transpose()?;
+    let result = isolated(grow(options, args.cap, ksm.is_some())).await;
+    drop(ksm);
+    result
 }
 
 /// One row of the table.
@@ -159,8 +196,8 @@ struct StepFigures {
     to_ready: Duration,
     worst: Duration,
     median: Duration,
-    /// Every Synapse's resident memory, MiB.
-    rss_mib: Vec<f64>,
+    /// Every Synapse's proportional set size (its process group's), MiB.
+    pss_mib: Vec<f64>,
     mem_available: u64,
 }
 
@@ -174,7 +211,7 @@ enum Stop {
 
 /// Starts the Sim, grows the mesh step by step, prints the table; the Sim is shut down
 /// whatever happened.
-async fn grow(options: SynapseOptions, cap: usize) -> Result<()> {
+async fn grow(options: SynapseOptions, cap: usize, ksm: bool) -> Result<()> {
     let baseline = meminfo("MemAvailable")?;
     let fq = matches!(probe_fq().await, FqSupport::Available);
     let dp = Datapath::load(DatapathOptions {
@@ -191,7 +228,7 @@ async fn grow(options: SynapseOptions, cap: usize) -> Result<()> {
         .context("starting the netns runtime")?;
     let status = runtime.workload_status();
     let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
-    let result = steps(&sim, status, &options, cap).await;
+    let result = steps(&sim, status, &options, cap, ksm).await;
     let stopped = sim.shutdown().await;
     let joined = task.await;
     let (rows, stop) = result?;
@@ -205,6 +242,7 @@ async fn steps(
     mut status: watch::Receiver<WorkloadStatus>,
     options: &SynapseOptions,
     cap: usize,
+    ksm: bool,
 ) -> Result<(Vec<StepFigures>, Stop)> {
     let bench = Instant::now();
     let ca = options.run_dir.join("ca.pem");
@@ -275,29 +313,32 @@ async fn steps(
             }
         }
         latencies.sort();
+        if ksm {
+            ksm_settles().await?;
+        }
         // A node's process leads its group: with workers, the group is all of its processes.
         let pids: Vec<u32> = status.borrow().values().filter_map(|s| s.pid).collect();
-        let groups = rss_by_group();
-        let mut rss_mib: Vec<f64> = pids
+        let groups = pss_by_group();
+        let mut pss_mib: Vec<f64> = pids
             .iter()
             .map(|pid| groups.get(pid).copied().unwrap_or(0) as f64 / 1024.0)
             .collect();
-        rss_mib.sort_by(f64::total_cmp);
+        pss_mib.sort_by(f64::total_cmp);
         let row = StepFigures {
             nodes,
             to_ready,
             worst: *latencies.last().context("no probe answered")?,
             median: latencies[latencies.len() / 2],
-            rss_mib,
+            pss_mib,
             mem_available: meminfo("MemAvailable")?,
         };
         println!(
-            "  version latency p50 {}, worst {}; RSS total {:.0} MiB (median {:.0}, max {:.0} per node); MemAvailable {:.1} GiB",
+            "  version latency p50 {}, worst {}; PSS total {:.0} MiB (median {:.0}, max {:.0} per node); MemAvailable {:.1} GiB",
             ms(row.median),
             ms(row.worst),
-            row.rss_mib.iter().sum::<f64>(),
-            median(&row.rss_mib),
-            row.rss_mib.last().copied().unwrap_or(0.0),
+            row.pss_mib.iter().sum::<f64>(),
+            median(&row.pss_mib),
+            row.pss_mib.last().copied().unwrap_or(0.0),
             gib(row.mem_available)
         );
         let low_memory = row.mem_available < MEM_FLOOR;
@@ -310,6 +351,38 @@ async fn steps(
             return Ok((rows, Stop::Memory));
         }
     }
+}
+
+/// Waits until ksmd has scanned every mergeable page twice since now (a page is merged on
+/// the second scan that finds it unchanged), printing what it shares.
+async fn ksm_settles() -> Result<()> {
+    let knob = |name: &str| -> Result<u64> {
+        let path = format!("{KSM_DIR}/{name}");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{path}: {text:?}"))
+    };
+    let from = knob("full_scans")?;
+    let started = Instant::now();
+    while knob("full_scans")? < from + 2 {
+        if started.elapsed() > KSM_SETTLE_BOUND {
+            println!(
+                "  ksmd did not finish two scans within {} s; measuring anyway",
+                KSM_SETTLE_BOUND.as_secs()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "  ksmd: two full scans in {}; {} pages shared by {} mappings ({:.0} MiB saved)",
+        secs(started.elapsed()),
+        knob("pages_shared")?,
+        knob("pages_sharing")?,
+        knob("pages_sharing")? as f64 * 4096.0 / (1 << 20) as f64
+    );
+    Ok(())
 }
 
 /// Waits until `nodes` nodes are ready, printing progress; why not, if one fails or the bound
@@ -395,7 +468,7 @@ fn used_per_node(baseline: u64, row: &StepFigures) -> f64 {
 fn report(rows: &[StepFigures], stop: &Stop, baseline: u64) -> Result<()> {
     ensure!(!rows.is_empty(), "no step passed: {}", describe(stop));
     println!(
-        "\n| nodes | all ready + TLS | version p50 | version worst | total RSS | RSS per node (median / max) | MemAvailable | MemAvailable used per node |"
+        "\n| nodes | all ready + TLS | version p50 | version worst | total PSS | PSS per node (median / max) | MemAvailable | MemAvailable used per node |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
@@ -405,9 +478,9 @@ fn report(rows: &[StepFigures], stop: &Stop, baseline: u64) -> Result<()> {
             secs(r.to_ready),
             ms(r.median),
             ms(r.worst),
-            r.rss_mib.iter().sum::<f64>(),
-            median(&r.rss_mib),
-            r.rss_mib.last().copied().unwrap_or(0.0),
+            r.pss_mib.iter().sum::<f64>(),
+            median(&r.pss_mib),
+            r.pss_mib.last().copied().unwrap_or(0.0),
             gib(r.mem_available),
             used_per_node(baseline, r)
         );
@@ -423,12 +496,12 @@ fn report(rows: &[StepFigures], stop: &Stop, baseline: u64) -> Result<()> {
         Some(last) => {
             let per_node = used_per_node(baseline, last);
             println!(
-                "the last step that passed: {} Synapse nodes, every one answering within {} s (worst {}); RSS per node median {:.0} MiB, max {:.0} MiB; MemAvailable used {per_node:.0} MiB per node, so about {:.0} would fit above the {:.0} GiB floor",
+                "the last step that passed: {} Synapse nodes, every one answering within {} s (worst {}); PSS per node median {:.0} MiB, max {:.0} MiB; MemAvailable used {per_node:.0} MiB per node, so about {:.0} would fit above the {:.0} GiB floor",
                 last.nodes,
                 LATENCY_LIMIT.as_secs_f64(),
                 ms(last.worst),
-                median(&last.rss_mib),
-                last.rss_mib.last().copied().unwrap_or(0.0),
+                median(&last.pss_mib),
+                last.pss_mib.last().copied().unwrap_or(0.0),
                 baseline.saturating_sub(MEM_FLOOR) as f64 / (1 << 20) as f64 / per_node.max(1.0),
                 gib(MEM_FLOOR)
             )
@@ -462,8 +535,8 @@ fn grid(i: usize) -> (f64, f64) {
     (SPACING * (col as f64 + 1.0), SPACING * (row as f64 + 1.0))
 }
 
-/// Resident memory (KiB) summed per process group, over every process of the machine.
-fn rss_by_group() -> BTreeMap<u32, u64> {
+/// Proportional set size (KiB) summed per process group, over every process of the machine.
+fn pss_by_group() -> BTreeMap<u32, u64> {
     let mut groups = BTreeMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
@@ -484,11 +557,13 @@ fn rss_by_group() -> BTreeMap<u32, u64> {
                     .parse()
                     .ok()
             });
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        // Proportional: a page shared by n processes (forked from the zygote, or merged by
+        // KSM) counts 1/n to each.
+        let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
             .ok()
-            .and_then(|s| field_kib(&s, "VmRSS"));
-        if let (Some(group), Some(rss)) = (group, rss) {
-            *groups.entry(group).or_insert(0) += rss;
+            .and_then(|s| field_kib(&s, "Pss"));
+        if let (Some(group), Some(pss)) = (group, pss) {
+            *groups.entry(group).or_insert(0) += pss;
         }
     }
     groups

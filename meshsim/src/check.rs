@@ -177,6 +177,7 @@ fn installed_files() -> Vec<(&'static str, String)> {
                 }
             },
         ),
+        ("KSM", meshsim::runtime::ksm::describe()),
     ]
 }
 

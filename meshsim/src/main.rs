@@ -13,7 +13,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, V
 use meshsim::{
     run_config::Addressing,
     runtime::names::{DEFAULT_PREFIX, RunPrefix},
-    workload::synapse::{Database, SYNAPSE_VERSION, workers::Profile},
+    workload::synapse::{Database, Launch, SYNAPSE_VERSION, workers::Profile},
 };
 
 #[derive(Parser)]
@@ -170,6 +170,18 @@ struct RunOptions {
     /// production layout; docs/synapse.md, "Workers"). Overrides the file's `profile`.
     #[arg(long, value_enum)]
     profile: Option<Profile>,
+    /// How homeservers start on netns nodes: `fork` (the default: forked from one process
+    /// of the run that imported Synapse once, so they start in about a second and share
+    /// its memory) or `cold` (each imports Synapse itself). Workers and containers always
+    /// start cold. Overrides the file's `launch`.
+    #[arg(long, value_enum)]
+    launch: Option<Launch>,
+    /// Let the kernel merge identical memory pages of node processes (KSM), for more
+    /// homeservers per GiB; ksmd then uses some CPU. The host's KSM settings come back
+    /// when the run ends (or with `meshsim down`). `meshsim check` says whether this
+    /// kernel has KSM.
+    #[arg(long)]
+    ksm: bool,
     /// A command to run in nodes, with {name} and {ip} filled in; output goes to
     /// LOG_DIR/<name>.log and it stops with the node. Overrides the topology file's
     /// `workload` and `node_cmd`.
@@ -279,6 +291,8 @@ fn default_options() -> RunOptions {
         node_cmd: None,
         database: None,
         profile: None,
+        launch: None,
+        ksm: false,
         log_dir: None,
         prefix: RunPrefix::default(),
         loose: false,

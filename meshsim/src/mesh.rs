@@ -72,6 +72,16 @@ impl RunChoice {
             ),
             (None, _) => {}
         }
+        match (options.launch.or(file.launch), &mut workload) {
+            (Some(launch), WorkloadKind::Synapse(synapse)) => synapse.launch = launch,
+            (Some(launch), other) => bail!(
+                "--launch {} says how homeservers start, but this run's workload is {}: add \
+                 `--workload synapse`",
+                launch.name(),
+                other.name()
+            ),
+            (None, _) => {}
+        }
         let image = options.image.clone().or_else(|| file.image.clone());
         if image.is_some() && backend == BackendKind::Netns {
             tracing::warn!(
@@ -152,6 +162,11 @@ pub async fn run_with(
             "removed what a previous meshsim left behind (it did not stop cleanly)"
         );
     }
+    // Before any node process is spawned, so that all of them ask to be merged.
+    let _ksm = options
+        .ksm
+        .then(|| runtime::ksm::Ksm::enable(&prefix))
+        .transpose()?;
     let fq = match probe_fq().await {
         FqSupport::Available => true,
         FqSupport::Missing => {
@@ -428,7 +443,7 @@ pub async fn down(prefix: &RunPrefix, all: bool) -> Result<()> {
                     println!("{label}nothing to remove");
                 } else {
                     println!(
-                        "{label}removed {} namespaces, {} links, {} processes, {} containers, {} networks{}",
+                        "{label}removed {} namespaces, {} links, {} processes, {} containers, {} networks{}{}",
                         removed.namespaces.len(),
                         removed.links.len(),
                         removed.processes,
@@ -438,7 +453,12 @@ pub async fn down(prefix: &RunPrefix, all: bool) -> Result<()> {
                             .dirs
                             .iter()
                             .map(|d| format!(", {}", d.display()))
-                            .collect::<String>()
+                            .collect::<String>(),
+                        if removed.ksm_restored {
+                            "; the host's KSM settings are back"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

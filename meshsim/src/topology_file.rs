@@ -40,7 +40,7 @@ use crate::{
     run_config::BackendKind,
     workload::{
         NodeWorkload, SynapseOptions, WorkloadKind, node_workload,
-        synapse::{Database, workers::Profile},
+        synapse::{Database, Launch, workers::Profile},
     },
 };
 
@@ -184,6 +184,8 @@ pub struct RunTable {
     pub database: Option<Database>,
     /// `profile = "small" | "full"`, for `synapse-workers` nodes.
     pub profile: Option<Profile>,
+    /// `launch = "fork" | "cold"`, for Synapse nodes.
+    pub launch: Option<Launch>,
 }
 
 /// `workload = "..."` in one node's table, with where it is written.
@@ -236,6 +238,8 @@ struct RunDoc {
     database: Option<Spanned<Database>>,
     #[serde(default)]
     profile: Option<Spanned<Profile>>,
+    #[serde(default)]
+    launch: Option<Spanned<Launch>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -509,6 +513,18 @@ fn run_table(
             "a profile chooses workers: it needs `workload = \"synapse-workers\"`".to_owned(),
         ));
     }
+    if let Some(launch) = &doc.launch
+        && matches!(
+            workload,
+            Some(WorkloadKind::None | WorkloadKind::Command(_))
+        )
+    {
+        return Err(refuse(
+            launch.span(),
+            "launch",
+            "`launch` says how homeservers start: add `workload = \"synapse\"`".to_owned(),
+        ));
+    }
     // Postgres is for homeservers: with another workload named here it would do nothing.
     if let Some(db) = &doc.database
         && *db.get_ref() == Database::Postgres
@@ -532,6 +548,7 @@ fn run_table(
         image: image.map(Spanned::into_inner),
         database: doc.database.map(Spanned::into_inner),
         profile: doc.profile.map(Spanned::into_inner),
+        launch: doc.launch.map(Spanned::into_inner),
     })
 }
 
@@ -1091,6 +1108,25 @@ y = 40
             "run.profile",
             "unknown variant `huge`, expected `small` or `full`",
         );
+        let text = with_run("workload = \"synapse\"\nlaunch = \"warm\"\n");
+        assert_refused(
+            &text,
+            3,
+            10,
+            "run.launch",
+            "unknown variant `warm`, expected `fork` or `cold`",
+        );
+        let text = with_run("node_cmd = \"sleep 1\"\nlaunch = \"cold\"\n");
+        assert_refused(&text, 3, 10, "run.launch", "says how homeservers start");
+    }
+
+    #[test]
+    fn the_launch_is_read_for_homeservers() {
+        let text = with_run("workload = \"synapse\"\nlaunch = \"cold\"\n");
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        assert_eq!(file.run.launch, Some(Launch::Cold));
+        let file = parse_file(Path::new(BAD), &with_run("workload = \"synapse\"\n")).unwrap();
+        assert_eq!(file.run.launch, None, "the run's default (fork) holds");
     }
 
     #[test]

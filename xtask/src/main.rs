@@ -118,10 +118,14 @@ fn main() -> Result<()> {
             require_root("the benchmarks load eBPF programs")?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "classifier"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "mesh"])?;
+            // Density: cold starts are the baseline the zygote and KSM are measured against.
             for layout in [
-                ["--database", "sqlite"],
-                ["--database", "postgres"],
-                ["--workers", "small"],
+                &["--database", "sqlite", "--launch", "cold"][..],
+                &["--database", "sqlite"],
+                &["--database", "sqlite", "--ksm"],
+                &["--database", "postgres", "--launch", "cold"],
+                &["--database", "postgres"],
+                &["--workers", "small"],
             ] {
                 let mut args = vec!["bench", "-p", "meshsim-bench", "--bench", "synapse", "--"];
                 args.extend(layout);

@@ -3,7 +3,8 @@
 //! them go with the devices), after stopping processes still running inside those namespaces.
 //! When Docker is reachable, first every container with meshsim's run label and the
 //! `meshsim` network (see `docker::remove_leftovers`): labels only, never names. Last, the
-//! run's Postgres cluster, which runs on the host (`workload::postgres::remove_leftover`).
+//! run's Postgres cluster, which runs on the host (`workload::postgres::remove_leftover`),
+//! and the host's KSM settings if the run changed them (`ksm::release`).
 
 use super::{RuntimeError, names::RunPrefix, process::kill_processes_in};
 use crate::{
@@ -23,6 +24,8 @@ pub struct Removed {
     pub networks: Vec<String>,
     /// Directories of services the run kept on the host (its Postgres cluster).
     pub dirs: Vec<std::path::PathBuf>,
+    /// The host's KSM settings were put back (the run used `--ksm`).
+    pub ksm_restored: bool,
 }
 
 impl Removed {
@@ -33,6 +36,7 @@ impl Removed {
             && self.containers.is_empty()
             && self.networks.is_empty()
             && self.dirs.is_empty()
+            && !self.ksm_restored
     }
 }
 
@@ -71,5 +75,6 @@ pub async fn remove_leftovers(prefix: &RunPrefix) -> Result<Removed, RuntimeErro
         ))?;
         removed.dirs.push(run_dir);
     }
+    removed.ksm_restored = super::ksm::release(prefix)?;
     Ok(removed)
 }

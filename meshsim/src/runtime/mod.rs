@@ -8,6 +8,7 @@ mod backend;
 pub mod cleanup;
 pub mod docker;
 mod host_link;
+pub mod ksm;
 pub mod lock;
 pub mod names;
 pub mod netns;
@@ -60,6 +61,8 @@ pub enum RuntimeError {
     Docker(#[from] docker::DockerError),
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    Ksm(#[from] ksm::KsmError),
 }
 
 impl RuntimeError {
@@ -142,6 +145,8 @@ impl<B: Backend> NodeRuntime for Runtime<B> {
             workload: self.workload.name(),
             database: self.workload.database(),
             profile: self.workload.profile(),
+            launch: self.workload.launch(),
+            ksm: ksm::merging(),
         }
     }
 

@@ -32,7 +32,9 @@ use crate::{
     model::NodeId,
     net::{LinkInfo, NETNS_DIR, NetNs, Netlink, rps},
     run_config::Addressing,
-    workload::host::{Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program, Spawning},
+    workload::host::{
+        Cover, HostKind, NodeEntry, NodeHost, NodeNeeds, NodeProcess, Program, Spawning,
+    },
 };
 
 /// How long the kernel gets to free the namespaces of a run's end (and with them the veths)
@@ -317,6 +319,13 @@ impl NodeHost for NetnsHost {
 
     fn spawn<'a>(&'a self, program: &'a Program) -> Spawning<'a> {
         Box::pin(async move { self.spawn_now(program) })
+    }
+
+    fn entry(&self) -> Option<NodeEntry> {
+        Some(NodeEntry {
+            netns: self.ns.path().to_owned(),
+            covers: self.covers.clone(),
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
     fs::OpenOptions,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _, process::CommandExt as _},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -42,12 +42,38 @@ impl ChildProcess {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
+        Self::spawn_configured(cmd)
+    }
+
+    /// [`ChildProcess::spawn`], but meshsim talks with it: its stdin and stdout are pipes,
+    /// only its stderr goes to `log`.
+    pub fn spawn_piped(
+        mut cmd: Command,
+        log: &Path,
+    ) -> std::io::Result<(Self, ChildStdin, ChildStdout)> {
+        let out = OpenOptions::new().create(true).append(true).open(log)?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(out);
+        let process = Self::spawn_configured(cmd)?;
+        let mut child = process.child.lock().unwrap_or_else(|e| e.into_inner());
+        let to = child.stdin.take().expect("stdin is piped");
+        let from = child.stdout.take().expect("stdout is piped");
+        drop(child);
+        Ok((process, to, from))
+    }
+
+    fn spawn_configured(mut cmd: Command) -> std::io::Result<Self> {
         cmd.process_group(0);
-        // SAFETY: the hook runs between fork and exec and makes one async-signal-safe call
+        // Read before the fork: the child must not touch shared state.
+        let merge = super::ksm::merging();
+        // SAFETY: the hook runs between fork and exec and makes only async-signal-safe calls
         // (prctl) without allocating.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Kept across exec and inherited by what it forks (Linux ≥ 6.7).
+                if merge && libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

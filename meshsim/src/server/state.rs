@@ -60,6 +60,8 @@ impl StateBody {
                 workload: state.run.workload,
                 database: state.run.database,
                 profile: state.run.profile,
+                launch: state.run.launch,
+                ksm: state.run.ksm,
             },
             nodes: state
                 .snapshot
@@ -82,9 +84,9 @@ impl StateBody {
 }
 
 /// `{backend: "netns"|"docker", workload: "none"|"command"|"synapse"|"synapse-workers"}`,
-/// with homeservers also `database` (`sqlite`|`postgres`) and with workers `profile`
-/// (`small`|`full`): set when meshsim starts (flags, the topology file's `[run]`), fixed for
-/// the run.
+/// with homeservers also `database` (`sqlite`|`postgres`) and `launch` (`fork`|`cold`), with
+/// workers `profile` (`small`|`full`), and `ksm: true` with `--ksm`: set when meshsim starts
+/// (flags, the topology file's `[run]`), fixed for the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunBody {
     pub backend: &'static str,
@@ -93,6 +95,10 @@ pub struct RunBody {
     pub database: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launch: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ksm: bool,
 }
 
 /// A node with its addresses and what it runs: `{id, name, x, y, ip, mac, workload}`.
@@ -188,6 +194,8 @@ mod tests {
             workload: "command",
             database: None,
             profile: None,
+            launch: None,
+            ksm: false,
         };
         assert_eq!(
             serde_json::to_value(&plain).unwrap(),
@@ -198,11 +206,13 @@ mod tests {
             workload: "synapse-workers",
             database: Some("postgres"),
             profile: Some("full"),
+            launch: Some("cold"),
+            ksm: true,
         };
         assert_eq!(
             serde_json::to_value(&workers).unwrap(),
             serde_json::json!({"backend": "docker", "workload": "synapse-workers",
-                "database": "postgres", "profile": "full"})
+                "database": "postgres", "profile": "full", "launch": "cold", "ksm": true})
         );
     }
 }

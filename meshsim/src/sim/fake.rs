@@ -129,6 +129,8 @@ impl NodeRuntime for FakeRuntime {
             workload: "none",
             database: None,
             profile: None,
+            launch: None,
+            ksm: false,
         }
     }
 

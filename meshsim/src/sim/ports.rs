@@ -65,6 +65,10 @@ pub struct RunInfo {
     pub database: Option<&'static str>,
     /// The workers' profile (`small`, `full`) of `synapse-workers`.
     pub profile: Option<&'static str>,
+    /// How homeservers start (`fork`, `cold`); `None` without homeservers.
+    pub launch: Option<&'static str>,
+    /// Whether node processes' pages are merged (`--ksm`).
+    pub ksm: bool,
 }
 
 /// What the rest of meshsim needs to know about a running node.

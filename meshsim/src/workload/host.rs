@@ -89,6 +89,16 @@ pub enum HostKind {
     Container,
 }
 
+/// How a process already running on the host gets into a node: a namespace node is its
+/// network namespace plus the covers. A process that enters it this way (a homeserver the
+/// zygote forks) sees what [`NodeHost::spawn`]'s processes see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The bound network namespace, `/run/netns/NAME`.
+    pub netns: PathBuf,
+    pub covers: Vec<Cover>,
+}
+
 /// A node, as a workload uses it.
 pub trait NodeHost: Send + Sync {
     fn kind(&self) -> HostKind;
@@ -99,6 +109,11 @@ pub trait NodeHost: Send + Sync {
     /// Sim's task (a runtime worker thread lives as long as the run, and a spawned process's
     /// parent-death signal is tied to the thread that forked it).
     fn spawn<'a>(&'a self, program: &'a Program) -> Spawning<'a>;
+    /// How a host process enters it; `None` for a container, whose processes run from its
+    /// image, not from the host.
+    fn entry(&self) -> Option<NodeEntry> {
+        None
+    }
 }
 
 /// A process being started in a node.

@@ -237,6 +237,8 @@ pub enum WorkloadError {
     Dns(#[from] dns::DnsError),
     #[error(transparent)]
     Postgres(#[from] postgres::PostgresError),
+    #[error(transparent)]
+    Zygote(#[from] synapse::ZygoteError),
     #[error("could not {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -331,6 +333,14 @@ impl RunWorkload {
     pub fn profile(&self) -> Option<&'static str> {
         match &self.prepared {
             Prepared::Synapse(s) => s.options.workers.map(|p| p.name()),
+            _ => None,
+        }
+    }
+
+    /// How the run's homeservers start: `fork` (from the zygote) or `cold`.
+    pub fn launch(&self) -> Option<&'static str> {
+        match &self.prepared {
+            Prepared::Synapse(s) => Some(s.launch().name()),
             _ => None,
         }
     }

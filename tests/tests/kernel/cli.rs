@@ -1,6 +1,6 @@
 //! The `meshsim` command as a user runs it: bad topology files fail with one clear line and
 //! start nothing; `up` runs until SIGTERM and then removes everything; `down` cleans up
-//! after a `kill -9`.
+//! after a `kill -9`; `--ksm` changes the host's KSM settings only while a run lasts.
 //!
 //! These need root (and no other meshsim running): `cargo xtask test` runs them.
 
@@ -204,4 +204,106 @@ fn down_cleans_up_after_kill_9() {
     let (mut meshsim, _rest) = start(&["up", &example()]);
     assert!(meshsim.terminate().success());
     assert_eq!(leftovers(), Vec::<String>::new());
+}
+
+/// The kernel's KSM knobs that `--ksm` changes.
+const KSM_KNOBS: [&str; 3] = ["run", "pages_to_scan", "sleep_millisecs"];
+
+fn ksm_knobs() -> [String; 3] {
+    KSM_KNOBS.map(|knob| {
+        std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{knob}"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    })
+}
+
+/// Puts the host's KSM settings back however the test ends.
+struct RestoreKsm([String; 3]);
+
+impl Drop for RestoreKsm {
+    fn drop(&mut self) {
+        for (knob, value) in KSM_KNOBS.iter().zip(&self.0).rev() {
+            let _ = std::fs::write(format!("/sys/kernel/mm/ksm/{knob}"), value);
+        }
+        let _ = std::fs::remove_file("/run/meshsim-ksm.host");
+        let _ = std::fs::remove_file("/run/meshsim-ms.ksm");
+    }
+}
+
+/// The pids of processes whose command line is exactly `command`.
+fn pids_of(command: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-x", "-f", command])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn ksm_runs_for_the_run_and_the_hosts_settings_come_back() {
+    let _sweep = Sweep;
+    assert!(
+        std::path::Path::new("/sys/kernel/mm/ksm").is_dir(),
+        "this kernel has no KSM (CONFIG_KSM): `--ksm` cannot be tested here"
+    );
+    let host = ksm_knobs();
+    let _restore = RestoreKsm(host.clone());
+    let command = "sleep 602";
+    let args = ["up", &example(), "--node-cmd", "exec sleep 602", "--ksm"];
+
+    let (mut meshsim, _rest) = start(&args);
+    assert_eq!(
+        ksm_knobs(),
+        ["1", "1000", "20"],
+        "ksmd runs at meshsim's rate"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pids_of(command).len() < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sleepers = pids_of(command);
+    assert_eq!(sleepers.len(), 6, "one node command per node");
+    for pid in sleepers {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).unwrap();
+        assert!(
+            stat.contains("ksm_merge_any: yes"),
+            "node process {pid} asks to be merged: {stat}"
+        );
+    }
+    assert!(meshsim.terminate().success());
+    assert_eq!(
+        ksm_knobs(),
+        host,
+        "the host's settings are back after the run"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new());
+
+    // After kill -9 they stay changed until `meshsim down`, which puts them back.
+    let (mut meshsim, _rest) = start(&args);
+    meshsim.kill_9();
+    assert_eq!(ksm_knobs()[0], "1");
+    let out = Command::new(meshsim_bin()).arg("down").output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("KSM settings are back"),
+        "{said}"
+    );
+    assert_eq!(ksm_knobs(), host, "`down` puts the host's settings back");
+
+    // Without --ksm nothing asks to be merged and nothing changes.
+    let (mut meshsim, _rest) = start(&["up", &example(), "--node-cmd", "exec sleep 602"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pids_of(command).len() < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = pids_of(command)[0];
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).unwrap();
+    assert!(stat.contains("ksm_merge_any: no"), "{stat}");
+    assert_eq!(ksm_knobs(), host);
+    assert!(meshsim.terminate().success());
 }

@@ -13,7 +13,7 @@ use std::{
 
 use meshsim::{
     model::{Model, NodeId, Topology},
-    workload::{SynapseOptions, WorkloadKind},
+    workload::{SynapseOptions, WorkloadKind, synapse::Launch},
 };
 use meshsim_tests::{
     assert_carried,
@@ -46,6 +46,22 @@ fn rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kib / 1024.0
+}
+
+/// The parent of `pid`, from /proc (the field after the state, which follows the name in
+/// parentheses).
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    rest.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// The network namespace `pid` is in, as `net:[inode]`.
+fn netns_of(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// What a node's Synapse sees as /etc/hosts: its own mount namespace, through /proc.
@@ -86,12 +102,35 @@ async fn a_message_crosses_two_hops_between_synapse_nodes() {
             "NOT enforced: this kernel has no sch_fq"
         }
     );
+    // By default every homeserver is forked from the run's one zygote, and still lives in
+    // its own node: its namespace, its hosts file (below), a process group of its own.
+    let zygotes: std::collections::BTreeSet<u32> =
+        status.values().map(|s| parent_of(s.pid.unwrap())).collect();
+    assert_eq!(zygotes.len(), 1, "one zygote forks them all: {zygotes:?}");
+    let zygote = *zygotes.first().unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{zygote}/cmdline")).unwrap();
+    assert!(
+        cmdline.contains("zygote.py"),
+        "their parent is the zygote: {cmdline:?}"
+    );
     for (node, s) in &status {
         let pid = s.pid.unwrap();
         println!(
-            "  {node}: pid {pid}, answered after {:.1} s, RSS {:.0} MiB",
+            "  {node}: pid {pid} (forked by {zygote}), answered after {:.1} s, RSS {:.0} MiB",
             s.answered_after.unwrap().as_secs_f64(),
             rss_mib(pid)
+        );
+        let own = mesh.ns(*node).path().to_owned();
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&own).unwrap());
+        assert_eq!(
+            netns_of(pid),
+            format!("net:[{inode}]"),
+            "{node} runs in its namespace"
+        );
+        assert_eq!(
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap(),
+            nix::unistd::Pid::from_raw(pid as i32),
+            "{node}'s homeserver leads its process group"
         );
         let hosts = hosts_seen_by(pid);
         for other in [n1, n2, n3] {
@@ -154,6 +193,10 @@ async fn a_message_crosses_two_hops_between_synapse_nodes() {
         !options.run_dir.exists(),
         "the run directory is removed at the end"
     );
+    assert!(
+        !Path::new(&format!("/proc/{zygote}")).exists(),
+        "the zygote stops with the run"
+    );
 }
 
 /// Where `from` sends packets for `to`, as the Sim installed it.
@@ -212,16 +255,27 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
     assert!(model.link(n1, n4).is_none(), "n1 and n4 must not be linked");
     assert!(model.link(n2, n3).is_none(), "n2 and n3 must not be linked");
 
-    let options = SynapseOptions::default();
+    // Cold starts, each Synapse importing itself (`--launch cold`): the other tests fork.
+    let options = SynapseOptions {
+        launch: Launch::Cold,
+        ..SynapseOptions::default()
+    };
     let nio = Nio::prepare(&options, true).await;
     let mut mesh = start(&options, &topology).await;
     let up = Instant::now();
     mesh.sim.load(topology, None).await.unwrap();
-    mesh.ready(4, options.start_timeout).await;
+    let status = mesh.ready(4, options.start_timeout).await;
     println!(
-        "4 Synapse nodes ready with their users {:.1} s after the load",
+        "4 Synapse nodes ready with their users {:.1} s after the load (cold starts)",
         up.elapsed().as_secs_f64()
     );
+    for (node, s) in &status {
+        assert_eq!(
+            parent_of(s.pid.unwrap()),
+            std::process::id(),
+            "{node}'s cold homeserver is meshsim's own child"
+        );
+    }
     assert_eq!(next_hop(&mesh, n1, n4).await, Some(n2));
     assert_eq!(next_hop(&mesh, n4, n1).await, Some(n2));
 

@@ -10,6 +10,7 @@
 mod config;
 mod register;
 pub mod workers;
+mod zygote;
 
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +20,8 @@ use std::{
 
 pub use config::*;
 use tokio::sync::watch;
+use zygote::Zygote;
+pub use zygote::ZygoteError;
 
 use super::{
     NodeInfo, NodeLogs, NodeState, NodeStatus, Running, WorkloadError, WorkloadStatus, dns,
@@ -62,6 +65,8 @@ pub struct SynapseRun {
     matrix: Arc<Matrix>,
     /// The run's cluster, when nodes keep their data in Postgres.
     postgres: Option<Postgres>,
+    /// What forks one-process homeservers into namespace nodes (`Launch::Fork`).
+    zygote: Option<Zygote>,
 }
 
 impl SynapseRun {
@@ -117,12 +122,31 @@ impl SynapseRun {
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&options.run_dir);
         }
-        let run = made?;
+        let mut run = made?;
+        if let Some(venv) = &run.venv
+            && options.launch == Launch::Fork
+            && options.workers.is_none()
+        {
+            match Zygote::start(
+                &venv.python_bin(),
+                &options.run_dir,
+                &logs_dir.join("zygote.log"),
+            )
+            .await
+            {
+                Ok(zygote) => run.zygote = Some(zygote),
+                Err(e) => {
+                    run.finish();
+                    return Err(e.into());
+                }
+            }
+        }
         tracing::info!(
             version = %options.version,
             run_dir = %options.run_dir.display(),
             logs = %logs_dir.display(),
             database = options.database.name(),
+            launch = if run.zygote.is_some() { "fork" } else { "cold" },
             "every node runs Synapse: server name = node name, user @{}:<node>",
             options.user
         );
@@ -154,6 +178,7 @@ impl SynapseRun {
             logs,
             matrix: Matrix::new(&options.user, &options.password),
             postgres,
+            zygote: None,
         })
     }
 
@@ -251,13 +276,26 @@ impl SynapseRun {
                 return Err(e);
             }
         };
+        let argv = [
+            "--config-path".to_owned(),
+            dir.config().to_string_lossy().into_owned(),
+        ];
+        let forked = match (&self.zygote, host.entry()) {
+            (Some(zygote), Some(entry)) => Some(
+                zygote
+                    .fork(&entry, &dir.dir, &log, &argv)
+                    .await
+                    .map_err(|e| {
+                        let what = format!("a fork of the zygote (pid {})", zygote.pid());
+                        (what, std::io::Error::other(e))
+                    }),
+            ),
+            _ => None,
+        };
         let program = match self.options.workers {
-            None => Program::new(
-                python,
-                &["-m", "synapse.app.homeserver", "--config-path"],
-                &log,
-            )
-            .with_arg(dir.config().to_string_lossy()),
+            None => Program::new(python, &["-m", "synapse.app.homeserver"], &log)
+                .with_arg(&argv[0])
+                .with_arg(&argv[1]),
             Some(profile) => {
                 // Rewritten at every start: the install's paths are this run's.
                 let script = dir.dir.join("node.sh");
@@ -281,14 +319,21 @@ impl SynapseRun {
             }
         }
         .in_dir(&dir.dir);
-        let process: Arc<dyn NodeProcess> = match host.spawn(&program).await {
+        let spawned = match forked {
+            Some(forked) => forked,
+            None => host
+                .spawn(&program)
+                .await
+                .map_err(|e| (program.describe(), e)),
+        };
+        let process: Arc<dyn NodeProcess> = match spawned {
             Ok(process) => Arc::from(process),
-            Err(source) => {
+            Err((program, source)) => {
                 dns.abort();
                 remove_new_dir(&dir);
                 return Err(WorkloadError::Spawn {
                     node: node.name.clone(),
-                    program: program.describe(),
+                    program,
                     source,
                 });
             }
@@ -412,6 +457,16 @@ impl SynapseRun {
         }
     }
 
+    /// How this run's homeservers start: forked only when there is a zygote (namespace
+    /// nodes, one process each).
+    pub fn launch(&self) -> Launch {
+        if self.zygote.is_some() {
+            Launch::Fork
+        } else {
+            Launch::Cold
+        }
+    }
+
     /// The run's Matrix view: event log, observers, mesh room.
     pub fn matrix(&self) -> &Arc<Matrix> {
         &self.matrix
@@ -431,6 +486,9 @@ impl SynapseRun {
 
     /// When the run ends: the run directory and the Postgres cluster go.
     pub fn finish(&self) {
+        if let Some(zygote) = &self.zygote {
+            zygote.stop();
+        }
         if let Some(pg) = &self.postgres {
             pg.finish();
         }

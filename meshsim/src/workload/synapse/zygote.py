@@ -1,0 +1,165 @@
+"""meshsim's homeserver zygote: imports Synapse once, then forks every node's homeserver.
+
+Forked children share the imported code's memory pages with this process until they write
+to them, which is what lets many homeservers fit in little memory. `gc.freeze()` before the
+first fork keeps the collector from touching (and so copying) every shared object.
+
+Protocol, one JSON object per line: meshsim writes requests on our stdin, we answer on our
+stdout. The first line we write is {"ready": seconds_spent_importing}. A request
+{"netns", "covers", "dir", "log", "argv"} is answered {"pid": n} once the child is forked,
+or {"error": text}. The child runs `synapse.app.homeserver` with `argv` in the node:
+  - in the network namespace at `netns`,
+  - in a mount namespace of its own where each [file, target] of `covers` is bound over
+    target (the run's hosts file over /etc/hosts, say),
+  - in `dir`, with stdout and stderr appended to `log`,
+  - as the leader of a process group of its own, killed when this process dies.
+A child that cannot get there writes why to its log and exits with status 127.
+
+Children are reaped by the kernel (SIGCHLD ignored): meshsim watches them by pid.
+"""
+
+import ctypes
+import gc
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SLAVE = 0x80000
+PR_SET_PDEATHSIG = 1
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def enter_node(request):
+    """Everything between fork and the homeserver's main, in the child."""
+    os.setpgid(0, 0)
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() == 1:
+        # The zygote died between fork and prctl: nobody would stop us.
+        os._exit(1)
+    netns = request.get("netns")
+    if netns:
+        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        check(libc.setns(fd, CLONE_NEWNET), f"setns({netns})")
+        os.close(fd)
+    covers = request.get("covers") or []
+    if covers:
+        check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        # Slave first, so our binds never propagate back to the host's mount tree.
+        check(libc.mount(None, b"/", None, MS_SLAVE | MS_REC, None), "make / a slave mount")
+        for file, target in covers:
+            check(
+                libc.mount(file.encode(), target.encode(), None, MS_BIND, None),
+                f"bind {file} over {target}",
+            )
+    os.chdir(request["dir"])
+    # Forked children would otherwise all draw the same "random" numbers.
+    random.seed()
+
+
+def child(request, proxy, main):
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        enter_node(request)
+        # A reactor of the child's own: one made before fork would share its epoll
+        # descriptor with every sibling.
+        from twisted.internet.epollreactor import EPollReactor
+
+        proxy._install_real_reactor(EPollReactor())
+        sys.argv = ["synapse.app.homeserver", *request["argv"]]
+    except BaseException as e:
+        print(f"meshsim zygote: could not enter the node: {e}", file=sys.stderr)
+        os._exit(127)
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def answer(value):
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+def main():
+    started = time.monotonic()
+    # Installed before anything imports Twisted's reactor, which would otherwise install a
+    # real one here, shared by every child.
+    from twisted.internet.main import installReactor
+
+    from synapse.app.complement_fork_proxied_reactor import ProxiedReactor
+
+    proxy = ProxiedReactor()
+    installReactor(proxy)
+    import synapse.app.homeserver as homeserver
+
+    # What a running homeserver imports later, so its children share that too.
+    for module in (
+        "synapse.federation.sender",
+        "synapse.handlers.sync",
+        "synapse.handlers.federation_event",
+        "synapse.rest.client.sync",
+        "synapse.storage.databases.main",
+    ):
+        __import__(module)
+    gc.collect()
+    gc.freeze()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    answer({"ready": round(time.monotonic() - started, 3)})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            for key in ("dir", "log", "argv"):
+                if key not in request:
+                    raise ValueError(f"the request has no {key!r}")
+        except ValueError as e:
+            answer({"error": f"bad request: {e}"})
+            continue
+        try:
+            pid = os.fork()
+        except OSError as e:
+            answer({"error": f"fork: {e}"})
+            continue
+        if pid == 0:
+            child(request, proxy, homeserver.main)
+        answer({"pid": pid})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+//! The run's homeserver zygote (`--launch fork`, the default on netns): one Python process
+//! that imports Synapse once and forks every node's homeserver (`zygote.py`). A forked
+//! homeserver shares the imported code's pages with the zygote and its siblings until it
+//! writes to them, so it starts in about a second instead of several and costs a fraction
+//! of a cold start's memory (docs/benchmarks.md, "Density").
+//!
+//! meshsim writes one JSON request per line on the zygote's stdin and reads one answer per
+//! line from its stdout. The zygote is started like any node process: in a process group of
+//! its own, killed by the kernel if meshsim dies, and so are the homeservers it forked.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{ChildStdin, ChildStdout, Command},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::super::host::{NodeEntry, NodeProcess};
+use crate::runtime::process::{ChildProcess, HostPid};
+
+/// The script, written into the run directory at start.
+const SCRIPT: &str = include_str!("zygote.py");
+/// Importing Synapse takes ~3 s here; a loaded machine gets much longer.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZygoteError {
+    #[error("could not start the homeserver zygote ({python}): {source}")]
+    Start {
+        python: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the homeserver zygote did not get ready ({why}); the end of {log}:\n{tail}\n\
+         (`--launch cold` starts every homeserver on its own instead)"
+    )]
+    NotReady {
+        why: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("the homeserver zygote: {0}")]
+    Fork(String),
+}
+
+/// One line meshsim writes: start a homeserver in this node.
+#[derive(Serialize)]
+struct Request<'a> {
+    netns: &'a Path,
+    covers: Vec<(&'a Path, &'a Path)>,
+    dir: &'a Path,
+    log: &'a Path,
+    argv: &'a [String],
+}
+
+/// One line the zygote writes.
+#[derive(Deserialize)]
+struct Answer {
+    ready: Option<f64>,
+    pid: Option<u32>,
+    error: Option<String>,
+}
+
+/// The pipes to a running zygote.
+struct Pipes {
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+}
+
+impl Pipes {
+    fn read(&mut self) -> Result<Answer, String> {
+        let mut line = String::new();
+        match self.from.read_line(&mut line) {
+            Ok(0) => Err("it exited".to_owned()),
+            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("it said {line:?}: {e}")),
+            Err(e) => Err(format!("reading its answer: {e}")),
+        }
+    }
+}
+
+/// A running zygote. Dropping it does not stop it: [`Zygote::stop`] does, at the run's end.
+pub struct Zygote {
+    process: ChildProcess,
+    pipes: Arc<Mutex<Pipes>>,
+}
+
+impl Zygote {
+    /// Writes the script into `run_dir`, starts it with `python` (the venv's), and waits
+    /// until it has imported Synapse. Its own output goes to `log`.
+    ///
+    /// Call it where [`ChildProcess::spawn`] may be called: from a thread that lives as long
+    /// as the run.
+    pub async fn start(python: &Path, run_dir: &Path, log: &Path) -> Result<Self, ZygoteError> {
+        let start_error = |source| ZygoteError::Start {
+            python: python.to_owned(),
+            source,
+        };
+        let script = run_dir.join("zygote.py");
+        std::fs::write(&script, SCRIPT).map_err(start_error)?;
+        let mut cmd = Command::new(python);
+        cmd.arg(&script).current_dir(run_dir);
+        let (process, to, from) = ChildProcess::spawn_piped(cmd, log).map_err(start_error)?;
+        let pipes = Arc::new(Mutex::new(Pipes {
+            to,
+            from: BufReader::new(from),
+        }));
+        let reading = Arc::clone(&pipes);
+        let ready = tokio::time::timeout(
+            READY_WITHIN,
+            tokio::task::spawn_blocking(move || lock(&reading).read()),
+        )
+        .await;
+        let why = match ready {
+            Ok(Ok(Ok(Answer {
+                ready: Some(seconds),
+                ..
+            }))) => {
+                tracing::info!("the homeserver zygote imported Synapse in {seconds:.1} s");
+                return Ok(Zygote { process, pipes });
+            }
+            Ok(Ok(Ok(_))) => "its first line was not `ready`".to_owned(),
+            Ok(Ok(Err(why))) => why,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic.into_panic()),
+            Err(_) => format!("not within {} s", READY_WITHIN.as_secs()),
+        };
+        // Its reader ends with it.
+        process.stop();
+        Err(ZygoteError::NotReady {
+            why,
+            log: log.to_owned(),
+            tail: super::super::log_tail(log, 12),
+        })
+    }
+
+    /// Forks a homeserver into the node `entry` describes, running
+    /// `python -m synapse.app.homeserver ARGV` in `dir` with its output appended to `log`.
+    pub async fn fork(
+        &self,
+        entry: &NodeEntry,
+        dir: &Path,
+        log: &Path,
+        argv: &[String],
+    ) -> Result<Box<dyn NodeProcess>, ZygoteError> {
+        let request = Request {
+            netns: &entry.netns,
+            covers: entry
+                .covers
+                .iter()
+                .map(|c| (c.file.as_path(), c.target.as_path()))
+                .collect(),
+            dir,
+            log,
+            argv,
+        };
+        let mut line = serde_json::to_string(&request).expect("a request serialises");
+        line.push('\n');
+        let pipes = Arc::clone(&self.pipes);
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut pipes = lock(&pipes);
+            pipes
+                .to
+                .write_all(line.as_bytes())
+                .map_err(|e| format!("writing to it: {e}"))?;
+            pipes.read()
+        })
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+        match answer {
+            Ok(Answer { pid: Some(pid), .. }) => Ok(Box::new(HostPid(pid))),
+            Ok(Answer {
+                error: Some(why), ..
+            }) => Err(ZygoteError::Fork(why)),
+            Ok(_) => Err(ZygoteError::Fork("an answer without a pid".to_owned())),
+            Err(why) => Err(ZygoteError::Fork(why)),
+        }
+    }
+
+    /// Stops it (the homeservers it forked are stopped with their nodes).
+    pub fn stop(&self) {
+        self.process.stop();
+    }
+
+    /// Its pid, for tests and messages.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+fn lock(pipes: &Mutex<Pipes>) -> std::sync::MutexGuard<'_, Pipes> {
+    pipes.lock().unwrap_or_else(|e| e.into_inner())
+}
