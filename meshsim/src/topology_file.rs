@@ -898,6 +898,17 @@ y = 40
     }
 
     #[test]
+    fn a_next_id_among_the_nodes_is_refused() {
+        let text = format!("next_id = 2\n{TWO_NODES}");
+        assert_refused(&text, 1, 11, "next_id", "not above every node");
+        let text = format!("next_id = 7\n{TWO_NODES}");
+        assert_eq!(
+            parse(Path::new(BAD), &text).unwrap().next_id,
+            Some(NodeId(7))
+        );
+    }
+
+    #[test]
     fn pins_of_unknown_nodes_are_refused() {
         let text = format!("{TWO_NODES}\n[[pins]]\na = \"n1\"\nb = \"n9\"\njitter_ms = 1\n");
         assert_refused(&text, 16, 5, "pins[0].b", "unknown node n9");

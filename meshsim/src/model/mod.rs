@@ -267,9 +267,17 @@ impl Model {
         }
     }
 
-    /// The mesh as a document, for saving. Includes pins of pairs not linked right now.
+    /// The mesh as a document, for saving. Includes pins of pairs not linked right now, and
+    /// the next id when removed nodes held the highest ids.
     pub fn topology(&self) -> Topology {
+        let above = self
+            .mesh
+            .nodes
+            .keys()
+            .next_back()
+            .map_or(1, |last| last.0.saturating_add(1));
         Topology {
+            next_id: (self.next_id != above).then_some(NodeId(self.next_id)),
             settings: self.settings.clone(),
             nodes: self
                 .nodes()
@@ -385,12 +393,11 @@ impl Model {
 
     /// Replaces settings, nodes and pins with a document's. Nodes keep the document's ids; a
     /// node whose id is already here counts as moved (if its position differs), not as
-    /// removed and added. Nodes added later get ids above every id seen in this run.
+    /// removed and added. Nodes added later get ids above every id seen in this run, and not
+    /// below the document's `next_id`.
     pub fn load(&mut self, topology: &Topology) -> Result<Diff, ModelError> {
         let checked = topology.check()?;
-        if let Some(last) = checked.nodes.keys().next_back() {
-            self.next_id = self.next_id.max(last.0.saturating_add(1));
-        }
+        self.next_id = self.next_id.max(checked.next_id);
         self.settings = checked.settings;
         self.pins = checked.pins;
         // A document has no cuts: what it describes is whole.

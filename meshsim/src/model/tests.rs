@@ -620,6 +620,24 @@ fn ids_are_never_reused() {
 }
 
 #[test]
+fn a_saved_mesh_keeps_the_ids_of_removed_nodes_used() {
+    let mut model = model_with(Settings::default(), &[(0.0, 0.0); 3]);
+    assert_eq!(model.topology().next_id, None, "implied by n3");
+    model.remove_node(n(3)).unwrap();
+    let saved = model.topology();
+    assert_eq!(saved.next_id, Some(n(4)));
+    let mut loaded = Model::from_topology(&saved).unwrap();
+    assert_eq!(loaded.topology(), saved);
+    assert_eq!(loaded.add_node(0.0, 0.0).unwrap().0, n(4));
+    // A live mesh that went further keeps its own count.
+    for _ in 0..3 {
+        model.add_node(0.0, 0.0).unwrap();
+    }
+    model.load(&saved).unwrap();
+    assert_eq!(model.add_node(0.0, 0.0).unwrap().0, n(7));
+}
+
+#[test]
 fn bad_input_errors_name_the_field_and_change_nothing() {
     let mut model = model_with(Settings::default(), &[(0.0, 0.0), (100.0, 0.0)]);
     let unchanged = (model.snapshot(), model.topology());

@@ -29,6 +29,11 @@ use super::{ClientLink, ClientLinks, LinkPins, ModelError, Node, NodeId, Pair, S
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    /// The id the next added node gets, when it is not the one above the highest node's:
+    /// ids are never reused, so a mesh whose highest nodes were removed remembers them here,
+    /// and a scenario recorded from it adds the nodes the live mesh added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_id: Option<NodeId>,
     #[serde(default)]
     pub settings: Settings,
     #[serde(default)]
@@ -137,6 +142,8 @@ impl PinDoc {
 
 /// A document that passed every check, in the model's own terms.
 pub(crate) struct Checked {
+    /// The document's `next_id`, or the id above its highest node's.
+    pub(crate) next_id: u32,
     pub(crate) settings: Settings,
     pub(crate) nodes: BTreeMap<NodeId, Node>,
     pub(crate) pins: BTreeMap<Pair, LinkPins>,
@@ -218,6 +225,25 @@ impl Topology {
             pins.insert(pair, link_pins);
         }
 
+        let above = nodes
+            .keys()
+            .next_back()
+            .map_or(1, |last| last.0.saturating_add(1));
+        let next_id = match self.next_id {
+            None => above,
+            Some(NodeId(0)) => return Err(ModelError::invalid("next_id", "ids start at 1")),
+            Some(next) if next.0 < above => {
+                return Err(ModelError::invalid(
+                    "next_id",
+                    format!(
+                        "{next} is not above every node (the highest is n{}): ids are never reused",
+                        above - 1
+                    ),
+                ));
+            }
+            Some(next) => next.0,
+        };
+
         self.client.validate().map_err(|e| e.within("client"))?;
         let mut clients = BTreeMap::new();
         for (i, doc) in self.clients.iter().enumerate() {
@@ -240,6 +266,7 @@ impl Topology {
         }
 
         Ok(Checked {
+            next_id,
             settings: self.settings.clone(),
             nodes,
             pins,
@@ -398,10 +425,20 @@ mod tests {
             ),
             ("pins[0]", Box::new(|t| t.pins[0].latency_ms = None)),
             ("pins[1]", Box::new(|t| t.pins.push(pin("n2", "n1")))),
+            ("next_id", Box::new(|t| t.next_id = Some(NodeId(0)))),
+            ("next_id", Box::new(|t| t.next_id = Some(NodeId(5)))),
         ];
         for (field, spoil) in cases {
             assert_eq!(error_field(spoil), field);
         }
+    }
+
+    #[test]
+    fn next_id_defaults_to_the_one_above_the_highest_node() {
+        assert_eq!(valid().check().unwrap().next_id, 6);
+        let mut topology = valid();
+        topology.next_id = Some(NodeId(9));
+        assert_eq!(topology.check().unwrap().next_id, 9);
     }
 
     #[test]

@@ -23,10 +23,12 @@ pub fn to_toml(
     let mut out = String::from(
         "# Recorded by meshsim: the mesh when recording began, then every change\n# at the time it happened. Run it with `meshsim run FILE --out DIR`.\n\n",
     );
-    if let Some(workload) = workload.filter(|w| *w != "none") {
-        let _ = writeln!(out, "[run]\nworkload = {}\n", quote(workload));
-    }
+    // The topology's top-level keys (`next_id`) must come before any table, so `[run]`
+    // follows the topology rather than leading it.
     out.push_str(&topology_file::to_toml(topology));
+    if let Some(workload) = workload.filter(|w| *w != "none") {
+        let _ = write!(out, "\n[run]\nworkload = {}\n", quote(workload));
+    }
     for (at, action) in steps {
         let _ = write!(
             out,
@@ -319,10 +321,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_action_writes_a_step_that_parses_back() {
-        let start = Topology {
-            nodes: (1..=3)
+    fn nodes_in_a_row(count: u32) -> Topology {
+        Topology {
+            nodes: (1..=count)
                 .map(|i| NodeDoc {
                     id: Some(NodeId(i)),
                     name: None,
@@ -331,7 +332,36 @@ mod tests {
                 })
                 .collect(),
             ..Topology::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_recording_begun_after_the_highest_node_was_removed_adds_the_same_ids() {
+        let mut live = Model::from_topology(&nodes_in_a_row(4)).unwrap();
+        live.remove_node(NodeId(4)).unwrap();
+        let start = live.topology();
+        let (added, _) = live.add_node(250.0, 200.0).unwrap();
+        assert_eq!(added, NodeId(5), "ids are never reused");
+        let steps = vec![(
+            Duration::from_secs(2),
+            Action::Add {
+                id: added,
+                x: 250.0,
+                y: 200.0,
+            },
+        )];
+        let text = to_toml(&start, Some("synapse"), &steps);
+        assert!(text.contains("\nnext_id = 5\n"), "{text}");
+        let scenario = parse(Path::new("r.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(scenario.steps[0].action, steps[0].1);
+        let mut replayed = Model::from_topology(&scenario.file.topology).unwrap();
+        apply(&mut replayed, &scenario.steps[0].action);
+        assert_eq!(replayed.snapshot(), live.snapshot(), "{text}");
+    }
+
+    #[test]
+    fn every_action_writes_a_step_that_parses_back() {
+        let start = nodes_in_a_row(3);
         let actions = vec![
             Action::Client {
                 node: Some(NodeId(1)),
