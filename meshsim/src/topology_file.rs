@@ -909,6 +909,14 @@ y = 40
     }
 
     #[test]
+    fn cuts_of_unknown_nodes_are_refused() {
+        let text = format!("partitions = [[\"n1\", \"n9\"]]\n{TWO_NODES}");
+        assert_refused(&text, 1, 22, "partitions[0][1]", "unknown node n9");
+        let text = format!("down = [[\"n2\", \"n2\"]]\n{TWO_NODES}");
+        assert_refused(&text, 1, 16, "down[0][1]", "same node");
+    }
+
+    #[test]
     fn pins_of_unknown_nodes_are_refused() {
         let text = format!("{TWO_NODES}\n[[pins]]\na = \"n1\"\nb = \"n9\"\njitter_ms = 1\n");
         assert_refused(&text, 16, 5, "pins[0].b", "unknown node n9");
@@ -997,6 +1005,9 @@ y = 40
             bandwidth_bps: Some(0),
             loss_pct: Some(0.001),
         });
+        topology.partitions = vec![vec!["n2".into(), "n3".into()], vec!["n6".into()]];
+        topology.down = vec![["n1".into(), "n4".into()]];
+        topology.next_id = Some(NodeId(9));
         let text = to_toml(&topology);
         assert_eq!(parse(Path::new(BAD), &text).unwrap(), topology, "{text}");
     }

@@ -43,6 +43,22 @@ pub(crate) struct Cuts {
 }
 
 impl Cuts {
+    /// The cuts a document lists: each side partitioned in turn, then the links down. The
+    /// caller checked that every node is on one side at most.
+    pub(crate) fn new(sides: &[Vec<NodeId>], down: BTreeSet<Pair>) -> Self {
+        let mut cuts = Cuts {
+            down,
+            ..Cuts::default()
+        };
+        for side in sides {
+            cuts.next_side += 1;
+            for &id in side {
+                cuts.sides.insert(id, cuts.next_side);
+            }
+        }
+        cuts
+    }
+
     /// Whether the link of `pair` drops everything.
     pub(crate) fn is_cut(&self, pair: Pair) -> bool {
         self.side(pair.a()) != self.side(pair.b()) || self.down.contains(&pair)

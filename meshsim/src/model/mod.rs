@@ -267,8 +267,8 @@ impl Model {
         }
     }
 
-    /// The mesh as a document, for saving. Includes pins of pairs not linked right now, and
-    /// the next id when removed nodes held the highest ids.
+    /// The mesh as a document, for saving. Includes pins of pairs not linked right now, the
+    /// cuts standing, and the next id when removed nodes held the highest ids.
     pub fn topology(&self) -> Topology {
         let above = self
             .mesh
@@ -292,6 +292,17 @@ impl Model {
                 .pins
                 .iter()
                 .map(|(pair, pins)| PinDoc::new(*pair, pins))
+                .collect(),
+            partitions: self
+                .cuts
+                .partitions()
+                .iter()
+                .map(|side| side.iter().map(|id| id.name()).collect())
+                .collect(),
+            down: self
+                .cuts
+                .down()
+                .map(|pair| [pair.a().name(), pair.b().name()])
                 .collect(),
             ..Topology::default()
         }
@@ -391,7 +402,7 @@ impl Model {
         Ok(self.rebuild(self.mesh.nodes.clone()))
     }
 
-    /// Replaces settings, nodes and pins with a document's. Nodes keep the document's ids; a
+    /// Replaces settings, nodes, pins and cuts with a document's. Nodes keep the document's ids; a
     /// node whose id is already here counts as moved (if its position differs), not as
     /// removed and added. Nodes added later get ids above every id seen in this run, and not
     /// below the document's `next_id`.
@@ -400,8 +411,7 @@ impl Model {
         self.next_id = self.next_id.max(checked.next_id);
         self.settings = checked.settings;
         self.pins = checked.pins;
-        // A document has no cuts: what it describes is whole.
-        self.cuts = Cuts::default();
+        self.cuts = checked.cuts;
         Ok(self.rebuild(checked.nodes))
     }
 

@@ -589,6 +589,22 @@ fn topology_save_and_load_round_trips() {
             model.pin(a, b, &latency_pin(1.0)).unwrap();
             model.move_node(b, 99_000.0, 99_000.0).unwrap();
         }
+        // Cuts standing when saved come back with the document, a link down while its pair
+        // is apart among them.
+        let second = model.links().nth(1).map(|l| l.pair);
+        if let Some(pair) = second {
+            model.cut(&CutChange::Down(pair.b(), pair.a())).unwrap();
+        }
+        let ids: Vec<NodeId> = model.nodes().map(|n| n.id).collect();
+        if ids.len() > 2 {
+            model
+                .cut(&CutChange::Partition(vec![ids[2], ids[0]]))
+                .unwrap();
+            model.cut(&CutChange::Partition(vec![ids[1]])).unwrap();
+        }
+        if let Some(pair) = first {
+            model.move_node(pair.a(), -99_000.0, 99_000.0).unwrap();
+        }
         let saved = model.topology();
         let loaded = Model::from_topology(&saved).unwrap();
         assert_eq!(loaded.topology(), saved);

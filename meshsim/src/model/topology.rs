@@ -1,16 +1,19 @@
 //! The topology document: what `GET/PUT /api/topology` and `meshsim up <file>` exchange.
 //!
-//! It holds the inputs of the model only (settings, nodes, pins); links and routes follow
-//! from them. Every struct refuses unknown fields, so a misspelt key is an error rather than
-//! a silently ignored setting.
+//! It holds the inputs of the model only (settings, nodes, pins, cuts); links and routes
+//! follow from them. Every struct refuses unknown fields, so a misspelt key is an error
+//! rather than a silently ignored setting.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClientLink, ClientLinks, LinkPins, ModelError, Node, NodeId, Pair, Settings};
+use super::{
+    ClientLink, ClientLinks, LinkPins, ModelError, Node, NodeId, Pair, Settings, cut::Cuts,
+};
 
-/// A whole mesh: settings, nodes with positions, and pinned link parameters.
+/// A whole mesh: settings, nodes with positions, pinned link parameters, and the cuts
+/// standing.
 ///
 /// ```toml
 /// [settings]
@@ -47,6 +50,14 @@ pub struct Topology {
     /// Nodes with a client link of their own (`[[clients]]`, like `[[pins]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<ClientDoc>,
+    /// Partitioned sides, each a list of node names, in the order they were made; the nodes
+    /// not listed are the rest (see [`super::CutChange::Partition`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<Vec<String>>,
+    /// Links taken down on their own, as pairs of node names; like pins, kept while the
+    /// pair is not linked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub down: Vec<[String; 2]>,
 }
 
 /// The client link of the node named `node`: `{node, latency_ms, jitter_ms, loss_pct,
@@ -147,6 +158,7 @@ pub(crate) struct Checked {
     pub(crate) settings: Settings,
     pub(crate) nodes: BTreeMap<NodeId, Node>,
     pub(crate) pins: BTreeMap<Pair, LinkPins>,
+    pub(crate) cuts: Cuts,
 }
 
 impl Topology {
@@ -190,21 +202,25 @@ impl Topology {
             nodes.insert(id, node);
         }
 
+        // The node named `name`, which must be one of this document's; `field` is its path.
+        let known = |field: String, name: &str| -> Result<NodeId, ModelError> {
+            let id: NodeId = name
+                .parse()
+                .map_err(|e: super::NodeNameError| ModelError::invalid(&field, e.to_string()))?;
+            if !nodes.contains_key(&id) {
+                return Err(ModelError::invalid(field, format!("unknown node {id}")));
+            }
+            Ok(id)
+        };
+
         let mut pins = BTreeMap::new();
         let mut pinned_at: BTreeMap<Pair, usize> = BTreeMap::new();
         for (i, doc) in self.pins.iter().enumerate() {
             let at = format!("pins[{i}]");
-            let known = |field: &str, name: &str| -> Result<NodeId, ModelError> {
-                let field = format!("{at}.{field}");
-                let id: NodeId = name.parse().map_err(|e: super::NodeNameError| {
-                    ModelError::invalid(&field, e.to_string())
-                })?;
-                if !nodes.contains_key(&id) {
-                    return Err(ModelError::invalid(field, format!("unknown node {id}")));
-                }
-                Ok(id)
-            };
-            let (a, b) = (known("a", &doc.a)?, known("b", &doc.b)?);
+            let (a, b) = (
+                known(format!("{at}.a"), &doc.a)?,
+                known(format!("{at}.b"), &doc.b)?,
+            );
             let pair = Pair::new(a, b).map_err(|_| {
                 ModelError::invalid(format!("{at}.b"), format!("same node as a ({a})"))
             })?;
@@ -265,11 +281,50 @@ impl Topology {
             }
         }
 
+        let mut sides = Vec::with_capacity(self.partitions.len());
+        let mut side_of: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (i, names) in self.partitions.iter().enumerate() {
+            let at = format!("partitions[{i}]");
+            if names.is_empty() {
+                return Err(ModelError::invalid(at, "lists no node"));
+            }
+            let mut side = Vec::with_capacity(names.len());
+            for (j, name) in names.iter().enumerate() {
+                let field = format!("{at}[{j}]");
+                let id = known(field.clone(), name)?;
+                if let Some(first) = side_of.insert(id, i) {
+                    return Err(ModelError::invalid(
+                        field,
+                        format!(
+                            "{id} is in partitions[{first}] already: a node is on one side at most"
+                        ),
+                    ));
+                }
+                side.push(id);
+            }
+            sides.push(side);
+        }
+        let mut down: BTreeMap<Pair, usize> = BTreeMap::new();
+        for (i, [a, b]) in self.down.iter().enumerate() {
+            let at = format!("down[{i}]");
+            let (a, b) = (known(format!("{at}[0]"), a)?, known(format!("{at}[1]"), b)?);
+            let pair = Pair::new(a, b).map_err(|_| {
+                ModelError::invalid(format!("{at}[1]"), format!("same node as the first ({a})"))
+            })?;
+            if let Some(first) = down.insert(pair, i) {
+                return Err(ModelError::invalid(
+                    at,
+                    format!("{pair} is down already by down[{first}]"),
+                ));
+            }
+        }
+
         Ok(Checked {
             next_id,
             settings: self.settings.clone(),
             nodes,
             pins,
+            cuts: Cuts::new(&sides, down.into_keys().collect()),
         })
     }
 }
@@ -425,6 +480,27 @@ mod tests {
             ),
             ("pins[0]", Box::new(|t| t.pins[0].latency_ms = None)),
             ("pins[1]", Box::new(|t| t.pins.push(pin("n2", "n1")))),
+            ("partitions[0]", Box::new(|t| t.partitions = vec![vec![]])),
+            (
+                "partitions[0][1]",
+                Box::new(|t| t.partitions = vec![vec!["n1".into(), "n3".into()]]),
+            ),
+            (
+                "partitions[1][0]",
+                Box::new(|t| t.partitions = vec![vec!["n1".into()], vec!["n1".into()]]),
+            ),
+            (
+                "down[0][1]",
+                Box::new(|t| t.down = vec![["n1".into(), "n9".into()]]),
+            ),
+            (
+                "down[0][1]",
+                Box::new(|t| t.down = vec![["n2".into(), "n2".into()]]),
+            ),
+            (
+                "down[1]",
+                Box::new(|t| t.down = vec![["n1".into(), "n5".into()], ["n5".into(), "n1".into()]]),
+            ),
             ("next_id", Box::new(|t| t.next_id = Some(NodeId(0)))),
             ("next_id", Box::new(|t| t.next_id = Some(NodeId(5)))),
         ];

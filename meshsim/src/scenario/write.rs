@@ -15,6 +15,11 @@ use crate::{
 
 /// A scenario file: `topology` (with `[run] workload = ...` when not `none`), then one
 /// `[[step]]` per action, `at` its time since the start.
+///
+/// The topology's partitions become `partition` steps at `0s`, in the order they were made,
+/// rather than staying in the topology: the timeline shows them, and the report follows a
+/// partition from its step to its heal. Links down stay in the topology, since a `down` step
+/// needs its pair linked, and a pair taken down may be apart when recording begins.
 pub fn to_toml(
     topology: &Topology,
     workload: Option<&str>,
@@ -23,11 +28,22 @@ pub fn to_toml(
     let mut out = String::from(
         "# Recorded by meshsim: the mesh when recording began, then every change\n# at the time it happened. Run it with `meshsim run FILE --out DIR`.\n\n",
     );
-    // The topology's top-level keys (`next_id`) must come before any table, so `[run]`
-    // follows the topology rather than leading it.
-    out.push_str(&topology_file::to_toml(topology));
+    let mut start = topology.clone();
+    let partitions = std::mem::take(&mut start.partitions);
+    // The topology's top-level keys (`next_id`, `down`) must come before any table, so
+    // `[run]` follows the topology rather than leading it.
+    out.push_str(&topology_file::to_toml(&start));
     if let Some(workload) = workload.filter(|w| *w != "none") {
         let _ = write!(out, "\n[run]\nworkload = {}\n", quote(workload));
+    }
+    for side in &partitions {
+        let quoted: Vec<String> = side.iter().map(|name| quote(name)).collect();
+        let _ = write!(
+            out,
+            "\n[[step]]\nat = {}\npartition = [{}]\n",
+            quote(&show_exact(Duration::ZERO)),
+            quoted.join(", ")
+        );
     }
     for (at, action) in steps {
         let _ = write!(
@@ -357,6 +373,38 @@ mod tests {
         let mut replayed = Model::from_topology(&scenario.file.topology).unwrap();
         apply(&mut replayed, &scenario.steps[0].action);
         assert_eq!(replayed.snapshot(), live.snapshot(), "{text}");
+    }
+
+    #[test]
+    fn a_recording_begun_with_cuts_standing_starts_with_them() {
+        let mut live = Model::from_topology(&nodes_in_a_row(4)).unwrap();
+        live.cut(&CutChange::Partition(vec![NodeId(4)])).unwrap();
+        live.cut(&CutChange::Down(NodeId(1), NodeId(2))).unwrap();
+        live.cut(&CutChange::Down(NodeId(2), NodeId(3))).unwrap();
+        // A link taken down stays down while its pair is apart, and again once it relinks.
+        live.move_node(NodeId(3), 5000.0, 100.0).unwrap();
+        let start = live.topology();
+        let steps = vec![(
+            Duration::from_secs(1),
+            Action::Move {
+                node: NodeId(3),
+                x: 300.0,
+                y: 100.0,
+            },
+        )];
+        apply(&mut live, &steps[0].1);
+        let text = to_toml(&start, None, &steps);
+        assert!(
+            text.contains("[[step]]\nat = \"0s\"\npartition = [\"n4\"]\n"),
+            "{text}"
+        );
+        let scenario = parse(Path::new("r.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let mut replayed = Model::from_topology(&scenario.file.topology).unwrap();
+        for step in &scenario.steps {
+            apply(&mut replayed, &step.action);
+        }
+        assert_eq!(replayed.snapshot(), live.snapshot(), "{text}");
+        assert!(replayed.links().filter(|l| l.cut).count() >= 3, "{text}");
     }
 
     #[test]
