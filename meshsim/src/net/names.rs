@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn netns_name_allows_long_names_and_colons_but_not_slashes() {
-        assert_eq!(check_netns_name("ms-probe-4194304-17"), Ok(()));
+        assert_eq!(check_netns_name("msprobe-4194304-17"), Ok(()));
         assert_eq!(check_netns_name("a:b"), Ok(()));
         assert!(matches!(
             check_netns_name("../etc"),

@@ -10,7 +10,15 @@ use super::{
 };
 
 /// Names of everything the probe creates start with this, so leftovers are recognisable.
-pub const PROBE_PREFIX: &str = "ms-probe";
+/// No run's names do: they begin with the run's prefix (at most 5 characters) and a `-`, and
+/// this has no `-` in its first 7, so removing a run's leftovers (`meshsim down`, a start)
+/// never deletes the namespace of a probe that another meshsim is running.
+pub const PROBE_PREFIX: &str = "msprobe";
+
+/// The namespace of process `pid`'s `n`th probe: `msprobe-<pid>-<n>`.
+pub fn scratch_name(pid: u32, n: u32) -> String {
+    format!("{PROBE_PREFIX}-{pid}-{n}")
+}
 
 /// Whether the kernel can run `fq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,17 +31,13 @@ pub enum FqSupport {
     Unknown(String),
 }
 
-/// Tries to install fq on a veth pair inside a throwaway namespace `ms-probe-<pid>-<n>`,
+/// Tries to install fq on a veth pair inside a throwaway namespace ([`scratch_name`]),
 /// then deletes the namespace, whatever happened (also on panic). Working in a namespace
 /// of its own means the probe never adds an interface to the host's namespace, and one
 /// delete removes everything.
 pub async fn probe_fq() -> FqSupport {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "{PROBE_PREFIX}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = scratch_name(std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let guard = match tokio::task::spawn_blocking(move || ScratchNs::create(name)).await {
         Ok(Ok(guard)) => guard,
         Ok(Err(e)) => return FqSupport::Unknown(e.to_string()),
@@ -53,7 +57,12 @@ async fn try_fq(ns: &NetNs) -> Result<(), NetlinkError> {
     // The connection is dropped on return, so its socket does not keep the namespace alive.
     let netlink = Netlink::connect_in(ns)?;
     let host = netlink
-        .create_veth("ms-probe0", "ms-probe1", ns, None)
+        .create_veth(
+            &format!("{PROBE_PREFIX}0"),
+            &format!("{PROBE_PREFIX}1"),
+            ns,
+            None,
+        )
         .await?;
     netlink.replace_root_fq(host, &FqOptions::default()).await
 }

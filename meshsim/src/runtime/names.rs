@@ -180,6 +180,22 @@ mod tests {
     use crate::net::{MAX_IFNAME_LEN, check_ifname};
 
     #[test]
+    fn no_run_prefix_covers_the_fq_probe() {
+        // A run's names start with `<prefix>-`, so the only prefix that could cover a probe's
+        // namespace is the probe name's own first characters: try each length a prefix has.
+        let probe = crate::net::scratch_name(4_194_304, 17);
+        for len in 1..=MAX_PREFIX_LEN {
+            if let Ok(prefix) = probe[..len].parse::<RunPrefix>() {
+                assert!(
+                    !probe.starts_with(&prefix.names()),
+                    "{prefix} covers {probe}"
+                );
+            }
+        }
+        assert!(!probe.starts_with(PREFIX));
+    }
+
+    #[test]
     fn prefixes_are_short_lowercase_words() {
         for good in ["ms", "a", "exp2", "abcde"] {
             assert_eq!(good.parse::<RunPrefix>().unwrap().as_str(), good);
