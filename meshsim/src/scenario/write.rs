@@ -236,9 +236,67 @@ mod tests {
         }
     }
 
-    /// A random session of `ops` changes, each valid when made, recorded as it goes.
+    /// A random change, valid for `model` as it is.
+    fn random_action(rng: &mut Rng, model: &Model) -> Action {
+        let ids: Vec<NodeId> = model.nodes().map(|n| n.id).collect();
+        let any = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
+        let link = (model.links().len() > 0).then(|| {
+            model
+                .links()
+                .nth(rng.below(model.links().len() as u64) as usize)
+                .unwrap()
+                .pair
+        });
+        match rng.below(9) {
+            0 => Action::Add {
+                id: model.next_id(),
+                x: rng.f64_in(0.0, 600.0).round(),
+                y: rng.f64_in(0.0, 600.0),
+            },
+            1 if ids.len() > 2 => Action::Remove(any(rng)),
+            2 if link.is_some() => {
+                let pair = link.unwrap();
+                Action::Pin {
+                    a: pair.a(),
+                    b: pair.b(),
+                    pins: LinkPins {
+                        latency_ms: Some(rng.f64_in(1.0, 50.0)),
+                        bandwidth_bps: Some(rng.below(1_000_000)),
+                        ..LinkPins::default()
+                    },
+                }
+            }
+            3 if model.pins().len() > 0 => {
+                let (pair, _) = model.pins().next().unwrap();
+                Action::Unpin {
+                    a: pair.a(),
+                    b: pair.b(),
+                    field: (rng.below(2) == 0).then_some(LinkField::LatencyMs),
+                }
+            }
+            4 => Action::Settings(toml::Table::from_iter([(
+                "max_latency_ms".to_owned(),
+                toml::Value::Float(rng.f64_in(100.0, 400.0)),
+            )])),
+            5 => Action::Cut(CutChange::Partition(vec![any(rng)])),
+            6 => Action::Cut(CutChange::Heal(None)),
+            7 if link.is_some() => {
+                let pair = link.unwrap();
+                Action::Cut(CutChange::Down(pair.b(), pair.a()))
+            }
+            _ => Action::Move {
+                node: any(rng),
+                x: rng.f64_in(0.0, 600.0),
+                y: rng.f64_in(0.0, 600.0),
+            },
+        }
+    }
+
+    /// A random session: some changes before recording begins (at least the highest node
+    /// removed and a partition standing, as a recording may find the mesh), then `ops`
+    /// changes recorded as they are made.
     fn random_session(rng: &mut Rng, ops: usize) -> (Topology, Model, Vec<(Duration, Action)>) {
-        let nodes: Vec<NodeDoc> = (1..=rng.below(6) as u32 + 2)
+        let nodes: Vec<NodeDoc> = (1..=rng.below(6) as u32 + 3)
             .map(|i| NodeDoc {
                 id: Some(NodeId(i)),
                 name: None,
@@ -246,68 +304,27 @@ mod tests {
                 y: rng.f64_in(0.0, 600.0),
             })
             .collect();
-        let start = Topology {
+        let mut model = Model::from_topology(&Topology {
             nodes,
             ..Topology::default()
-        };
-        let mut model = Model::from_topology(&start).unwrap();
+        })
+        .unwrap();
+        for _ in 0..rng.below(20) {
+            let action = random_action(rng, &model);
+            apply(&mut model, &action);
+        }
+        if model.nodes().len() < 3 {
+            model.add_node(300.0, 300.0).unwrap();
+        }
+        let ids: Vec<NodeId> = model.nodes().map(|n| n.id).collect();
+        model.remove_node(ids[ids.len() - 1]).unwrap();
+        model.cut(&CutChange::Partition(vec![ids[0]])).unwrap();
         let start = model.topology();
         let mut steps = Vec::new();
         let mut t = Duration::ZERO;
         for _ in 0..ops {
             t += Duration::from_millis(rng.below(3000));
-            let ids: Vec<NodeId> = model.nodes().map(|n| n.id).collect();
-            let any = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
-            let link = (model.links().len() > 0).then(|| {
-                model
-                    .links()
-                    .nth(rng.below(model.links().len() as u64) as usize)
-                    .unwrap()
-                    .pair
-            });
-            let action = match rng.below(9) {
-                0 => Action::Add {
-                    id: model.next_id(),
-                    x: rng.f64_in(0.0, 600.0).round(),
-                    y: rng.f64_in(0.0, 600.0),
-                },
-                1 if ids.len() > 2 => Action::Remove(any(rng)),
-                2 if link.is_some() => {
-                    let pair = link.unwrap();
-                    Action::Pin {
-                        a: pair.a(),
-                        b: pair.b(),
-                        pins: LinkPins {
-                            latency_ms: Some(rng.f64_in(1.0, 50.0)),
-                            bandwidth_bps: Some(rng.below(1_000_000)),
-                            ..LinkPins::default()
-                        },
-                    }
-                }
-                3 if model.pins().len() > 0 => {
-                    let (pair, _) = model.pins().next().unwrap();
-                    Action::Unpin {
-                        a: pair.a(),
-                        b: pair.b(),
-                        field: (rng.below(2) == 0).then_some(LinkField::LatencyMs),
-                    }
-                }
-                4 => Action::Settings(toml::Table::from_iter([(
-                    "max_latency_ms".to_owned(),
-                    toml::Value::Float(rng.f64_in(100.0, 400.0)),
-                )])),
-                5 => Action::Cut(CutChange::Partition(vec![any(rng)])),
-                6 => Action::Cut(CutChange::Heal(None)),
-                7 if link.is_some() => {
-                    let pair = link.unwrap();
-                    Action::Cut(CutChange::Down(pair.b(), pair.a()))
-                }
-                _ => Action::Move {
-                    node: any(rng),
-                    x: rng.f64_in(0.0, 600.0),
-                    y: rng.f64_in(0.0, 600.0),
-                },
-            };
+            let action = random_action(rng, &model);
             apply(&mut model, &action);
             steps.push((t, action));
         }
@@ -319,12 +336,24 @@ mod tests {
         let mut rng = Rng::new(14);
         for _ in 0..60 {
             let (start, recorded, steps) = random_session(&mut rng, 30);
+            assert!(!start.partitions.is_empty());
             let text = to_toml(&start, Some("none"), &steps);
             let scenario =
                 parse(Path::new("recorded.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-            assert_eq!(scenario.steps.len(), steps.len());
+            // The partitions standing when recording began come first, at 0 s.
+            let (leading, rest) = scenario.steps.split_at(start.partitions.len());
+            assert!(
+                leading
+                    .iter()
+                    .all(|step| step.when == When::At(Duration::ZERO)
+                        && matches!(step.action, Action::Cut(CutChange::Partition(_))))
+            );
+            assert_eq!(rest.len(), steps.len());
             let mut replayed = Model::from_topology(&scenario.file.topology).unwrap();
-            for (step, (t, _)) in scenario.steps.iter().zip(&steps) {
+            for step in leading {
+                apply(&mut replayed, &step.action);
+            }
+            for (step, (t, _)) in rest.iter().zip(&steps) {
                 assert_eq!(
                     step.when,
                     When::At(Duration::from_millis(t.as_millis() as u64))
@@ -332,6 +361,7 @@ mod tests {
                 apply(&mut replayed, &step.action);
             }
             assert_eq!(replayed.snapshot(), recorded.snapshot(), "{text}");
+            assert_eq!(replayed.topology(), recorded.topology(), "{text}");
             let routes: Vec<_> = replayed.routes().collect();
             assert_eq!(routes, recorded.routes().collect::<Vec<_>>());
         }
