@@ -402,8 +402,8 @@ impl Model {
         Ok(self.rebuild(self.mesh.nodes.clone()))
     }
 
-    /// Replaces settings, nodes, pins and cuts with a document's. Nodes keep the document's ids; a
-    /// node whose id is already here counts as moved (if its position differs), not as
+    /// Replaces settings, nodes, pins and cuts with a document's. Nodes keep the document's
+    /// ids; a node whose id is already here counts as moved (if its position differs), not as
     /// removed and added. Nodes added later get ids above every id seen in this run, and not
     /// below the document's `next_id`.
     pub fn load(&mut self, topology: &Topology) -> Result<Diff, ModelError> {
