@@ -23,7 +23,7 @@ pub mod sysctl;
 pub use link::{LinkInfo, MacDisplay, check_mac};
 pub use names::{MAX_IFNAME_LEN, MAX_NETNS_NAME_LEN, NameError, check_ifname, check_netns_name};
 pub use netns::{NETNS_DIR, NetNs, NetNsError};
-pub use probe::{FqSupport, PROBE_PREFIX, probe_fq, scratch_name};
+pub use probe::{FqSupport, PROBE_PREFIX, probe_fq, scratch_name, scratch_owner};
 pub use qdisc::FqOptions;
 pub use route::Route4;
 pub use rtnl::{Netlink, NetlinkError};

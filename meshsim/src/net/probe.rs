@@ -20,6 +20,16 @@ pub fn scratch_name(pid: u32, n: u32) -> String {
     format!("{PROBE_PREFIX}-{pid}-{n}")
 }
 
+/// The pid that made a probe's namespace, from its name; `None` for any other name.
+pub fn scratch_owner(name: &str) -> Option<u32> {
+    let (pid, n) = name
+        .strip_prefix(PROBE_PREFIX)?
+        .strip_prefix('-')?
+        .split_once('-')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
 /// Whether the kernel can run `fq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FqSupport {
@@ -93,6 +103,19 @@ impl Drop for ScratchNs {
                 netns = self.ns.name(),
                 "could not delete the fq probe's namespace: {e}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probes_owner_is_read_from_its_name() {
+        assert_eq!(scratch_owner(&scratch_name(4194304, 17)), Some(4194304));
+        for other in ["ms-n1", "msprobe-x-1", "msprobe-12", "msprobe-12-", "msprobe12-1"] {
+            assert_eq!(scratch_owner(other), None, "{other}");
         }
     }
 }

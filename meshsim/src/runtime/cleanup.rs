@@ -1,14 +1,20 @@
 //! `meshsim down`, and what a start does when a crashed run left things behind: remove every
 //! namespace and root-namespace link with meshsim's prefix (the qdiscs and tc programs on
-//! them go with the devices), after stopping processes still running inside those namespaces.
+//! them go with the devices), after stopping processes still running inside those namespaces,
+//! and the sch_fq probe's namespace of any meshsim killed while probing (`msprobe-<pid>-*`
+//! whose pid is gone).
 //! When Docker is reachable, first every container with meshsim's run label and the
 //! `meshsim` network (see `docker::remove_leftovers`): labels only, never names. Last, the
 //! run's Postgres cluster, which runs on the host (`workload::postgres::remove_leftover`),
 //! and the host's KSM settings if the run changed them (`ksm::release`).
 
-use super::{RuntimeError, names::RunPrefix, process::kill_processes_in};
+use super::{
+    RuntimeError,
+    names::RunPrefix,
+    process::{kill_processes_in, pid_alive},
+};
 use crate::{
-    net::{NETNS_DIR, NetNs, Netlink},
+    net::{NETNS_DIR, NetNs, Netlink, PROBE_PREFIX, scratch_owner},
     workload::{WorkloadError, synapse::RUN_MARKER},
 };
 
@@ -51,6 +57,14 @@ pub async fn remove_leftovers(prefix: &RunPrefix) -> Result<Removed, RuntimeErro
         removed.processes += kill_processes_in(&format!("{NETNS_DIR}/{name}"));
         NetNs::delete(&name)?;
         removed.namespaces.push(name);
+    }
+    // A probe's namespace whose process is gone (killed mid-probe): no run's, and no live
+    // probe's, since its owner is dead.
+    for name in NetNs::list_with_prefix(PROBE_PREFIX)? {
+        if scratch_owner(&name).is_some_and(|pid| !pid_alive(pid)) {
+            NetNs::delete(&name)?;
+            removed.namespaces.push(name);
+        }
     }
     let root = Netlink::connect()?;
     for link in root.links_with_prefix(&names).await? {
