@@ -14,7 +14,7 @@
 //! data, `--workers small|full` lays them out with workers (on Postgres); `--launch
 //! fork|cold` (default fork) forks one-process homeservers from the run's zygote or starts
 //! each cold; `--ksm` lets ksmd merge their pages, and then waits after each step until
-//! ksmd has scanned everything twice before measuring; `--cap N` stops at N nodes. A node's
+//! what ksmd merges has settled (`ksm_settles`) before measuring; `--cap N` stops at N nodes. A node's
 //! memory is its whole process group's proportional set size (a page shared by n processes
 //! counts 1/n). MemAvailable used per node is measured from before the runtime started, so
 //! the run's Postgres cluster and the zygote count too.
@@ -64,8 +64,10 @@ const PROBES: usize = 3;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a step's new nodes may take to be ready.
 const READY_BOUND: Duration = Duration::from_secs(180);
-/// How long ksmd may take to scan everything twice after a step (`--ksm`).
+/// How long ksmd may take to settle after a step (`--ksm`)...
 const KSM_SETTLE_BOUND: Duration = Duration::from_secs(300);
+/// ...settled meaning a full scan added less than this share to the pages it shares.
+const KSM_SETTLED: f64 = 0.02;
 /// Stop growing when the kernel has less than this available.
 const MEM_FLOOR: u64 = 2 << 30;
 /// The whole bench, bring-up of the last step included.
@@ -179,14 +181,7 @@ async fn main() -> Result<()> {
         options.version,
         secs(started.elapsed())
     );
-    // Held for the whole bench: the host's settings come back when it is dropped.
-    let ksm = args
-        .ksm
-        .then(|| Ksm::enable(&RunPrefix::default()))
-        .transpose()?;
-    let result = isolated(grow(options, args.cap, ksm.is_some())).await;
-    drop(ksm);
-    result
+    isolated(grow(options, args.cap, args.ksm)).await
 }
 
 /// One row of the table.
@@ -212,6 +207,11 @@ enum Stop {
 /// Starts the Sim, grows the mesh step by step, prints the table; the Sim is shut down
 /// whatever happened.
 async fn grow(options: SynapseOptions, cap: usize, ksm: bool) -> Result<()> {
+    // After the leftovers are gone (which puts the host's KSM settings back) and before any
+    // process starts; the host's settings come back when this is dropped.
+    let _ksm = ksm
+        .then(|| Ksm::enable(&RunPrefix::default()))
+        .transpose()?;
     let baseline = meminfo("MemAvailable")?;
     let fq = matches!(probe_fq().await, FqSupport::Available);
     let dp = Datapath::load(DatapathOptions {
@@ -353,8 +353,10 @@ async fn steps(
     }
 }
 
-/// Waits until ksmd has scanned every mergeable page twice since now (a page is merged on
-/// the second scan that finds it unchanged), printing what it shares.
+/// Waits until what ksmd merges has settled: full scans, one after another, until one adds
+/// less than `KSM_SETTLED` to the pages shared (a page is merged only on a scan that finds
+/// it unchanged since the last, so the first scans after a step keep adding), printing what
+/// it shares.
 async fn ksm_settles() -> Result<()> {
     let knob = |name: &str| -> Result<u64> {
         let path = format!("{KSM_DIR}/{name}");
@@ -363,24 +365,42 @@ async fn ksm_settles() -> Result<()> {
             .parse()
             .with_context(|| format!("{path}: {text:?}"))
     };
-    let from = knob("full_scans")?;
+    ensure!(
+        knob("run")? == 1,
+        "--ksm: ksmd is not running ({KSM_DIR}/run is not 1)"
+    );
     let started = Instant::now();
-    while knob("full_scans")? < from + 2 {
-        if started.elapsed() > KSM_SETTLE_BOUND {
-            println!(
-                "  ksmd did not finish two scans within {} s; measuring anyway",
-                KSM_SETTLE_BOUND.as_secs()
-            );
-            break;
+    let mut scans = 0;
+    let mut sharing = knob("pages_sharing")?;
+    loop {
+        let scan = knob("full_scans")?;
+        while knob("full_scans")? == scan {
+            if started.elapsed() > KSM_SETTLE_BOUND {
+                println!(
+                    "  ksmd had not settled after {} s; measuring anyway",
+                    KSM_SETTLE_BOUND.as_secs()
+                );
+                return report_ksm(started, scans, &knob);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        scans += 1;
+        let now = knob("pages_sharing")?;
+        let grew = now.saturating_sub(sharing) as f64 / now.max(1) as f64;
+        sharing = now;
+        if scans >= 2 && grew < KSM_SETTLED {
+            return report_ksm(started, scans, &knob);
+        }
     }
+}
+
+fn report_ksm(started: Instant, scans: u32, knob: &dyn Fn(&str) -> Result<u64>) -> Result<()> {
+    let sharing = knob("pages_sharing")?;
     println!(
-        "  ksmd: two full scans in {}; {} pages shared by {} mappings ({:.0} MiB saved)",
+        "  ksmd: {scans} full scans in {}; {} pages shared by {sharing} mappings ({:.0} MiB saved)",
         secs(started.elapsed()),
         knob("pages_shared")?,
-        knob("pages_sharing")?,
-        knob("pages_sharing")? as f64 * 4096.0 / (1 << 20) as f64
+        sharing as f64 * 4096.0 / (1 << 20) as f64
     );
     Ok(())
 }
