@@ -135,6 +135,8 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             "--disable-quic",
+            // The page's console messages and errors, into chromedriver's log.
+            "--enable-logging=stderr",
             &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
             &format!("--user-data-dir={}", profile.0.display()),
         ];
@@ -161,15 +163,7 @@ impl Browser {
         page.goto(&format!("{}/", api.base))
             .await
             .expect("open the page");
-        eventually(
-            "the page to draw and connect",
-            Duration::from_secs(20),
-            async || {
-                let ready = page.execute(PAGE_READY, vec![]).await.ok()?;
-                ready.as_bool().unwrap_or(false).then_some(())
-            },
-        )
-        .await;
+        wait_until_ready(&page, &logs).await;
         Browser {
             page,
             api,
@@ -192,6 +186,43 @@ impl Browser {
         drop(driver);
         drop(meshsim);
         drop(profile);
+    }
+}
+
+/// What the page says of itself when it is not ready: its frames, its connection badge,
+/// its load state.
+const PAGE_REPORT: &str = "return JSON.stringify({stats: window.meshsimStats || null, \
+    connection: (document.getElementById('connection') || {}).textContent, \
+    readyState: document.readyState, url: location.href});";
+/// How long a page may take to draw and connect (Chromium's first start on a busy machine
+/// is the slow part).
+const READY_WITHIN: Duration = Duration::from_secs(45);
+
+/// Waits until the page has drawn and its WebSocket is live ([`PAGE_READY`]). If it never
+/// is, the failure says what the page reported, with a screenshot and the browser's log
+/// beside the others, so an intermittent failure can be read afterwards.
+async fn wait_until_ready(page: &Client, logs: &Path) {
+    let deadline = std::time::Instant::now() + READY_WITHIN;
+    loop {
+        let ready = page.execute(PAGE_READY, vec![]).await;
+        if ready.as_ref().is_ok_and(|r| r.as_bool() == Some(true)) {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let report = page.execute(PAGE_REPORT, vec![]).await;
+            let shot = logs.join("not-ready.png");
+            if let Ok(png) = page.screenshot().await {
+                let _ = std::fs::write(&shot, png);
+            }
+            panic!(
+                "timed out after {READY_WITHIN:?} waiting for the page to draw and connect: \
+                 the last check said {ready:?}; the page reports {report:?}; screenshot {}, \
+                 chromedriver's log {}",
+                shot.display(),
+                logs.join("chromedriver.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
