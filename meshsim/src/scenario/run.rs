@@ -710,7 +710,12 @@ async fn watch_matrix(matrix: Arc<Matrix>, recorder: Recorder, gathered: Arc<Mut
     loop {
         let observed = match updates.recv().await {
             Ok(o) => o,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                // The sightings themselves are still in the run's event log, which
+                // deliveries.csv and the report are made from; this log says a gap is here.
+                recorder.record("matrix_lagged", json!({ "skipped_updates": skipped }));
+                continue;
+            }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         let record = &observed.record;
