@@ -114,7 +114,13 @@ mod tests {
     #[test]
     fn a_probes_owner_is_read_from_its_name() {
         assert_eq!(scratch_owner(&scratch_name(4194304, 17)), Some(4194304));
-        for other in ["ms-n1", "msprobe-x-1", "msprobe-12", "msprobe-12-", "msprobe12-1"] {
+        for other in [
+            "ms-n1",
+            "msprobe-x-1",
+            "msprobe-12",
+            "msprobe-12-",
+            "msprobe12-1",
+        ] {
             assert_eq!(scratch_owner(other), None, "{other}");
         }
     }
