@@ -16,11 +16,12 @@ use meshsim::{
     workload::{SynapseOptions, WorkloadKind, synapse::Launch},
 };
 use meshsim_tests::{
-    assert_carried,
-    fixtures::{check_line, line, square},
-    growth, id,
+    Sweep, assert_carried,
+    fixtures::{check_line, examples_dir, line, square},
+    growth, id, leftovers,
     matrix::Nio,
     mesh::{MeshConfig, MeshLab},
+    meshsim_bin, spawn_meshsim, wait_for_line,
 };
 
 /// A node that returns gets this long to receive what was sent while it was away.
@@ -411,5 +412,76 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
     assert!(
         !options.run_dir.exists(),
         "the run directory is removed at the end"
+    );
+}
+
+/// The pids whose command line contains `needle`, but for pgrep itself.
+fn pids_with(needle: &str) -> Vec<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", needle])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and Synapse: run with cargo xtask test"]
+fn a_killed_meshsim_takes_its_zygote_and_every_forked_homeserver_with_it() {
+    let _sweep = Sweep;
+    let file = examples_dir().join("mesh6.toml");
+    let (mut meshsim, lines) =
+        spawn_meshsim(&["up", file.to_str().unwrap(), "--workload", "synapse"]);
+    for _ in 0..6 {
+        wait_for_line(&lines, "is ready");
+    }
+    // A forked homeserver keeps the zygote's command line; its name says which node it is.
+    let processes = pids_with("run/zygote.py");
+    let (forked, zygotes): (Vec<u32>, Vec<u32>) = processes
+        .iter()
+        .partition(|&&p| processes.contains(&parent_of(p)));
+    assert_eq!(zygotes.len(), 1, "one zygote: {processes:?}");
+    assert_eq!(forked.len(), 6, "six homeservers forked: {processes:?}");
+    let mut names: Vec<String> = forked
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        (1..=6).map(|i| format!("synapse n{i}")).collect::<Vec<_>>()
+    );
+
+    meshsim.kill_9();
+    // The kernel ends them: the zygote's parent-death signal, then each child's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = || {
+        zygotes
+            .iter()
+            .chain(&forked)
+            .filter(|p| Path::new(&format!("/proc/{p}/stat")).exists())
+            .copied()
+            .collect::<Vec<u32>>()
+    };
+    while !alive().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(alive(), Vec::<u32>::new(), "outlived a kill -9 of meshsim");
+    let out = std::process::Command::new(meshsim_bin())
+        .arg("down")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(leftovers(), Vec::<String>::new());
+    assert!(
+        !SynapseOptions::default().run_dir.exists(),
+        "down removes the run directory"
     );
 }

@@ -283,7 +283,7 @@ impl SynapseRun {
         let forked = match (&self.zygote, host.entry()) {
             (Some(zygote), Some(entry)) => Some(
                 zygote
-                    .fork(&entry, &dir.dir, &log, &argv)
+                    .fork(&node.name, &entry, &dir.dir, &log, &argv)
                     .await
                     .map_err(|e| {
                         let what = format!("a fork of the zygote (pid {})", zygote.pid());

@@ -6,7 +6,7 @@ first fork keeps the collector from touching (and so copying) every shared objec
 
 Protocol, one JSON object per line: meshsim writes requests on our stdin, we answer on our
 stdout. The first line we write is {"ready": seconds_spent_importing}. A request
-{"netns", "covers", "dir", "log", "argv"} is answered {"pid": n} once the child is forked,
+{"name", "netns", "covers", "dir", "log", "argv"} is answered {"pid": n} once the child is forked,
 or {"error": text}. The child runs `synapse.app.homeserver` with `argv` in the node:
   - in the network namespace at `netns`,
   - in a mount namespace of its own where each [file, target] of `covers` is bound over
@@ -33,6 +33,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 0x80000
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -46,6 +47,9 @@ def check(result, what):
 def enter_node(request):
     """Everything between fork and the homeserver's main, in the child."""
     os.setpgid(0, 0)
+    # Its command line stays the zygote's; its name (ps -o comm, top) says whose it is.
+    name = f"synapse {request.get('name', '')}".strip().encode()[:15]
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() == 1:
         # The zygote died between fork and prctl: nobody would stop us.

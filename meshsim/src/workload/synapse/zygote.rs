@@ -50,6 +50,8 @@ pub enum ZygoteError {
 /// One line meshsim writes: start a homeserver in this node.
 #[derive(Serialize)]
 struct Request<'a> {
+    /// The node's name, for the process's name (`synapse n1` in ps and top).
+    name: &'a str,
     netns: &'a Path,
     covers: Vec<(&'a Path, &'a Path)>,
     dir: &'a Path,
@@ -136,16 +138,18 @@ impl Zygote {
         })
     }
 
-    /// Forks a homeserver into the node `entry` describes, running
+    /// Forks node `node`'s homeserver into the node `entry` describes, running
     /// `python -m synapse.app.homeserver ARGV` in `dir` with its output appended to `log`.
     pub async fn fork(
         &self,
+        node: &str,
         entry: &NodeEntry,
         dir: &Path,
         log: &Path,
         argv: &[String],
     ) -> Result<Box<dyn NodeProcess>, ZygoteError> {
         let request = Request {
+            name: node,
             netns: &entry.netns,
             covers: entry
                 .covers
