@@ -43,6 +43,7 @@ use meshsim::{
         self,
         ksm::{KSM_DIR, Ksm},
         names::RunPrefix,
+        process::{ProcStat, all_pids},
     },
     sim::{Sim, SimHandle},
     workload::{
@@ -558,25 +559,8 @@ fn grid(i: usize) -> (f64, f64) {
 /// Proportional set size (KiB) summed per process group, over every process of the machine.
 fn pss_by_group() -> BTreeMap<u32, u64> {
     let mut groups = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // After the command's closing parenthesis: state, parent, group.
-        let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')?
-                    .1
-                    .split_whitespace()
-                    .nth(2)?
-                    .parse()
-                    .ok()
-            });
+    for pid in all_pids() {
+        let group = ProcStat::of(pid).map(|s| s.group);
         // Proportional: a page shared by n processes (forked from the zygote, or merged by
         // KSM) counts 1/n to each.
         let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))

@@ -30,5 +30,5 @@ pub mod ws;
 pub use process::{Running, spawn_meshsim, wait_for_line};
 pub use util::{
     Sweep, TempDir, assert_carried, eventually, growth, id, leftovers, leftovers_of, meshsim_bin,
-    processes_in, target_dir,
+    pgrep, processes_in, target_dir,
 };

@@ -151,3 +151,15 @@ impl Drop for Sweep {
             .output();
     }
 }
+
+/// The pids `pgrep ARGS` finds (`["-f", "sleep 600"]`, say).
+pub fn pgrep(args: &[&str]) -> Vec<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(args)
+        .output()
+        .expect("pgrep runs (procps)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}

@@ -144,13 +144,47 @@ impl NodeProcess for HostPid {
 
 /// Whether `pid` runs (a zombie does not: it exited and waits to be reaped).
 pub fn pid_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which is in parentheses and may contain spaces.
-    stat.rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next())
-        .is_some_and(|state| state != 'Z' && state != 'X')
+    ProcStat::of(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// What `/proc/<pid>/stat` says of a process that meshsim (and its tests and benches) asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, `Z`...
+    pub state: char,
+    pub parent: u32,
+    pub group: u32,
+}
+
+impl ProcStat {
+    /// `None` when there is no such process (or it went while being read).
+    pub fn of(pid: u32) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// The fields after the command's name, which is in parentheses and may itself hold
+    /// spaces and parentheses: so from the last `)`.
+    pub fn parse(stat: &str) -> Option<Self> {
+        let mut fields = stat.rsplit_once(") ")?.1.split(' ');
+        let state = fields.next()?.chars().next()?;
+        let parent = fields.next()?.parse().ok()?;
+        let group = fields.next()?.parse().ok()?;
+        Some(ProcStat {
+            state,
+            parent,
+            group,
+        })
+    }
+}
+
+/// The pids of every process on the host, from /proc.
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// Gives `cmd`'s process a mount namespace of its own in which each `(file, target)` is
@@ -246,4 +280,25 @@ pub fn kill_processes_in_any(paths: &[String]) -> usize {
         }
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_is_read_after_the_name_whatever_the_name_holds() {
+        let line = "4242 (tricky) name) S 17 4242 4242 0 -1 4194560 263 0 0 0";
+        assert_eq!(
+            ProcStat::parse(line),
+            Some(ProcStat {
+                state: 'S',
+                parent: 17,
+                group: 4242
+            })
+        );
+        assert_eq!(ProcStat::parse("4242 (cut"), None);
+        let me = ProcStat::of(std::process::id()).unwrap();
+        assert_eq!(me.parent, std::os::unix::process::parent_id());
+    }
 }

@@ -7,8 +7,8 @@
 use std::{process::Command, sync::mpsc, time::Duration};
 
 use meshsim_tests::{
-    Running, Sweep, fixtures::examples_dir, leftovers, meshsim_bin, processes_in, spawn_meshsim,
-    wait_for_line,
+    Running, Sweep, fixtures::examples_dir, leftovers, meshsim_bin, pgrep, processes_in,
+    spawn_meshsim, wait_for_line,
 };
 
 fn example() -> String {
@@ -231,18 +231,6 @@ impl Drop for RestoreKsm {
     }
 }
 
-/// The pids of processes whose command line is exactly `command`.
-fn pids_of(command: &str) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args(["-x", "-f", command])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect()
-}
-
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn ksm_runs_for_the_run_and_the_hosts_settings_come_back() {
@@ -263,10 +251,10 @@ fn ksm_runs_for_the_run_and_the_hosts_settings_come_back() {
         "ksmd runs at meshsim's rate"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while pids_of(command).len() < 6 && std::time::Instant::now() < deadline {
+    while pgrep(&["-x", "-f", command]).len() < 6 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let sleepers = pids_of(command);
+    let sleepers = pgrep(&["-x", "-f", command]);
     assert_eq!(sleepers.len(), 6, "one node command per node");
     for pid in sleepers {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).unwrap();
@@ -298,10 +286,10 @@ fn ksm_runs_for_the_run_and_the_hosts_settings_come_back() {
     // Without --ksm nothing asks to be merged and nothing changes.
     let (mut meshsim, _rest) = start(&["up", &example(), "--node-cmd", "exec sleep 602"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while pids_of(command).len() < 6 && std::time::Instant::now() < deadline {
+    while pgrep(&["-x", "-f", command]).len() < 6 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pid = pids_of(command)[0];
+    let pid = pgrep(&["-x", "-f", command])[0];
     let stat = std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).unwrap();
     assert!(stat.contains("ksm_merge_any: no"), "{stat}");
     assert_eq!(ksm_knobs(), host);

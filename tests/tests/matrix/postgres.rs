@@ -7,7 +7,7 @@
 use std::{path::Path, time::Instant};
 
 use meshsim::{
-    runtime::process::pid_alive,
+    runtime::process::{ProcStat, all_pids, pid_alive},
     workload::{SynapseOptions, WorkloadKind, postgres::ROLE, synapse::Database},
 };
 use meshsim_tests::{
@@ -82,24 +82,9 @@ fn postmaster(dir: &Path) -> Option<u32> {
 
 /// The processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                // After the command's closing parenthesis: state, then the parent's pid.
-                .and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse()
-                        .ok()
-                })
-                == Some(pid)
-        })
+    all_pids()
+        .into_iter()
+        .filter(|&p| ProcStat::of(p).is_some_and(|s| s.parent == pid))
         .collect()
 }
 

@@ -13,6 +13,7 @@ use std::{
 
 use meshsim::{
     model::{Model, NodeId, Topology},
+    runtime::process::ProcStat,
     workload::{SynapseOptions, WorkloadKind, synapse::Launch},
 };
 use meshsim_tests::{
@@ -21,7 +22,7 @@ use meshsim_tests::{
     growth, id, leftovers,
     matrix::Nio,
     mesh::{MeshConfig, MeshLab},
-    meshsim_bin, spawn_meshsim, wait_for_line,
+    meshsim_bin, pgrep, spawn_meshsim, wait_for_line,
 };
 
 /// A node that returns gets this long to receive what was sent while it was away.
@@ -49,12 +50,9 @@ fn rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-/// The parent of `pid`, from /proc (the field after the state, which follows the name in
-/// parentheses).
+/// The parent of `pid`, or 0 when it is gone.
 fn parent_of(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, rest) = stat.rsplit_once(") ").unwrap();
-    rest.split(' ').nth(1).unwrap().parse().unwrap()
+    ProcStat::of(pid).map_or(0, |s| s.parent)
 }
 
 /// The network namespace `pid` is in, as `net:[inode]`.
@@ -415,18 +413,6 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
     );
 }
 
-/// The pids whose command line contains `needle`, but for pgrep itself.
-fn pids_with(needle: &str) -> Vec<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", needle])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 #[test]
 #[ignore = "needs root and Synapse: run with cargo xtask test"]
 fn a_killed_meshsim_takes_its_zygote_and_every_forked_homeserver_with_it() {
@@ -438,7 +424,7 @@ fn a_killed_meshsim_takes_its_zygote_and_every_forked_homeserver_with_it() {
         wait_for_line(&lines, "is ready");
     }
     // A forked homeserver keeps the zygote's command line; its name says which node it is.
-    let processes = pids_with("run/zygote.py");
+    let processes = pgrep(&["-f", "run/zygote.py"]);
     let (forked, zygotes): (Vec<u32>, Vec<u32>) = processes
         .iter()
         .partition(|&&p| processes.contains(&parent_of(p)));
