@@ -38,8 +38,12 @@ use crate::{
 };
 
 /// How long the kernel gets to free the namespaces of a run's end (and with them the veths)
-/// before what is left is deleted one by one.
+/// before what is left is deleted one by one...
 const FREE_NAMESPACES_WITHIN: Duration = Duration::from_secs(30);
+/// ...or sooner, once it has freed none for this long. A namespace can outlive every
+/// process in it: a TCP connection its homeserver had open to a node removed earlier is
+/// orphaned, retransmitting to nowhere, and holds the namespace until it times out.
+const NO_PROGRESS_FOR: Duration = Duration::from_secs(2);
 
 /// Node ports per bridge. A Linux bridge takes at most 1,023 ports (`BR_MAX_PORTS` is
 /// 1024, port 0 unused); `ms-br0` also holds one trunk per other bridge.
@@ -264,6 +268,7 @@ impl Backend for NetnsBackend {
         }
         let ports: HashSet<&str> = names.iter().map(String::as_str).collect();
         let deadline = Instant::now() + FREE_NAMESPACES_WITHIN;
+        let mut last = (usize::MAX, Instant::now());
         loop {
             let left: Vec<LinkInfo> = self
                 .root
@@ -275,7 +280,10 @@ impl Backend for NetnsBackend {
             if left.is_empty() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            if left.len() < last.0 {
+                last = (left.len(), Instant::now());
+            }
+            if Instant::now() >= deadline || last.1.elapsed() >= NO_PROGRESS_FOR {
                 for link in left {
                     self.root.delete_link(link.index).await?;
                 }
