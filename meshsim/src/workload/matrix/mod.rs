@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::broadcast;
+use tokio::{sync::broadcast, task::AbortHandle};
 
 pub use self::{
     client::{Client, ClientError},
@@ -103,6 +103,10 @@ struct NodeView {
     syncs: u64,
     /// The last time it tried to join the mesh room.
     tried_join: Option<Instant>,
+    /// Joins under way for it, off its observer's loop: they hold its namespace and a
+    /// connection in it, so they end with the node (a namespace kept alive by a socket
+    /// keeps its veth, and the run's end waited for it).
+    errands: Vec<AbortHandle>,
 }
 
 /// The run's Matrix view, shared by every node's observer and the server.
@@ -158,6 +162,7 @@ impl Matrix {
                 ready: false,
                 syncs: 0,
                 tried_join: None,
+                errands: Vec::new(),
             },
         );
         observer::observe(self, node, ns).await;
@@ -166,7 +171,11 @@ impl Matrix {
     /// `node` is gone: it is no longer in any room and cannot send. Where its sync stood is
     /// kept, for when it comes back.
     pub fn forget(&self, node: &str) {
-        lock(&self.nodes).remove(node);
+        if let Some(view) = lock(&self.nodes).remove(node) {
+            for errand in view.errands {
+                errand.abort();
+            }
+        }
         lock(&self.senders).remove(node);
         lock(&self.log).forget_node(node);
     }
@@ -211,8 +220,9 @@ impl Matrix {
             return;
         }
         let matrix = Arc::clone(self);
-        let node = node.to_owned();
-        tokio::spawn(async move {
+        let name = node.to_owned();
+        let node = name.clone();
+        let errand = tokio::spawn(async move {
             let Ok((session, ns)) = matrix.session_of(&node) else {
                 return;
             };
@@ -228,7 +238,16 @@ impl Matrix {
             if !in_mesh_room {
                 matrix.join_mesh_room(&node, client).await;
             }
-        });
+        })
+        .abort_handle();
+        match lock(&self.nodes).get_mut(&name) {
+            Some(view) => {
+                view.errands.retain(|e| !e.is_finished());
+                view.errands.push(errand);
+            }
+            // Forgotten meanwhile.
+            None => errand.abort(),
+        }
     }
 
     /// `node`'s sending session and namespace, when it is observed and has synced.
