@@ -72,7 +72,7 @@ impl ChildProcess {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Kept across exec and inherited by what it forks (Linux ≥ 6.7).
+                // Kept across exec and inherited by what it forks (checked on 6.18).
                 if merge && libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -258,23 +258,13 @@ pub fn kill_processes_in_any(paths: &[String]) -> usize {
     if targets.is_empty() {
         return 0;
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let mut killed = 0;
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
             continue;
         };
         if targets.contains(&(ns.dev(), ns.ino()))
-            && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+            && kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
         {
             killed += 1;
         }
