@@ -333,6 +333,21 @@ impl Model {
         Ok(self.rebuild(nodes))
     }
 
+    /// Moves several nodes at once: one rebuild, one diff. Nothing moves unless all can.
+    pub fn move_nodes(&mut self, moves: &[(NodeId, f64, f64)]) -> Result<Diff, ModelError> {
+        let mut nodes = self.mesh.nodes.clone();
+        for &(id, x, y) in moves {
+            if !nodes.contains_key(&id) {
+                return Err(ModelError::UnknownNode(id));
+            }
+            nodes.insert(id, Node::new(id, x, y)?);
+        }
+        if nodes == self.mesh.nodes {
+            return Ok(Diff::default());
+        }
+        Ok(self.rebuild(nodes))
+    }
+
     /// Removes a node with its links, routes and pins; traffic through it reroutes.
     pub fn remove_node(&mut self, id: NodeId) -> Result<Diff, ModelError> {
         let mut nodes = self.mesh.nodes.clone();

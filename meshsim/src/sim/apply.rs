@@ -98,12 +98,15 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
             self.runtime.admit(node.id, nodes)?;
         }
         let capacity = self.shaper.capacity();
-        if nodes > capacity.nodes {
+        // The host's client-link end is a NODES entry too.
+        let host = usize::from(self.host.is_some());
+        if nodes + host > capacity.nodes {
             return Err(Refusal {
                 node: diff.nodes_added.first().map(|n| n.id),
                 reason: format!(
-                    "the datapath holds at most {} nodes: remove nodes first",
-                    capacity.nodes
+                    "the datapath holds at most {} nodes{}: remove nodes first",
+                    capacity.nodes - host,
+                    if host == 1 { " besides the host" } else { "" }
                 ),
             });
         }

@@ -262,6 +262,10 @@ impl Shaper for FakeShaper {
     fn upsert_node(&mut self, mac: [u8; 6], id: NodeId, port: u32) -> Result<(), HostError> {
         let mut w = lock(&self.world);
         w.call(format!("know {id}"))?;
+        // Full as the kernel's NODES hash map is: a new key past its size fails (E2BIG).
+        if !w.known.contains_key(&mac) && w.known.len() >= self.capacity.nodes {
+            return Err(HostError::new(format!("NODES is full: no room for {id}")));
+        }
         w.known.insert(mac, (id, port));
         Ok(())
     }
@@ -281,6 +285,12 @@ impl Shaper for FakeShaper {
     ) -> Result<(), HostError> {
         let mut w = lock(&self.world);
         w.call(format!("link {}", pair(&key)))?;
+        if !w.links.contains_key(&key) && w.links.len() >= self.capacity.directed_links {
+            return Err(HostError::new(format!(
+                "LINKS is full: no room for {}",
+                pair(&key)
+            )));
+        }
         w.links.insert(key, (port, *params));
         Ok(())
     }

@@ -102,12 +102,8 @@ enum Command {
         workload: NodeWorkload,
         reply: Reply<Node>,
     },
-    MoveNode {
-        id: NodeId,
-        x: f64,
-        y: f64,
-        replies: Vec<Reply<()>>,
-    },
+    /// One move as sent, or every move that queued up while the Sim was busy.
+    MoveNodes(Vec<Move>),
     RemoveNode {
         id: NodeId,
         reply: Reply<()>,
@@ -214,11 +210,13 @@ impl SimHandle {
 
     /// Moves a node; moves that queue up while the Sim is busy collapse into the latest.
     pub async fn move_node(&self, id: NodeId, x: f64, y: f64) -> Result<(), SimError> {
-        self.ask(|reply| Command::MoveNode {
-            id,
-            x,
-            y,
-            replies: vec![reply],
+        self.ask(|reply| {
+            Command::MoveNodes(vec![Move {
+                id,
+                x,
+                y,
+                replies: vec![reply],
+            }])
         })
         .await
     }
@@ -422,25 +420,7 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
                     .map(|()| self.model.node(id).cloned().expect("just added"));
                 let _ = reply.send(result);
             }
-            Command::MoveNode {
-                id,
-                x,
-                y,
-                mut replies,
-            } => {
-                let result = self
-                    .change(None, RUN_WORKLOAD, |m| m.move_node(id, x, y))
-                    .await;
-                let last = replies.pop().expect("a move has a reply");
-                for reply in replies {
-                    let copy = result
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| SimError::Folded(e.to_string()));
-                    let _ = reply.send(copy);
-                }
-                let _ = last.send(result);
-            }
+            Command::MoveNodes(moves) => self.move_nodes(moves).await,
             Command::RemoveNode { id, reply } => {
                 let result = self.change(None, RUN_WORKLOAD, |m| m.remove_node(id)).await;
                 let _ = reply.send(result);
@@ -520,6 +500,49 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
     /// Runs `op` on the model and applies its diff to the host, all or nothing: if the
     /// host refuses or fails, the model is put back as it was (ids included) and whatever
     /// the host had done is undone.
+    /// Moves queued together are one change (one routing pass, one apply, one publish):
+    /// under a hundred clients dragging, the Sim keeps up instead of queueing seconds of
+    /// moves. If the change fails, each move is tried alone, so each mover's answer is its
+    /// own.
+    async fn move_nodes(&mut self, moves: Vec<Move>) {
+        if moves.len() > 1 {
+            let positions: Vec<(NodeId, f64, f64)> =
+                moves.iter().map(|m| (m.id, m.x, m.y)).collect();
+            if self
+                .change(None, RUN_WORKLOAD, |m| m.move_nodes(&positions))
+                .await
+                .is_ok()
+            {
+                for m in moves {
+                    for reply in m.replies {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                return;
+            }
+        }
+        for Move {
+            id,
+            x,
+            y,
+            mut replies,
+        } in moves
+        {
+            let result = self
+                .change(None, RUN_WORKLOAD, |m| m.move_node(id, x, y))
+                .await;
+            let last = replies.pop().expect("a move has a reply");
+            for reply in replies {
+                let copy = result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| SimError::Folded(e.to_string()));
+                let _ = reply.send(copy);
+            }
+            let _ = last.send(result);
+        }
+    }
+
     async fn change(
         &mut self,
         progress: Option<&mpsc::UnboundedSender<Progress>>,
@@ -619,27 +642,33 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
     }
 }
 
-/// Folds runs of moves of the same node into the last one (only the latest position of a
-/// dragged node matters); every mover still gets its answer.
+/// A node's move, with the answers owed to everyone who sent it (a drag sends many).
+struct Move {
+    id: NodeId,
+    x: f64,
+    y: f64,
+    replies: Vec<Reply<()>>,
+}
+
+/// Folds each run of queued moves into one command, in which a node dragged many times
+/// keeps only its latest position (the only one that matters); every mover still gets its
+/// answer. Moves never pass another command, so a move sent after a removal sees it.
 fn coalesce_moves(batch: Vec<Command>) -> Vec<Command> {
     let mut out: Vec<Command> = Vec::with_capacity(batch.len());
     for command in batch {
-        if let Command::MoveNode { id, x, y, replies } = command {
-            if let Some(Command::MoveNode {
-                id: last,
-                x: lx,
-                y: ly,
-                replies: earlier,
-            }) = out.last_mut()
-                && *last == id
-            {
-                (*lx, *ly) = (x, y);
-                earlier.extend(replies);
-                continue;
+        match (command, out.last_mut()) {
+            (Command::MoveNodes(moves), Some(Command::MoveNodes(run))) => {
+                for new in moves {
+                    match run.iter_mut().find(|m| m.id == new.id) {
+                        Some(earlier) => {
+                            (earlier.x, earlier.y) = (new.x, new.y);
+                            earlier.replies.extend(new.replies);
+                        }
+                        None => run.push(new),
+                    }
+                }
             }
-            out.push(Command::MoveNode { id, x, y, replies });
-        } else {
-            out.push(command);
+            (command, _) => out.push(command),
         }
     }
     out

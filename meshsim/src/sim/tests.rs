@@ -13,7 +13,7 @@ use meshsim_common::LinkKey;
 use tokio::sync::Semaphore;
 
 use super::{
-    Sim, SimError, SimHandle,
+    ShaperCapacity, Sim, SimError, SimHandle,
     fake::{FakeRuntime, FakeShaper, World, mac},
 };
 use crate::model::{
@@ -36,6 +36,12 @@ fn lab(gated: bool) -> Lab {
 
 /// A lab whose host has client links (`host`), as on the netns backend.
 fn lab_with(gated: bool, host: bool) -> Lab {
+    lab_sized(gated, host, None)
+}
+
+/// A lab whose maps hold `capacity` (the real sizes when `None`); the fake's maps refuse a
+/// new entry past it, as the kernel's do.
+fn lab_sized(gated: bool, host: bool, capacity: Option<ShaperCapacity>) -> Lab {
     let world = World::new();
     let gate = Arc::new(Semaphore::new(0));
     let runtime = FakeRuntime {
@@ -43,7 +49,10 @@ fn lab_with(gated: bool, host: bool) -> Lab {
         gate: gated.then(|| Arc::clone(&gate)),
         host,
     };
-    let shaper = FakeShaper::new(Arc::clone(&world));
+    let mut shaper = FakeShaper::new(Arc::clone(&world));
+    if let Some(capacity) = capacity {
+        shaper.capacity = capacity;
+    }
     let (sim, _task) = Sim::spawn(runtime, shaper, Settings::default()).unwrap();
     Lab { sim, world, gate }
 }
@@ -275,6 +284,63 @@ async fn a_change_the_host_cannot_take_is_refused_before_anything_is_touched() {
     lab.assert_host_is_model();
 }
 
+/// The datapath's limits (4,096 nodes, 16,384 directed links) at a size a test can fill: a
+/// change past either is refused whole, never attempted and failed half-way by a full map.
+#[tokio::test]
+async fn a_mesh_grows_to_the_maps_limits_and_is_refused_there() {
+    for (capacity, limit) in [
+        (
+            ShaperCapacity {
+                nodes: 6,
+                directed_links: 1000,
+            },
+            "at most 5 nodes besides the host",
+        ),
+        (
+            ShaperCapacity {
+                nodes: 100,
+                directed_links: 40,
+            },
+            "at most 40 directed links",
+        ),
+    ] {
+        let lab = lab_sized(false, true, Some(capacity));
+        lab.host_joined().await;
+        let mut rng = Rng::new(7);
+        let mut added = 0;
+        let refusal = loop {
+            let (x, y) = (rng.f64_in(0.0, 600.0), rng.f64_in(0.0, 600.0));
+            match lab.sim.add_node(x, y).await {
+                Ok(_) => added += 1,
+                Err(e) => break e,
+            }
+            assert!(added < 100, "never refused");
+        };
+        assert!(matches!(refusal, SimError::Refused(_)), "{refusal}");
+        assert!(refusal.to_string().contains(limit), "{refusal}");
+        lab.assert_host_is_model();
+        // Moves at the limit are refused or done, never half-done.
+        let nodes: Vec<NodeId> = lab
+            .sim
+            .state()
+            .borrow()
+            .snapshot
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        for i in 0..50 {
+            let id = nodes[i % nodes.len()];
+            let (x, y) = (rng.f64_in(0.0, 600.0), rng.f64_in(0.0, 600.0));
+            match lab.sim.move_node(id, x, y).await {
+                Ok(_) | Err(SimError::Refused(_)) => {}
+                Err(e) => panic!("a move at the limit failed instead of being refused: {e}"),
+            }
+            lab.assert_host_is_model();
+        }
+    }
+}
+
 #[tokio::test]
 async fn settings_of_an_empty_mesh_are_published() {
     let lab = lab(false);
@@ -321,6 +387,81 @@ async fn moves_queued_while_the_sim_is_busy_fold_into_the_latest() {
         state.version,
         version + 2,
         "one change for n2, one for all 20 moves"
+    );
+    lab.assert_host_is_model();
+}
+
+/// Sends `moves` while the Sim is busy adding a node (held at the gate), so they queue up
+/// together; their answers in order.
+async fn queued_moves(lab: &Lab, moves: Vec<(NodeId, f64)>) -> Vec<Result<(), SimError>> {
+    let busy = {
+        let sim = lab.sim.clone();
+        tokio::spawn(async move { sim.add_node(900.0, 900.0).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answers = {
+        let sim = lab.sim.clone();
+        tokio::spawn(async move {
+            futures_util::future::join_all(
+                moves.into_iter().map(|(id, x)| sim.move_node(id, x, 300.0)),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    lab.gate.add_permits(1);
+    busy.await.unwrap().unwrap();
+    answers.await.unwrap()
+}
+
+#[tokio::test]
+async fn moves_of_many_nodes_queued_together_are_one_change_and_answer_each_mover() {
+    let lab = lab(true);
+    lab.gate.add_permits(5);
+    for i in 0..5 {
+        lab.sim.add_node(f64::from(i) * 100.0, 0.0).await.unwrap();
+    }
+    let version = lab.sim.state().borrow().version;
+    // Two moves of each of n1..n5: one change for all ten, each node at its latest.
+    let moves = (0..10)
+        .map(|i| (NodeId(i % 5 + 1), f64::from(i) * 10.0))
+        .collect();
+    for answer in queued_moves(&lab, moves).await {
+        answer.expect("every mover gets its answer");
+    }
+    let state = lab.sim.state().borrow().clone();
+    let xs: Vec<f64> = state.snapshot.nodes.iter().take(5).map(|n| n.x).collect();
+    assert_eq!(
+        xs,
+        [50.0, 60.0, 70.0, 80.0, 90.0],
+        "each node's latest position"
+    );
+    assert_eq!(
+        state.version,
+        version + 2,
+        "one change for n6, one for the moves"
+    );
+    lab.assert_host_is_model();
+
+    // A move that cannot be done fails alone: the others are still done.
+    let answers = queued_moves(
+        &lab,
+        vec![(NodeId(1), 500.0), (NodeId(99), 0.0), (NodeId(2), 510.0)],
+    )
+    .await;
+    assert!(answers[0].is_ok() && answers[2].is_ok(), "{answers:?}");
+    assert!(
+        matches!(
+            answers[1],
+            Err(SimError::Model(ModelError::UnknownNode(NodeId(99))))
+        ),
+        "{:?}",
+        answers[1]
+    );
+    let state = lab.sim.state().borrow().clone();
+    assert_eq!(
+        (state.snapshot.nodes[0].x, state.snapshot.nodes[1].x),
+        (500.0, 510.0)
     );
     lab.assert_host_is_model();
 }
