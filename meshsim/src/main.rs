@@ -246,6 +246,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("meshsim: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -259,6 +260,24 @@ fn main() -> std::process::ExitCode {
             eprintln!("meshsim: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// A thousand WebSocket clients and a few thousand nodes' sockets pass the usual soft limit
+/// of 1024 open files; the hard limit (set by the admin) is the real bound.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let result = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!(
+            "cannot raise the open files limit ({e}): large meshes or many WebSocket clients may fail with EMFILE"
+        );
     }
 }
 

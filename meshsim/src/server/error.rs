@@ -63,6 +63,10 @@ pub enum ApiError {
     /// The Sim has stopped: meshsim is shutting down (503).
     #[error("meshsim is shutting down")]
     Stopped,
+    /// The server is at one of its limits (`server::limits`); the text says which and what
+    /// to do (503, with `Retry-After`).
+    #[error("{0}")]
+    Busy(String),
     /// A node's homeserver refused or failed what meshsim asked of it for the client (502);
     /// its answer is shown, as it is the homeserver's and says what went wrong.
     #[error("{0}")]
@@ -100,7 +104,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Stopped | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Homeserver(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -175,6 +179,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, Self::Busy(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

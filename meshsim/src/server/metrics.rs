@@ -50,9 +50,11 @@ impl Metrics {
         state: watch::Receiver<Arc<MeshState>>,
         reader: Box<dyn ReadCounters>,
         matrix: Option<Arc<Matrix>>,
+        limits: super::limits::LimitsCollector,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(MeshCollector { state, reader }));
+        registry.register_collector(Box::new(limits));
         if let Some(matrix) = matrix {
             registry.register_collector(Box::new(MatrixCollector { matrix }));
         }

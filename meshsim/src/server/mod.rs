@@ -12,6 +12,7 @@ mod cuts;
 mod error;
 mod events;
 mod extract;
+mod limits;
 mod links;
 mod metrics;
 mod nodes;
@@ -27,6 +28,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use axum::{Router, extract::DefaultBodyLimit, http::Method, response::IntoResponse};
 pub use error::ApiError;
+pub use limits::{MAX_IN_FLIGHT, MAX_WS_CLIENTS};
 pub use metrics::to_classic as metrics_to_classic;
 pub use security::Security;
 pub use telemetry::{LinkTraffic, NodeTraffic, TrafficFrame};
@@ -112,6 +114,11 @@ pub struct AppState {
     desk: Arc<Desk>,
     results_dir: Arc<PathBuf>,
     version: Arc<str>,
+    ws_seats: limits::WsSeats,
+    /// Requests refused for being over `limits::MAX_IN_FLIGHT`.
+    refused: Arc<std::sync::atomic::AtomicU64>,
+    /// The latest state message, serialised once for every WebSocket client.
+    ws_state: Arc<ws::StateCache>,
 }
 
 /// Binds `addr`, before anything else is started, so a taken port fails fast.
@@ -175,10 +182,16 @@ impl Server {
                 feed.clone(),
             )));
         }
+        let ws_seats = limits::WsSeats::new(limits::MAX_WS_CLIENTS);
+        let refused = Arc::default();
         let metrics = Arc::new(metrics::Metrics::new(
             sim.state(),
             sim.counter_reader().await?,
             options.matrix.clone(),
+            limits::LimitsCollector {
+                seats: ws_seats.clone(),
+                refused: Arc::clone(&refused),
+            },
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let app = AppState {
@@ -191,6 +204,9 @@ impl Server {
             desk: options.desk,
             results_dir: Arc::new(options.results_dir),
             version: options.version.into(),
+            ws_seats,
+            refused,
+            ws_state: Arc::default(),
         };
         let security = Arc::new(Security::new(addr, options.token));
         Ok(Self {
@@ -254,7 +270,7 @@ fn router(app: AppState, security: Arc<Security>) -> Router {
                 uri.path()
             ))
         });
-    Router::new()
+    let routes = Router::new()
         .nest("/api", api)
         .merge(ws::router())
         .merge(metrics::router())
@@ -266,6 +282,7 @@ fn router(app: AppState, security: Arc<Security>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             security,
             security::guard,
-        ))
-        .with_state(app)
+        ));
+    let refused = Arc::clone(&app.refused);
+    limits::shed_load(routes, limits::MAX_IN_FLIGHT, refused).with_state(app)
 }

@@ -47,9 +47,17 @@ async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => ws
-            .max_message_size(MAX_INCOMING)
-            .on_upgrade(move |socket| session(socket, app)),
+        Ok(ws) => {
+            let seat = match app.ws_seats.take() {
+                Ok(seat) => seat,
+                Err(busy) => return busy.into_response(),
+            };
+            ws.max_message_size(MAX_INCOMING)
+                .on_upgrade(move |socket| async move {
+                    session(socket, app).await;
+                    drop(seat);
+                })
+        }
         Err(e) => {
             ApiError::BadRequest(format!("expected a WebSocket upgrade: {e}")).into_response()
         }
@@ -64,6 +72,31 @@ struct StateMessage {
     version: u64,
     #[serde(flatten)]
     body: StateBody,
+}
+
+/// The state message of the latest version, made once however many clients send it: with a
+/// thousand clients and a drag changing the mesh twenty times a second, serialising it per
+/// client would cost more than everything else the server does.
+#[derive(Default)]
+pub struct StateCache(std::sync::Mutex<Option<(u64, Utf8Bytes)>>);
+
+impl StateCache {
+    fn message(&self, state: &Arc<MeshState>) -> Option<Utf8Bytes> {
+        // Held while serialising, so clients woken by one change wait for one serialisation
+        // instead of each making their own.
+        let mut cached = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((version, text)) = cached.as_ref()
+            && *version == state.version
+        {
+            return Some(text.clone());
+        }
+        let text = state_message(state)?;
+        *cached = Some((state.version, text.clone()));
+        Some(text)
+    }
 }
 
 fn state_message(state: &Arc<MeshState>) -> Option<Utf8Bytes> {
@@ -125,7 +158,7 @@ async fn session(socket: WebSocket, app: AppState) {
     let mut shutdown = app.shutdown.clone();
     let mut workloads = app.workloads.clone();
     let current = state.borrow_and_update().clone();
-    if send(&mut tx, state_message(&current)).await.is_err() {
+    if send(&mut tx, app.ws_state.message(&current)).await.is_err() {
         return;
     }
     if let Some(status) = &mut workloads {
@@ -172,7 +205,7 @@ async fn session(socket: WebSocket, app: AppState) {
                     return;
                 }
                 let latest = state.borrow_and_update().clone();
-                if send(&mut tx, state_message(&latest)).await.is_err() {
+                if send(&mut tx, app.ws_state.message(&latest)).await.is_err() {
                     return;
                 }
             }
