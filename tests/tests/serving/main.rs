@@ -3,6 +3,7 @@
 
 mod api;
 mod browser;
+mod limits;
 mod metrics;
 mod scenario;
 mod ws;
