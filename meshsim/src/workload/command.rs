@@ -12,8 +12,9 @@ use super::{
     host::{Confinement, HostKind, NodeHost, NodeNeeds, Program},
 };
 
-/// Marks a node directory tree as meshsim's, so a leftover one is emptied, and only then.
-const MARKER: &str = ".meshsim-node-dirs";
+/// Marks the nodes' directories as meshsim's, so a leftover one is emptied (or removed by
+/// `meshsim down`), and only then.
+pub const NODE_DIRS_MARKER: &str = ".meshsim-node-dirs";
 
 pub struct CommandRun {
     command: NodeCommand,
@@ -30,16 +31,16 @@ impl CommandRun {
         dirs: PathBuf,
     ) -> Result<Self, WorkloadError> {
         if dirs.exists() {
-            if !dirs.join(MARKER).exists() {
+            if !dirs.join(NODE_DIRS_MARKER).exists() {
                 return Err(WorkloadError::ForeignRunDir {
                     path: dirs,
-                    marker: MARKER,
+                    marker: NODE_DIRS_MARKER,
                 });
             }
             std::fs::remove_dir_all(&dirs).map_err(WorkloadError::io("empty", &dirs))?;
         }
         std::fs::create_dir_all(&dirs).map_err(WorkloadError::io("create", &dirs))?;
-        let marker = dirs.join(MARKER);
+        let marker = dirs.join(NODE_DIRS_MARKER);
         std::fs::write(&marker, "made by meshsim; removed when the run stops\n")
             .map_err(WorkloadError::io("write", marker))?;
         Ok(CommandRun {

@@ -32,6 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use command::NODE_DIRS_MARKER;
 pub use synapse::SynapseOptions;
 use tokio::{sync::watch, task::JoinHandle};
 
