@@ -1,9 +1,10 @@
 //! A node process's own view of the host: a mount namespace where the run's covers are bound
 //! over their targets, and, when the workload asks for it ([`Confinement`]), where every
 //! mount is read-only but the node's directory (and the few paths it writes), `/tmp` and
-//! `/dev/shm` are fresh tmpfs of its own, and a fresh `/proc` shows only its own processes
-//! (`hidepid=invisible`); then it drops root: no new privileges, no capabilities, no
-//! supplementary groups, the node's uid and gid.
+//! `/dev/shm` are fresh tmpfs of its own (so is any directory the node's user could not
+//! pass through, with what it reads there bound back: a [`Plan`]'s masks), and a fresh
+//! `/proc` shows only its own processes (`hidepid=invisible`); then it drops root: no new
+//! privileges, no capabilities, no supplementary groups, the node's uid and gid.
 //!
 //! Everything is prepared before the fork ([`PrivateMounts::new`]); [`PrivateMounts::enter`]
 //! runs between fork and exec and only makes system calls on memory that already exists.
@@ -269,8 +270,8 @@ impl Confined {
             // Mount points it must pass through, whatever umask meshsim was started with.
             let umask = libc::umask(0o022);
             for (kept, &fd) in self.kept.iter().zip(&self.fds) {
-                // A path under /tmp needs its mount point made in the fresh tmpfs; elsewhere
-                // it exists (and the read-only tree refuses these, which is fine).
+                // A path under a mask needs its mount point made in the fresh tmpfs;
+                // elsewhere it exists (and the read-only tree refuses these, which is fine).
                 for dir in &kept.ancestors {
                     libc::mkdir(dir.as_ptr(), 0o755);
                 }

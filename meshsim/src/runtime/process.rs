@@ -85,16 +85,21 @@ impl ChildProcess {
         // before the fork) without allocating.
         unsafe {
             cmd.pre_exec(move || {
+                let die_with_meshsim = || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                };
+                die_with_meshsim()?;
                 // Kept across exec and inherited by what it forks (checked on 6.18).
                 if merge && libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some(mounts) = &mut mounts {
                     mounts.enter()?;
-                }
-                // After the uid changed: a change of credentials clears the death signal.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
+                    // Again: changing the uid cleared it.
+                    die_with_meshsim()?;
                 }
                 Ok(())
             });
