@@ -116,6 +116,7 @@ async fn once(
             "backend": options.backend.map(|b| format!("{b:?}").to_lowercase()),
             "workload": options.workload,
             "node_cmd": options.node_cmd,
+            "node_cmd_as_root": options.node_cmd_as_root,
             "image": options.image,
             "subnet": options.subnet.to_string(),
             "prefix": options.prefix.to_string(),

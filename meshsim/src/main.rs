@@ -187,6 +187,13 @@ struct RunOptions {
     /// `workload` and `node_cmd`.
     #[arg(long)]
     node_cmd: Option<String>,
+    /// Run the node command as root, seeing and writing the host as meshsim does, for a
+    /// command that needs it (one that changes the node's routes, say). Without it, the
+    /// command runs as the node's own unprivileged user (uid 2000000000 + K for node nK),
+    /// confined to its directory (/tmp/meshsim/nodes/<name>). Overrides the file's
+    /// `node_cmd_as_root`, with `--node-cmd`.
+    #[arg(long)]
+    node_cmd_as_root: bool,
     /// Where per-node logs go (default: /tmp/meshsim/logs, or /tmp/meshsim-PREFIX/logs).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -308,6 +315,7 @@ fn default_options() -> RunOptions {
         subnet: Addressing::default(),
         workload: None,
         node_cmd: None,
+        node_cmd_as_root: false,
         database: None,
         profile: None,
         launch: None,

@@ -33,17 +33,25 @@ struct RunChoice {
 impl RunChoice {
     fn new(options: &RunOptions, file: &RunTable) -> Result<Self> {
         // `--workload` and `--node-cmd` are one choice: either flag replaces the file's.
-        let workload = if options.workload.is_some() || options.node_cmd.is_some() {
+        let mut workload = if options.workload.is_some() || options.node_cmd.is_some() {
             WorkloadKind::from_cli(options.workload.as_deref(), options.node_cmd.clone())?
         } else {
             file.workload.clone().unwrap_or_default()
         };
+        match (options.node_cmd_as_root, &mut workload) {
+            (true, WorkloadKind::Command(command)) => command.as_root = true,
+            (true, other) => bail!(
+                "--node-cmd-as-root says how a node command runs, but this run's workload is {}: \
+                 give the command with --node-cmd (or `node_cmd` in the file's [run] table)",
+                other.name()
+            ),
+            (false, _) => {}
+        }
         let backend = options
             .backend
             .map(BackendKind::from)
             .or(file.backend)
             .unwrap_or_default();
-        let mut workload = workload;
         match (options.database.or(file.database), &mut workload) {
             (Some(Database::Sqlite), WorkloadKind::Synapse(synapse))
                 if synapse.workers.is_some() =>

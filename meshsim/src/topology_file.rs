@@ -39,7 +39,7 @@ use crate::{
     model::{ModelError, NodeId, Topology},
     run_config::BackendKind,
     workload::{
-        NodeWorkload, SynapseOptions, WorkloadKind, node_workload,
+        NodeCommand, NodeWorkload, SynapseOptions, WorkloadKind, node_workload,
         synapse::{Database, Launch, workers::Profile},
     },
 };
@@ -232,6 +232,8 @@ struct RunDoc {
     workload: Option<WorkloadName>,
     #[serde(default)]
     node_cmd: Option<Spanned<String>>,
+    #[serde(default)]
+    node_cmd_as_root: Option<Spanned<bool>>,
     #[serde(default)]
     image: Option<Spanned<String>>,
     #[serde(default)]
@@ -480,7 +482,10 @@ fn run_table(
             ));
         }
         // As with the flags, `workload = "none"` next to a command is just the command.
-        (_, Some(cmd)) => Some(WorkloadKind::Command(cmd.into_inner())),
+        (_, Some(cmd)) => Some(WorkloadKind::Command(NodeCommand {
+            template: cmd.into_inner(),
+            as_root: doc.node_cmd_as_root.as_ref().is_some_and(|r| *r.get_ref()),
+        })),
         (Some(WorkloadName::Synapse), None) => {
             Some(WorkloadKind::Synapse(SynapseOptions::default()))
         }
@@ -490,6 +495,15 @@ fn run_table(
         (Some(WorkloadName::None), None) => Some(WorkloadKind::None),
         (None, None) => None,
     };
+    if let Some(as_root) = &doc.node_cmd_as_root
+        && !matches!(workload, Some(WorkloadKind::Command(_)))
+    {
+        return Err(refuse(
+            as_root.span(),
+            "node_cmd_as_root",
+            "`node_cmd_as_root` says how the node command runs: it needs `node_cmd`".to_owned(),
+        ));
+    }
     let workers = matches!(&workload, Some(WorkloadKind::Synapse(o)) if o.workers.is_some());
     if let Some(db) = &doc.database
         && *db.get_ref() == Database::Sqlite
@@ -1072,6 +1086,27 @@ y = 40
         );
         let file = parse_file(Path::new(BAD), &with_run("workload = \"none\"\n")).unwrap();
         assert_eq!(file.run.workload, Some(WorkloadKind::None));
+    }
+
+    #[test]
+    fn a_node_command_runs_as_root_only_when_asked() {
+        let text = with_run("node_cmd = \"ip route\"\nnode_cmd_as_root = true\n");
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        assert_eq!(
+            file.run.workload,
+            Some(WorkloadKind::Command(NodeCommand {
+                template: "ip route".into(),
+                as_root: true
+            }))
+        );
+        let text = with_run("node_cmd = \"ip route\"\nnode_cmd_as_root = false\n");
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        assert_eq!(
+            file.run.workload,
+            Some(WorkloadKind::Command("ip route".into()))
+        );
+        let text = with_run("workload = \"synapse\"\nnode_cmd_as_root = true\n");
+        assert_refused(&text, 3, 20, "run.node_cmd_as_root", "it needs `node_cmd`");
     }
 
     #[test]

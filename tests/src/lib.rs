@@ -29,6 +29,6 @@ pub mod ws;
 
 pub use process::{Running, spawn_meshsim, wait_for_line};
 pub use util::{
-    Sweep, TempDir, assert_carried, eventually, growth, id, leftovers, leftovers_of, meshsim_bin,
-    pgrep, processes_in, target_dir,
+    Sweep, TempDir, assert_carried, assert_runs_as_node, eventually, growth, id, leftovers,
+    leftovers_of, meshsim_bin, pgrep, processes_in, target_dir,
 };

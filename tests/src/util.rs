@@ -163,3 +163,46 @@ pub fn pgrep(args: &[&str]) -> Vec<u32> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// Asserts that `pid` runs as node `node`'s own unprivileged user (the confinement of
+/// `meshsim::workload::host`): every uid the node's, the nodes' group, no supplementary
+/// groups, no capability left, no new privileges (so none to gain: the bounding set is left
+/// as it is, see `runtime::confine`).
+pub fn assert_runs_as_node(pid: u32, node: NodeId) {
+    use meshsim::workload::host::{NODE_GID, node_uid};
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    let field = |name: &str| -> &str {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            .trim()
+    };
+    let ids = |name: &str| -> Vec<u32> {
+        field(name)
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let uid = node_uid(node);
+    assert_eq!(ids("Uid"), [uid; 4], "{node}'s process {pid}: its uids");
+    assert_eq!(
+        ids("Gid"),
+        [NODE_GID; 4],
+        "{node}'s process {pid}: its gids"
+    );
+    assert_eq!(
+        field("Groups"),
+        "",
+        "{node}'s process {pid}: no other groups"
+    );
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(
+            u64::from_str_radix(field(caps), 16).unwrap(),
+            0,
+            "{node}'s process {pid}: {caps}"
+        );
+    }
+    assert_eq!(field("NoNewPrivs"), "1", "{node}'s process {pid}");
+}

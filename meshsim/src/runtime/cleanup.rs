@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     net::{NETNS_DIR, NetNs, Netlink, PROBE_PREFIX, scratch_owner},
-    workload::{WorkloadError, synapse::RUN_MARKER},
+    workload::{NODE_DIRS_MARKER, WorkloadError, synapse::RUN_MARKER},
 };
 
 /// What was removed.
@@ -88,6 +88,15 @@ pub async fn remove_leftovers(prefix: &RunPrefix) -> Result<Removed, RuntimeErro
             &run_dir,
         ))?;
         removed.dirs.push(run_dir);
+    }
+    // The node commands' directories, as well.
+    let node_dirs = prefix.node_dirs();
+    if node_dirs.join(NODE_DIRS_MARKER).is_file() {
+        std::fs::remove_dir_all(&node_dirs).map_err(WorkloadError::io(
+            "remove the leftover node directories",
+            &node_dirs,
+        ))?;
+        removed.dirs.push(node_dirs);
     }
     removed.ksm_restored = super::ksm::release(prefix)?;
     Ok(removed)

@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod cleanup;
+pub mod confine;
 pub mod docker;
 mod host_link;
 pub mod ksm;

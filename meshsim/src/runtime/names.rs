@@ -120,6 +120,11 @@ impl RunPrefix {
         self.tmp_dir().join("run")
     }
 
+    /// `--node-cmd`'s node directories: `<tmp_dir>/nodes/<name>`, each the node's own.
+    pub fn node_dirs(&self) -> PathBuf {
+        self.tmp_dir().join("nodes")
+    }
+
     /// The run's Postgres cluster (data and socket), when homeservers use it.
     pub fn postgres_dir(&self) -> PathBuf {
         self.tmp_dir().join("postgres")

@@ -10,12 +10,13 @@
 //!
 //! A process a workload starts in a node runs in the node's namespace, in a mount namespace
 //! of its own where the workload's covers (`NodeNeeds::covers`) are bound over their
-//! targets; it shares the host's filesystem otherwise.
+//! targets; confined (`Program::confinement`, see `runtime::confine`) it runs as the node's
+//! own uid and sees the host's files read-only but its node directory; as root it shares
+//! the host's filesystem.
 
 use std::{
     collections::{HashMap, HashSet},
     io,
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -23,10 +24,11 @@ use std::{
 use super::{
     RuntimeError,
     backend::{Backend, BackendNode},
+    confine::PrivateMounts,
     host_link::HostLink,
     names::RunPrefix,
     node::NodeNet,
-    process::{ChildProcess, kill_processes_in, kill_processes_in_any, with_private_files},
+    process::{ChildProcess, kill_processes_in, kill_processes_in_any},
 };
 use crate::{
     model::NodeId,
@@ -344,13 +346,13 @@ impl NetnsHost {
         if let Some(dir) = &program.dir {
             cmd.current_dir(dir);
         }
+        // The API's token is meshsim's, not the node's.
+        cmd.env_remove("MESHSIM_TOKEN");
+        if let Some(c) = &program.confinement {
+            cmd.env("HOME", &c.dir);
+        }
         cmd.envs(program.env.iter().map(|(k, v)| (k, v)));
-        let binds: Vec<(&Path, &Path)> = self
-            .covers
-            .iter()
-            .map(|c| (c.file.as_path(), c.target.as_path()))
-            .collect();
-        with_private_files(&mut cmd, &binds)?;
-        Ok(Box::new(ChildProcess::spawn(cmd, &program.log)?))
+        let mounts = PrivateMounts::new(&self.covers, program.confinement.as_ref())?;
+        Ok(Box::new(ChildProcess::spawn_in(cmd, &program.log, mounts)?))
     }
 }

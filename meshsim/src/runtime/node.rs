@@ -20,6 +20,7 @@ use crate::{
     net::{NetNs, Netlink, rps, sysctl},
     run_config::Addressing,
     sim::RouteChange,
+    workload::host::NODE_GID,
 };
 
 /// A node's namespace and its `eth0`, with a netlink connection inside.
@@ -68,6 +69,13 @@ impl NodeNet {
         // After forwarding: changing ip_forward resets accept_redirects.
         sysctl::disable_redirects(&self.ns, &["eth0"])?;
         rps::steer_by_flow(&self.ns, "eth0")?;
+        // Its confined processes have no capability and cannot gain one (no new privileges,
+        // so not ping's file capability either): ICMP echo sockets let them ping.
+        sysctl::write_ipv4(
+            &self.ns,
+            "ping_group_range",
+            &format!("{NODE_GID} {NODE_GID}"),
+        )?;
         self.nl
             .set_neighbour(self.eth0, host, Addressing::host_mac())
             .await?;

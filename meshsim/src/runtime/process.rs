@@ -1,12 +1,11 @@
 //! Processes in nodes: a child process meshsim spawns in a node's namespace (netns), or a
 //! process a container runs for it (Docker), both stopped the same way. And the mount
-//! namespace trick that lets a process see the run's files over the host's.
+//! namespace a process gets (`runtime::confine`).
 
 use std::{
     collections::HashSet,
-    ffi::CString,
     fs::OpenOptions,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _, process::CommandExt as _},
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::Mutex,
@@ -18,6 +17,7 @@ use nix::{
     unistd::Pid,
 };
 
+use super::confine::PrivateMounts;
 use crate::workload::host::NodeProcess;
 
 /// How long a process gets to exit after SIGTERM before it is killed.
@@ -37,12 +37,23 @@ impl ChildProcess {
     /// The death signal fires when the *thread* that forked exits, not the process: call
     /// this from a thread that lives as long as the run (a runtime worker, as the Sim's
     /// task is on), never from `spawn_blocking`, whose threads end when idle.
-    pub fn spawn(mut cmd: Command, log: &Path) -> std::io::Result<Self> {
+    pub fn spawn(cmd: Command, log: &Path) -> std::io::Result<Self> {
+        Self::spawn_in(cmd, log, None)
+    }
+
+    /// [`ChildProcess::spawn`] in a mount namespace of its own, confined if `mounts` says so
+    /// (see `runtime::confine`). The log is opened here, by meshsim: a confined process
+    /// writes it without being able to open it.
+    pub fn spawn_in(
+        mut cmd: Command,
+        log: &Path,
+        mounts: Option<PrivateMounts>,
+    ) -> std::io::Result<Self> {
         let out = OpenOptions::new().create(true).append(true).open(log)?;
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        Self::spawn_configured(cmd)
+        Self::spawn_configured(cmd, mounts)
     }
 
     /// [`ChildProcess::spawn`], but meshsim talks with it: its stdin and stdout are pipes,
@@ -53,7 +64,7 @@ impl ChildProcess {
     ) -> std::io::Result<(Self, ChildStdin, ChildStdout)> {
         let out = OpenOptions::new().create(true).append(true).open(log)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(out);
-        let process = Self::spawn_configured(cmd)?;
+        let process = Self::spawn_configured(cmd, None)?;
         let mut child = process.child.lock().unwrap_or_else(|e| e.into_inner());
         let to = child.stdin.take().expect("stdin is piped");
         let from = child.stdout.take().expect("stdout is piped");
@@ -61,20 +72,34 @@ impl ChildProcess {
         Ok((process, to, from))
     }
 
-    fn spawn_configured(mut cmd: Command) -> std::io::Result<Self> {
+    fn spawn_configured(
+        mut cmd: Command,
+        mut mounts: Option<PrivateMounts>,
+    ) -> std::io::Result<Self> {
         cmd.process_group(0);
         // Read before the fork: the child must not touch shared state.
         let merge = super::ksm::merging();
-        // SAFETY: the hook runs between fork and exec and makes only async-signal-safe calls
-        // (prctl) without allocating.
+        // SAFETY: the hook runs between fork and exec (after the hook that entered the
+        // node's network namespace, registered before this one) and makes only
+        // async-signal-safe calls (prctl, and `enter`'s system calls on memory prepared
+        // before the fork) without allocating.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                let die_with_meshsim = || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                };
+                die_with_meshsim()?;
                 // Kept across exec and inherited by what it forks (checked on 6.18).
                 if merge && libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(mounts) = &mut mounts {
+                    mounts.enter()?;
+                    // Again: changing the uid cleared it.
+                    die_with_meshsim()?;
                 }
                 Ok(())
             });
@@ -185,61 +210,6 @@ pub fn all_pids() -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect()
-}
-
-/// Gives `cmd`'s process a mount namespace of its own in which each `(file, target)` is
-/// bind-mounted over `target`, as `ip netns exec` does with `/etc/netns/NAME/*`: the node
-/// sees its own `/etc/hosts` and `/etc/resolv.conf`, the host sees nothing change.
-///
-/// Mounts are made `slave` first, so the binds never propagate back to the host's mount
-/// tree (which is `shared` on systemd hosts), while unmounts on the host (a deleted
-/// namespace under /run/netns) still reach the child.
-pub fn with_private_files(cmd: &mut Command, binds: &[(&Path, &Path)]) -> std::io::Result<()> {
-    if binds.is_empty() {
-        return Ok(());
-    }
-    let to_c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::other(format!("{} contains a NUL byte", p.display())))
-    };
-    // Everything the child touches is made before the fork: it must not allocate.
-    let binds: Vec<(CString, CString)> = binds
-        .iter()
-        .map(|(file, target)| Ok((to_c(file)?, to_c(target)?)))
-        .collect::<std::io::Result<_>>()?;
-    // SAFETY: runs between fork and exec, making only async-signal-safe calls (unshare,
-    // mount) on strings that already exist; an error converts without allocating.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_SLAVE | libc::MS_REC,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            for (file, target) in &binds {
-                if libc::mount(
-                    file.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    Ok(())
 }
 
 /// SIGKILLs every process whose network namespace is the one bound at `path`; a process

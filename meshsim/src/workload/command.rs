@@ -1,26 +1,53 @@
 //! `--node-cmd CMD`: a shell command of the user's in every node, with `{name}` and `{ip}`
-//! filled in, its output in the node's log.
+//! filled in, its output in the node's log. By default it runs as the node's own
+//! unprivileged user, confined to a directory of its own (`<tmp_dir>/nodes/<name>`, where it
+//! starts; `host::Confinement`); `--node-cmd-as-root` runs it as root, as meshsim is.
 
-use std::{sync::Arc, time::Instant};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use tokio::sync::watch;
 
 use super::{
-    NodeInfo, NodeLogs, NodeState, NodeStatus, Running, WorkloadError, WorkloadStatus,
-    host::{NodeHost, NodeNeeds, Program},
+    NodeCommand, NodeInfo, NodeLogs, NodeState, NodeStatus, Running, WorkloadError, WorkloadStatus,
+    host::{Confinement, HostKind, NodeHost, NodeNeeds, Program},
 };
 
+/// Marks the nodes' directories as meshsim's, so a leftover one is emptied (or removed by
+/// `meshsim down`), and only then.
+pub const NODE_DIRS_MARKER: &str = ".meshsim-node-dirs";
+
 pub struct CommandRun {
-    template: String,
+    command: NodeCommand,
     logs: NodeLogs,
+    /// Where each node's directory is made.
+    dirs: PathBuf,
 }
 
 impl CommandRun {
-    pub fn new(template: &str, logs: NodeLogs) -> Self {
-        CommandRun {
-            template: template.to_owned(),
-            logs,
+    /// Makes the directory for the nodes' directories (emptying one an earlier run left).
+    pub fn new(
+        command: &NodeCommand,
+        logs: NodeLogs,
+        dirs: PathBuf,
+    ) -> Result<Self, WorkloadError> {
+        if dirs.exists() {
+            if !dirs.join(NODE_DIRS_MARKER).exists() {
+                return Err(WorkloadError::ForeignRunDir {
+                    path: dirs,
+                    marker: NODE_DIRS_MARKER,
+                });
+            }
+            std::fs::remove_dir_all(&dirs).map_err(WorkloadError::io("empty", &dirs))?;
         }
+        std::fs::create_dir_all(&dirs).map_err(WorkloadError::io("create", &dirs))?;
+        let marker = dirs.join(NODE_DIRS_MARKER);
+        std::fs::write(&marker, "made by meshsim; removed when the run stops\n")
+            .map_err(WorkloadError::io("write", marker))?;
+        Ok(CommandRun {
+            command: command.clone(),
+            logs,
+            dirs,
+        })
     }
 
     /// Containers see the log directory.
@@ -40,11 +67,23 @@ impl CommandRun {
         status: &watch::Sender<WorkloadStatus>,
     ) -> Result<Running, WorkloadError> {
         let command = self
+            .command
             .template
             .replace("{name}", &node.name)
             .replace("{ip}", &node.ip.to_string());
         let log = self.logs.open(&node.name)?;
-        let program = Program::shell(&command, &log);
+        let mut program = Program::shell(&command, &log);
+        // A container is its own confinement (docs/docker.md).
+        if !self.command.as_root && host.kind() == HostKind::Namespace {
+            // Kept when the node comes back: what it wrote is still there.
+            let dir = self.dirs.join(&node.name);
+            std::fs::create_dir_all(&dir).map_err(WorkloadError::io("create", &dir))?;
+            let confinement = Confinement::node(node.id, &dir);
+            confinement
+                .hand_over_dir()
+                .map_err(WorkloadError::io("hand to the node's user", &dir))?;
+            program = program.confined(confinement);
+        }
         let process = host
             .spawn(&program)
             .await
@@ -72,5 +111,12 @@ impl CommandRun {
             watcher: None,
             serving: Vec::new(),
         })
+    }
+
+    /// When the run ends: the nodes' directories go.
+    pub fn finish(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dirs) {
+            tracing::warn!("could not remove {}: {e}", self.dirs.display());
+        }
     }
 }

@@ -6,7 +6,59 @@
 
 use std::{future::Future, io, path::PathBuf, pin::Pin};
 
-use crate::net::NetNs;
+use crate::{model::NodeId, net::NetNs};
+
+/// Node `nK`'s processes run as uid `NODE_UID_BASE + K`, in the group `NODE_GID`: ids no
+/// account on the host has (nothing is added to /etc/passwd), above the ranges systemd hands
+/// to containers (up to 1,879,048,191) and below its own reserved ones (from 2,147,352,576).
+/// One uid per node, so a node cannot signal or trace another's processes.
+pub const NODE_UID_BASE: u32 = 2_000_000_000;
+/// The group of every node's processes: what they share (the run's Postgres socket).
+pub const NODE_GID: u32 = NODE_UID_BASE;
+
+/// The uid of node `id`'s processes.
+pub fn node_uid(id: NodeId) -> u32 {
+    NODE_UID_BASE + id.0
+}
+
+/// Who a node's processes run as and what of the host they may write: the least a workload
+/// needs. On namespace nodes (`runtime::confine`): the node's uid and [`NODE_GID`], no
+/// capabilities, no new privileges, every mount read-only but `dir` and `writable`, a `/tmp`
+/// and `/dev/shm` of their own, a `/proc` showing only their own processes. Containers are
+/// their own confinement and ignore it (docs/docker.md).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Confinement {
+    pub uid: u32,
+    pub gid: u32,
+    /// The node's directory: writable, where its processes start, their `HOME`. Handed to
+    /// `uid` before they start.
+    pub dir: PathBuf,
+    /// Other files or directories it writes (logs of its own).
+    pub writable: Vec<PathBuf>,
+    /// What it reads under `/tmp`, which its own `/tmp` would hide (the run's CA, the
+    /// Postgres socket's directory); the rest of the host's files it sees read-only anyway.
+    pub readable: Vec<PathBuf>,
+}
+
+impl Confinement {
+    /// Node `id`, in `dir`.
+    pub fn node(id: NodeId, dir: impl Into<PathBuf>) -> Self {
+        Confinement {
+            uid: node_uid(id),
+            gid: NODE_GID,
+            dir: dir.into(),
+            writable: Vec::new(),
+            readable: Vec::new(),
+        }
+    }
+
+    /// Gives `dir` (and all in it) to the node's uid, reachable by it alone. Call it before
+    /// every start: meshsim writes some of it as root, and a node added again under its name
+    /// may have a new id, so a new uid.
+    pub fn hand_over_dir(&self) -> io::Result<()> {
+        crate::runtime::confine::hand_over(&self.dir, self.uid, self.gid)
+    }
+}
 
 /// A host file that the node's processes see in place of another path: `/etc/hosts` covered
 /// by the run's hosts file, say.
@@ -41,6 +93,9 @@ pub struct Program {
     pub env: Vec<(String, String)>,
     /// Its standard output and error, appended to.
     pub log: PathBuf,
+    /// Runs unprivileged, confined to its node directory; `None`: as root, seeing the host
+    /// as meshsim does (`--node-cmd-as-root`).
+    pub confinement: Option<Confinement>,
 }
 
 impl Program {
@@ -52,6 +107,7 @@ impl Program {
             dir: None,
             env: Vec::new(),
             log: log.into(),
+            confinement: None,
         }
     }
 
@@ -67,6 +123,13 @@ impl Program {
 
     pub fn in_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// Runs it confined (and in the confinement's directory).
+    pub fn confined(mut self, confinement: Confinement) -> Self {
+        self.dir = Some(confinement.dir.clone());
+        self.confinement = Some(confinement);
         self
     }
 

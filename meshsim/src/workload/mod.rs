@@ -32,6 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use command::NODE_DIRS_MARKER;
 pub use synapse::SynapseOptions;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -52,9 +53,39 @@ pub enum WorkloadKind {
     #[default]
     None,
     /// A shell command (`--node-cmd`), with `{name}` and `{ip}` filled in.
-    Command(String),
+    Command(NodeCommand),
     /// A Synapse homeserver whose server name is the node's name.
     Synapse(SynapseOptions),
+}
+
+/// `--node-cmd`: the command, and whether it runs as root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeCommand {
+    /// The shell command, `{name}` and `{ip}` not yet filled in.
+    pub template: String,
+    /// Run as root, seeing and writing the host as meshsim does (`--node-cmd-as-root`,
+    /// `node_cmd_as_root = true`), for a command that needs it (one that changes the node's
+    /// routes, say). By default a command runs as the node's own unprivileged user, confined
+    /// to its node directory (`host::Confinement`).
+    pub as_root: bool,
+}
+
+impl From<&str> for NodeCommand {
+    fn from(template: &str) -> Self {
+        NodeCommand {
+            template: template.to_owned(),
+            as_root: false,
+        }
+    }
+}
+
+impl From<String> for NodeCommand {
+    fn from(template: String) -> Self {
+        NodeCommand {
+            template,
+            as_root: false,
+        }
+    }
 }
 
 /// The names `--workload` accepts.
@@ -92,7 +123,7 @@ impl WorkloadKind {
             (Some(kind @ WorkloadKind::Synapse(_)), Some(_)) => {
                 Err(WorkloadError::Conflict(kind.name().to_owned()))
             }
-            (_, Some(cmd)) => Ok(WorkloadKind::Command(cmd)),
+            (_, Some(cmd)) => Ok(WorkloadKind::Command(cmd.into())),
             (Some(kind), None) => Ok(kind),
             (None, None) => Ok(WorkloadKind::None),
         }
@@ -296,10 +327,17 @@ impl RunWorkload {
     pub async fn prepare(kind: &WorkloadKind, run: &RunConfig) -> Result<Self, WorkloadError> {
         let prepared = match kind {
             WorkloadKind::None => Prepared::None,
-            WorkloadKind::Command(template) => {
+            WorkloadKind::Command(command) => {
                 let logs = NodeLogs::new(&run.log_dir)?;
-                tracing::info!(cmd = %template, logs = %run.log_dir.display(), "every node runs a command");
-                Prepared::Command(CommandRun::new(template, logs))
+                let dirs = run.prefix.node_dirs();
+                tracing::info!(
+                    cmd = %command.template,
+                    logs = %run.log_dir.display(),
+                    dirs = %dirs.display(),
+                    as_root = command.as_root,
+                    "every node runs a command"
+                );
+                Prepared::Command(CommandRun::new(command, logs, dirs)?)
             }
             WorkloadKind::Synapse(options) => {
                 let logs = NodeLogs::new(&run.log_dir)?;
@@ -416,10 +454,13 @@ impl RunWorkload {
         });
     }
 
-    /// When the run ends, after every node: what the run made (Synapse's run directory).
+    /// When the run ends, after every node: what the run made (Synapse's run directory,
+    /// the commands' node directories).
     pub fn finish(&self) {
-        if let Prepared::Synapse(synapse) = &self.prepared {
-            synapse.finish();
+        match &self.prepared {
+            Prepared::Synapse(synapse) => synapse.finish(),
+            Prepared::Command(command) => command.finish(),
+            Prepared::None => {}
         }
     }
 }

@@ -18,8 +18,10 @@ use std::{
 
 use nix::{
     sys::signal::{Signal, killpg},
-    unistd::{Pid, User, chown},
+    unistd::{Gid, Pid, User, chown},
 };
+
+use super::host::NODE_GID;
 
 /// The role every homeserver connects as: owns the node databases, nothing else.
 pub const ROLE: &str = "synapse";
@@ -154,11 +156,12 @@ impl Postgres {
             std::fs::remove_dir_all(&dir).map_err(io("empty", &dir))?;
         }
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        // Only the cluster's user (and root) may reach the socket: its roles trust whoever
-        // connects.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        // Only the cluster's user, root and the nodes' group (homeservers run as their
+        // node's user, `host::NODE_GID`) may reach the socket: its roles trust whoever
+        // connects. The group may only pass through (no listing, no writing).
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))
             .map_err(io("restrict", &dir))?;
-        chown(&dir, Some(user.uid), Some(user.gid))
+        chown(&dir, Some(user.uid), Some(Gid::from_raw(NODE_GID)))
             .map_err(|e| io("hand to the postgres user", &dir)(e.into()))?;
         let log_file = std::fs::File::create(&log).map_err(io("create", &log))?;
         chown(&log, Some(user.uid), Some(user.gid))

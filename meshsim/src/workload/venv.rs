@@ -77,6 +77,13 @@ impl VenvSpec {
         self.dir.join("bin/python")
     }
 
+    /// The installation of Python the venv was made from (`/usr`, or a pyenv version under
+    /// /root): a confined homeserver must be able to read its standard library.
+    pub fn base_prefix(&self) -> Option<PathBuf> {
+        let real = std::fs::canonicalize(self.python_bin()).ok()?;
+        Some(real.parent()?.parent()?.to_owned())
+    }
+
     /// A script the venv installed (`register_new_matrix_user`).
     pub fn bin(&self, name: &str) -> PathBuf {
         self.dir.join("bin").join(name)

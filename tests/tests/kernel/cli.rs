@@ -182,6 +182,11 @@ fn down_cleans_up_after_kill_9() {
         !leftovers().is_empty(),
         "a killed meshsim leaves its namespaces"
     );
+    let node_dirs = std::path::Path::new("/tmp/meshsim/nodes");
+    assert!(
+        node_dirs.join("n1").is_dir(),
+        "and its commands' directories"
+    );
     let out = Command::new(meshsim_bin()).arg("down").output().unwrap();
     assert!(
         out.status.success(),
@@ -189,6 +194,10 @@ fn down_cleans_up_after_kill_9() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(leftovers(), Vec::<String>::new());
+    assert!(
+        !node_dirs.exists(),
+        "`down` removes the commands' directories"
+    );
     let sleepers = Command::new("pgrep")
         .args(["-f", "^sleep 600$"])
         .output()

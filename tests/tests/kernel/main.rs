@@ -5,6 +5,7 @@
 mod classifier;
 mod cli;
 mod client;
+mod confine;
 mod mesh;
 mod net;
 mod scenario;

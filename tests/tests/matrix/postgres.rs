@@ -11,7 +11,7 @@ use meshsim::{
     workload::{SynapseOptions, WorkloadKind, postgres::ROLE, synapse::Database},
 };
 use meshsim_tests::{
-    Sweep, assert_carried,
+    Sweep, assert_carried, assert_runs_as_node,
     fixtures::{check_line, examples_dir, line},
     id,
     matrix::Nio,
@@ -110,7 +110,11 @@ async fn a_conversation_over_postgres_is_in_each_servers_own_database() {
     let pid = postmaster(&options.postgres_dir).expect("the run's Postgres is up");
     let up = Instant::now();
     mesh.sim.load(topology, None).await.unwrap();
-    mesh.ready(3, options.start_timeout).await;
+    let status = mesh.ready(3, options.start_timeout).await;
+    // Unprivileged, they reach the cluster's socket through the nodes' group.
+    for (node, s) in &status {
+        assert_runs_as_node(s.pid.unwrap(), *node);
+    }
     println!(
         "3 Synapse nodes on Postgres ready {:.1} s after the load",
         up.elapsed().as_secs_f64()

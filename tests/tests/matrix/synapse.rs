@@ -17,7 +17,7 @@ use meshsim::{
     workload::{SynapseOptions, WorkloadKind, synapse::Launch},
 };
 use meshsim_tests::{
-    Sweep, assert_carried,
+    Sweep, assert_carried, assert_runs_as_node,
     fixtures::{check_line, examples_dir, line, square},
     growth, id, leftovers,
     matrix::Nio,
@@ -131,6 +131,8 @@ async fn a_message_crosses_two_hops_between_synapse_nodes() {
             nix::unistd::Pid::from_raw(pid as i32),
             "{node}'s homeserver leads its process group"
         );
+        // Forked by a zygote that runs as root, it dropped to its node's own user.
+        assert_runs_as_node(pid, *node);
         let hosts = hosts_seen_by(pid);
         for other in [n1, n2, n3] {
             let line = format!("{}\t{}\n", mesh.ip(other), other.name());
@@ -274,6 +276,7 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
             std::process::id(),
             "{node}'s cold homeserver is meshsim's own child"
         );
+        assert_runs_as_node(s.pid.unwrap(), *node);
     }
     assert_eq!(next_hop(&mesh, n1, n4).await, Some(n2));
     assert_eq!(next_hop(&mesh, n4, n1).await, Some(n2));
@@ -316,8 +319,12 @@ async fn a_conversation_outlives_a_relay_and_its_destination_leaving() {
     // returns to it and so does the conversation.
     let back = Instant::now();
     mesh.add_back(&n2_doc).await;
-    mesh.ready(4, options.start_timeout).await;
+    let status = mesh.ready(4, options.start_timeout).await;
     println!("n2 back and ready in {:.1} s", back.elapsed().as_secs_f64());
+    // Its directory, written by its first self, is handed to whoever it is now.
+    for (node, s) in &status {
+        assert_runs_as_node(s.pid.unwrap(), *node);
+    }
     assert_eq!(next_hop(&mesh, n1, n4).await, Some(n2));
     assert_eq!(next_hop(&mesh, n4, n1).await, Some(n2));
     let before = mesh.sim.counters().await.unwrap();

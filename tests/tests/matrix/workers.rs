@@ -16,7 +16,7 @@ use meshsim::{
     workload::{SynapseOptions, WorkloadKind, synapse::workers::Profile},
 };
 use meshsim_tests::{
-    Sweep, TempDir, assert_carried,
+    Sweep, TempDir, assert_carried, assert_runs_as_node,
     fixtures::{check_line, line},
     id,
     matrix::Nio,
@@ -94,6 +94,10 @@ async fn federation_leaves_through_the_sender_and_lands_on_the_reader() {
         n3_processes.len() >= 8,
         "n3 runs every process of its layout: {n3_processes:?}"
     );
+    // Its script, Redis, every Synapse process and nginx run as n3's own user.
+    for pid in &n3_processes {
+        assert_runs_as_node(*pid, n3);
+    }
 
     let before = mesh.sim.counters().await.unwrap();
     let room = nio.step(&mesh, n1, "invite", "@meshsim:n3", "").await;

@@ -280,8 +280,8 @@ fn write_worker_files(dir: &Path, profile: Profile) -> Result<(), WorkloadError>
         let path = dir.join(sub);
         fs::create_dir_all(&path).map_err(WorkloadError::io("create", &path))?;
     }
-    // Only root reaches the sockets (each is 0600 too): replication and Redis trust whoever
-    // connects.
+    // Only the node's user (and root) reaches the sockets (each is 0600 too): replication
+    // and Redis trust whoever connects.
     let sockets = dir.join("sockets");
     fs::set_permissions(&sockets, fs::Permissions::from_mode(0o700))
         .map_err(WorkloadError::io("restrict", &sockets))?;

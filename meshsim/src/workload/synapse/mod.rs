@@ -25,7 +25,7 @@ pub use zygote::ZygoteError;
 
 use super::{
     NodeInfo, NodeLogs, NodeState, NodeStatus, Running, WorkloadError, WorkloadStatus, dns,
-    host::{Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program},
+    host::{Confinement, Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program},
     http::NodeHttp,
     log_tail,
     matrix::Matrix,
@@ -260,6 +260,18 @@ impl SynapseRun {
             }
         };
         let dns = tokio::spawn(dns::serve(socket, self.names.clone()));
+        // On a namespace node it runs as the node's own user, confined to its directory.
+        let confinement = match host.kind() {
+            HostKind::Namespace => match self.confinement(node, &dir.dir) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    dns.abort();
+                    remove_new_dir(&dir);
+                    return Err(e);
+                }
+            },
+            HostKind::Container => None,
+        };
         let python = match host.kind() {
             HostKind::Namespace => self
                 .venv
@@ -283,7 +295,14 @@ impl SynapseRun {
         let forked = match (&self.zygote, host.entry()) {
             (Some(zygote), Some(entry)) => Some(
                 zygote
-                    .fork(&node.name, &entry, &dir.dir, &log, &argv)
+                    .fork(
+                        &node.name,
+                        &entry,
+                        &dir.dir,
+                        confinement.as_ref(),
+                        &log,
+                        &argv,
+                    )
                     .await
                     .map_err(|e| {
                         let what = format!("a fork of the zygote (pid {})", zygote.pid());
@@ -317,8 +336,11 @@ impl SynapseRun {
                 }
                 Program::new("/bin/bash", &[], &log).with_arg(script.to_string_lossy())
             }
-        }
-        .in_dir(&dir.dir);
+        };
+        let program = match confinement {
+            Some(c) => program.confined(c),
+            None => program.in_dir(&dir.dir),
+        };
         let spawned = match forked {
             Some(forked) => forked,
             None => host
@@ -365,6 +387,31 @@ impl SynapseRun {
             watcher: Some(watcher),
             serving: vec![dns],
         })
+    }
+
+    /// What node `node`'s processes may see and write: its directory (handed to its user
+    /// here), the run's CA and the Postgres socket's directory to read, and with workers
+    /// each process's log, made here and handed to it too.
+    fn confinement(&self, node: &NodeInfo, dir: &Path) -> Result<Confinement, WorkloadError> {
+        let mut c = Confinement::node(node.id, dir);
+        c.hand_over_dir()
+            .map_err(WorkloadError::io("hand to the node's user", dir))?;
+        c.readable.push(self.ca_path.clone());
+        if let Some(venv) = &self.venv {
+            c.readable.extend(venv.base_prefix());
+        }
+        c.readable
+            .extend(self.postgres.as_ref().map(|pg| pg.dir().to_owned()));
+        if let Some(profile) = self.options.workers {
+            for process in workers::processes(profile) {
+                let log = workers::process_log(self.logs.dir(), &node.name, &process);
+                std::fs::File::create(&log).map_err(WorkloadError::io("create", &log))?;
+                std::os::unix::fs::chown(&log, Some(c.uid), Some(c.gid))
+                    .map_err(WorkloadError::io("hand to the node's user", &log))?;
+                c.writable.push(log);
+            }
+        }
+        Ok(c)
     }
 
     /// Asks the node until it answers `/_matrix/federation/v1/version`, makes its test user,

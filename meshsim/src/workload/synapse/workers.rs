@@ -10,7 +10,10 @@
 //! and stops the rest. Everything it starts is in the node's process group, so stopping the
 //! node stops all of it.
 
-use std::{fmt::Write as _, path::Path};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use super::config::{CLIENT_PORT, FEDERATION_PORT};
 
@@ -127,8 +130,8 @@ fn replication_socket(dir: &Path, name: &str) -> String {
     socket(dir, &format!("{name}-replication"))
 }
 
-/// One HTTP listener on the unix socket `path` (quoted) serving `names`; only root may use
-/// it. Client and federation resources are not compressed, as in the single-process
+/// One HTTP listener on the unix socket `path` (quoted) serving `names`; only its owner (the
+/// node's user) may use it. Client and federation resources are not compressed, as in the single-process
 /// listeners; replication keeps Synapse's default.
 fn unix_listener(path: &str, names: &str) -> String {
     let compress = if names == "replication" {
@@ -245,8 +248,8 @@ pub fn nginx_conf(dir: &Path, profile: Profile) -> String {
     }
     format!(
         "# Written by meshsim: this node's reverse proxy (see docs/synapse.md, \"Workers\").
-# It runs as root: the sockets are in a directory only root reaches, and each is 0600.
-user root;
+# It runs as the node's user, as every process of the node: the sockets are in a directory
+# only that user reaches, and each is 0600.
 worker_processes 1;
 daemon off;
 pid {d}/nginx/nginx.pid;
@@ -284,6 +287,19 @@ http {{
     )
 }
 
+/// Every process the node's script starts, by the name its log carries.
+pub fn processes(profile: Profile) -> Vec<String> {
+    let mut all = vec!["redis".to_owned(), "main".to_owned()];
+    all.extend(workers(profile).into_iter().map(|w| w.name));
+    all.push("nginx".to_owned());
+    all
+}
+
+/// The log of the node's process `process`: `<logs>/<node>.<process>.log`.
+pub fn process_log(logs: &Path, node: &str, process: &str) -> PathBuf {
+    logs.join(format!("{node}.{process}.log"))
+}
+
 /// The programs the node's script starts.
 pub struct Binaries<'a> {
     pub python: &'a Path,
@@ -301,8 +317,7 @@ pub fn node_script(
     bin: &Binaries<'_>,
 ) -> String {
     let sh = |p: &Path| shell_quote(&p.to_string_lossy());
-    let log =
-        |process: &str| shell_quote(&logs.join(format!("{node}.{process}.log")).to_string_lossy());
+    let log = |process: &str| shell_quote(&process_log(logs, node, process).to_string_lossy());
     let sock = |name: &str| shell_quote(&socket(dir, name));
     let config = sh(&dir.join("homeserver.yaml"));
     let mut s = format!(
@@ -370,7 +385,7 @@ await_socket $! {main_sock} || fail $! 'did not start'
     }
     let _ = write!(
         s,
-        "{nginx} -c {conf} >{nlog} 2>&1 &
+        "{nginx} -e {elog} -c {conf} >{nlog} 2>&1 &
 started $! nginx {nlog}
 echo \"meshsim: {node}: redis, main, {count} workers and nginx started\"
 wait -n -p exited \"${{pids[@]}}\"
@@ -379,6 +394,8 @@ fail \"$exited\" \"exited (status $status)\"
 ",
         nginx = sh(bin.nginx),
         conf = sh(&dir.join("nginx").join("nginx.conf")),
+        // Given before nginx reads its configuration: its built-in one is under /var/log.
+        elog = sh(&dir.join("nginx").join("error.log")),
         nlog = log("nginx"),
         count = workers(profile).len(),
     );

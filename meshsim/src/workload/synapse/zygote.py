@@ -6,11 +6,17 @@ first fork keeps the collector from touching (and so copying) every shared objec
 
 Protocol, one JSON object per line: meshsim writes requests on our stdin, we answer on our
 stdout. The first line we write is {"ready": seconds_spent_importing}. A request
-{"name", "netns", "covers", "dir", "log", "argv"} is answered {"pid": n} once the child is forked,
-or {"error": text}. The child runs `synapse.app.homeserver` with `argv` in the node:
+{"name", "netns", "covers", "dir", "confinement", "log", "argv"} is answered {"pid": n} once the
+child is forked, or {"error": text}. The child runs `synapse.app.homeserver` with `argv` in the
+node:
   - in the network namespace at `netns`,
   - in a mount namespace of its own where each [file, target] of `covers` is bound over
     target (the run's hosts file over /etc/hosts, say),
+  - confined when `confinement` is given: the plan ({"uid", "gid", "dir", "masks", "binds"})
+    that meshsim's runtime/confine.rs makes and carries out for the processes it spawns (keep
+    the two in step): every mount read-only but what the plan binds writable, its own /tmp
+    and /dev/shm, a /proc that shows only its own processes, no new privileges, no
+    capabilities, the node's uid and gid,
   - in `dir`, with stdout and stderr appended to `log`,
   - as the leader of a process group of its own, killed when this process dies.
 A child that cannot get there writes why to its log and exits with status 127.
@@ -29,11 +35,22 @@ import time
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 0x80000
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+PR_SET_NO_NEW_PRIVS = 38
+# The same number on every architecture (syscalls added after 5.1 share one table).
+SYS_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -42,6 +59,70 @@ def check(result, what):
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount(source, target, fstype, flags, data, what):
+    enc = lambda s: s.encode() if isinstance(s, str) else s
+    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), what)
+
+
+def confine(plan):
+    """Carries out meshsim's plan (runtime/confine.rs, `Plan`): every mount read-only, fresh
+    tmpfs masks (its own /tmp), what it needs bound back, its own /dev/shm and /proc, then
+    the node's user."""
+    # Held before the masks hide them: each is bound back from here.
+    fds = [os.open(b["path"], os.O_PATH | os.O_CLOEXEC) for b in plan["binds"]]
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    check(
+        libc.syscall(
+            ctypes.c_long(SYS_MOUNT_SETATTR),
+            ctypes.c_int(AT_FDCWD),
+            b"/",
+            ctypes.c_uint(AT_RECURSIVE),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        "make every mount read-only",
+    )
+    for path, mode in plan["masks"]:
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode:o}", f"a tmpfs on {path}")
+    if os.path.isdir("/dev/shm"):
+        mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", "a /dev/shm")
+    # Mount points it must pass through, whatever umask meshsim was started with.
+    umask = os.umask(0o022)
+    for fd, b in zip(fds, plan["binds"]):
+        path = b["path"]
+        # Under a mask its mount point is made in the fresh tmpfs; elsewhere it exists.
+        try:
+            if b["is_dir"]:
+                os.makedirs(path, mode=0o755, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        except OSError:
+            pass
+        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None, f"bind {path}")
+        flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (0 if b["writable"] else MS_RDONLY)
+        mount(None, path, None, flags, None, f"remount {path}")
+        os.close(fd)
+    os.umask(umask)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible", "a /proc")
+    # No exec may grant anything from now on (the bounding set stays: see confine.rs).
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    os.setgroups([])
+    os.setresgid(plan["gid"], plan["gid"], plan["gid"])
+    # From root to another uid: the permitted, effective and ambient capabilities go.
+    os.setresuid(plan["uid"], plan["uid"], plan["uid"])
+    os.environ["HOME"] = plan["dir"]
 
 
 def enter_node(request):
@@ -60,7 +141,8 @@ def enter_node(request):
         check(libc.setns(fd, CLONE_NEWNET), f"setns({netns})")
         os.close(fd)
     covers = request.get("covers") or []
-    if covers:
+    confinement = request.get("confinement")
+    if covers or confinement:
         check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         # Slave first, so our binds never propagate back to the host's mount tree.
         check(libc.mount(None, b"/", None, MS_SLAVE | MS_REC, None), "make / a slave mount")
@@ -69,6 +151,13 @@ def enter_node(request):
                 libc.mount(file.encode(), target.encode(), None, MS_BIND, None),
                 f"bind {file} over {target}",
             )
+    if confinement:
+        confine(confinement)
+        # A change of credentials cleared the death signal.
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() == 1:
+            os._exit(1)
+    # After the binds: a directory entered before them is the read-only one beneath.
     os.chdir(request["dir"])
     # Forked children would otherwise all draw the same "random" numbers.
     random.seed()

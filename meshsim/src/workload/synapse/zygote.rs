@@ -18,8 +18,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::super::host::{NodeEntry, NodeProcess};
-use crate::runtime::process::{ChildProcess, HostPid};
+use super::super::host::{Confinement, NodeEntry, NodeProcess};
+use crate::runtime::{
+    confine::Plan,
+    process::{ChildProcess, HostPid},
+};
 
 /// The script, written into the run directory at start.
 const SCRIPT: &str = include_str!("zygote.py");
@@ -55,6 +58,9 @@ struct Request<'a> {
     netns: &'a Path,
     covers: Vec<(&'a Path, &'a Path)>,
     dir: &'a Path,
+    /// The node's user and what it may write, as a plan to carry out (`None`: it stays
+    /// root).
+    confinement: Option<Plan>,
     log: &'a Path,
     argv: &'a [String],
 }
@@ -139,15 +145,21 @@ impl Zygote {
     }
 
     /// Forks node `node`'s homeserver into the node `entry` describes, running
-    /// `python -m synapse.app.homeserver ARGV` in `dir` with its output appended to `log`.
+    /// `python -m synapse.app.homeserver ARGV` in `dir` with its output appended to `log`,
+    /// confined as `confinement` says (as `runtime::confine` does it).
     pub async fn fork(
         &self,
         node: &str,
         entry: &NodeEntry,
         dir: &Path,
+        confinement: Option<&Confinement>,
         log: &Path,
         argv: &[String],
     ) -> Result<Box<dyn NodeProcess>, ZygoteError> {
+        let confinement = confinement
+            .map(Plan::of)
+            .transpose()
+            .map_err(|e| ZygoteError::Fork(format!("confining {node}: {e}")))?;
         let request = Request {
             name: node,
             netns: &entry.netns,
@@ -157,6 +169,7 @@ impl Zygote {
                 .map(|c| (c.file.as_path(), c.target.as_path()))
                 .collect(),
             dir,
+            confinement,
             log,
             argv,
         };
