@@ -27,8 +27,9 @@ use meshsim_tests::{
 };
 
 /// What the probe does, in Python (no single quote in it: it is one shell word). Each
-/// line it prints is `key=value`; `done=1` last. It waits a little before it lists /proc,
-/// so that every node of the line runs by then, and stays, so that its pid stays alive.
+/// line it prints is `key=value`; `done=1` last. It waits for the other node's namespace
+/// before it tries to enter it and a little before it lists /proc, so that every node of the
+/// line runs by then (nodes start one by one), and stays, so that its pid stays alive.
 const PROBE: &str = r#"
 import ctypes, errno, os, platform, struct, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -51,7 +52,12 @@ def bpf_map():
     attr = ctypes.create_string_buffer(struct.pack("IIII", 2, 4, 4, 1), 128)
     sys({"x86_64": 321, "aarch64": 280}[platform.machine()], 0, attr, 128)
 def enter(other):
-    fd = os.open(f"/run/netns/ms-{other}", os.O_RDONLY)
+    path = f"/run/netns/ms-{other}"
+    for _ in range(100):
+        if os.path.exists(path):
+            break
+        time.sleep(0.1)
+    fd = os.open(path, os.O_RDONLY)
     sys({"x86_64": 308, "aarch64": 268}[platform.machine()], fd, 0x40000000)
 out("uid", os.getuid())
 out("gid", os.getgid())
