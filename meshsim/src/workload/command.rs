@@ -1,7 +1,7 @@
 //! `--node-cmd CMD`: a shell command of the user's in every node, with `{name}` and `{ip}`
 //! filled in, its output in the node's log.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -58,12 +58,8 @@ impl CommandRun {
             s.insert(
                 node.id,
                 NodeStatus {
-                    name: node.name.clone(),
                     state: NodeState::Ready,
-                    pid: Some(pid),
-                    spawned: Instant::now(),
-                    answered_after: None,
-                    log,
+                    ..NodeStatus::starting(&node.name, pid, log)
                 },
             );
         });
