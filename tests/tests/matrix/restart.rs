@@ -2,7 +2,8 @@
 //! default, or cold): `kill -9` of n2's homeserver is reported within 2 s in `GET /api/workloads`
 //! (with the signal) and on `/metrics`; n2 comes back by itself after its backoff as the
 //! same server (a message sent while it was down reaches it, from its own database and
-//! room); with its restart policy set to `never`, the next crash leaves it failed.
+//! room); with its restart policy set to `never`, the next crash leaves it failed; a node
+//! removed while it waits to restart is not restarted and leaves nothing.
 //!
 //! Needs root, Python 3 with venv and PyPI the first time: `cargo xtask test` runs it.
 
@@ -231,5 +232,49 @@ async fn crash_and_restart(options: SynapseOptions, logs: &str) {
         metric(&lab, "meshsim_workload_crashes_total{node=\"n2\"}").await,
         Some(2.0)
     );
+
+    // A node removed while it waits to restart: the restart is cancelled, and nothing of its
+    // homeserver is left.
+    let n1 = workload_of(&lab, "n1").await;
+    assert_eq!(
+        homeserver_processes("n1"),
+        [pid_of(&n1)],
+        "found by name or configuration"
+    );
+    kill(Pid::from_raw(pid_of(&n1) as i32), Signal::SIGKILL).unwrap();
+    eventually(
+        "n1 waiting to restart",
+        Duration::from_secs(10),
+        async || (workload_of(&lab, "n1").await["state"] == "restarting").then_some(()),
+    )
+    .await;
+    let (status, _) = lab.call(Method::DELETE, "/api/nodes/n1", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(homeserver_processes("n1"), Vec::<u32>::new());
+    let (_, listed) = lab.get("/api/workloads").await;
+    assert!(
+        listed["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["name"] != "n1"),
+        "{listed}"
+    );
     lab.stop().await;
+}
+
+/// Processes of `node`'s homeserver: named after it (forked: `synapse n1`) or started with
+/// its configuration (cold).
+fn homeserver_processes(node: &str) -> Vec<u32> {
+    let config = format!("/{node}/homeserver.yaml");
+    meshsim::runtime::process::all_pids()
+        .into_iter()
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            comm.trim_end() == format!("synapse {node}")
+                || String::from_utf8_lossy(&cmdline).contains(&config)
+        })
+        .collect()
 }
