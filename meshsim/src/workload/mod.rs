@@ -438,6 +438,9 @@ impl RunWorkload {
     pub async fn stop(&self, node: &NodeInfo, running: Running) {
         if let Some(watcher) = running.watcher {
             watcher.abort();
+            // Until it has ended, it may still put a restarted process in place of the one
+            // stopped below.
+            let _ = watcher.await;
         }
         let process = running.process;
         let _ = tokio::task::spawn_blocking(move || process.stop()).await;

@@ -92,8 +92,10 @@ async fn ended(process: &dyn NodeProcess) -> Exit {
 }
 
 /// Watches node `launch.node`'s homeserver for as long as the node runs it. Aborted when
-/// the node goes (the runtime then stops [`CurrentProcess`]): an abort during a restart's
-/// spawn can leave that new process behind only inside the node, which goes with it.
+/// the node goes, and awaited before the runtime stops [`CurrentProcess`], so a restart is
+/// either not spawned or stopped with the node. (A fork the zygote made for an abort that
+/// came while it waited for the pid runs in the node's namespace, whose processes the
+/// backend kills when it removes the node.)
 pub(super) async fn supervise(
     run: Arc<SynapseRun>,
     launch: NodeLaunch,
