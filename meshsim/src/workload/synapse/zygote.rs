@@ -18,6 +18,10 @@ use std::{
     time::Duration,
 };
 
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
 use serde::{Deserialize, Serialize};
 
 use super::super::{
@@ -154,6 +158,12 @@ impl NodeProcess for Forked {
     }
 
     fn stop(&self) {
+        if lock(&self.exits).contains_key(&self.pid.0) {
+            // Reaped: its pid may be another process's by now. What it started keeps its
+            // group's id reserved, so only the group is signalled.
+            let _ = killpg(Pid::from_raw(self.pid.0 as i32), Signal::SIGKILL);
+            return;
+        }
         self.pid.stop();
     }
 }
