@@ -71,6 +71,11 @@ export const api = {
   putSettings: (settings) => call("PUT", "/api/settings", settings),
   topology: () => call("GET", "/api/topology"),
   putTopology: (doc) => call("PUT", "/api/topology", doc),
+  // A node's restart policy: {node, own, restart: "on-failure"|"never"}; null puts it back
+  // on the run's default.
+  restart: (id) => call("GET", `/api/nodes/${id}/restart`),
+  setRestart: (id, restart) =>
+    restart ? call("PUT", `/api/nodes/${id}/restart`, { restart }) : call("DELETE", `/api/nodes/${id}/restart`),
   client: (id) => call("GET", `/api/nodes/${id}/client`),
   setClient: (id, link) => call("PUT", `/api/nodes/${id}/client`, link),
   unsetClient: (id) => call("DELETE", `/api/nodes/${id}/client`),

@@ -1,7 +1,8 @@
 // The Matrix parts of the sidebar: the list of recent events (newest first, each with its
 // delivery time to every server and the servers still waiting for it; a click replays its
 // journey on the canvas), the slow-motion slider, and in the node panel the node's
-// homeserver state and a box to send a message as its test user into the mesh room.
+// homeserver state (with why it crashed and when it restarts), its restart policy, and a box
+// to send a message as its test user into the mesh room.
 
 import { api } from "./api.js";
 import { el } from "./dom.js";
@@ -17,6 +18,10 @@ export class MatrixPanel {
   #replay;
   #toast;
   #listQueued = false;
+  /** Ticks the "restarting in N s" countdown while the selected node waits to restart. */
+  #countdown = null;
+  /** The node whose restart policy the select shows. */
+  #policyOf = null;
 
   /** `replay(eventId)` draws an event's journey again; `toast(error)` shows a failure. */
   constructor(store, events, replay, toast) {
@@ -34,6 +39,7 @@ export class MatrixPanel {
       e.preventDefault();
       this.#send();
     });
+    $("node-restart").addEventListener("change", (e) => this.#setRestart(e.target.value));
     events.addEventListener("events", () => this.#queueList());
     events.addEventListener("workloads", () => this.#fillNode());
     store.addEventListener("selection", () => this.#fillNode());
@@ -92,12 +98,56 @@ export class MatrixPanel {
     const node = this.#selected();
     const w = node ? this.#events.workloads.get(node.id) : null;
     $("node-matrix").hidden = !w;
-    if (!w) return;
+    clearTimeout(this.#countdown);
+    if (!w) {
+      this.#policyOf = null;
+      return;
+    }
     const line = $("node-hs-state");
     line.className = `small hs-${w.state}`;
     const words = { ready: "ready: observed, in the mesh room", starting: "starting…", failed: "failed" };
-    line.textContent = (words[w.state] ?? w.state) + (w.detail ? `: ${w.detail}` : "");
+    let state = words[w.state] ?? w.state;
+    if (w.state === "restarting") {
+      const left = Math.max(0, Math.ceil(((w.restart_at_ms ?? 0) - Date.now()) / 1000));
+      state = `crashed, restarting in ${left} s`;
+      this.#countdown = setTimeout(() => this.#fillNode(), 1000);
+    }
+    const counts = w.crashes ? ` (crashed ${w.crashes}×, restarted ${w.restarts}×)` : "";
+    // How it ended on the line; the end of its log on hover.
+    const [first, ...log] = (w.detail ?? "").split("\n");
+    line.textContent = state + counts + (first ? `: ${first}` : "");
+    line.title = log.length ? log.join("\n") : "";
     $("node-send").hidden = w.state !== "ready";
+    if (this.#policyOf !== node.id) {
+      this.#policyOf = node.id;
+      this.#loadRestart(node.id);
+    }
+  }
+
+  /** The node's restart policy into the select: its own, or "as the run". */
+  async #loadRestart(id) {
+    const select = $("node-restart");
+    try {
+      const policy = await api.restart(id);
+      if (this.#policyOf !== id) return;
+      select.options[0].textContent = `as the run (${policy.default})`;
+      select.value = policy.own ? policy.restart : "";
+      select.parentElement.hidden = false;
+    } catch {
+      // A run without homeservers has no policies (409): nothing to choose.
+      select.parentElement.hidden = true;
+    }
+  }
+
+  async #setRestart(value) {
+    const node = this.#selected();
+    if (!node) return;
+    try {
+      await api.setRestart(node.id, value || null);
+    } catch (e) {
+      this.#toast(e);
+    }
+    this.#loadRestart(node.id);
   }
 
   async #send() {

@@ -442,11 +442,17 @@ export class Renderer {
       }
       ctx.stroke();
     }
-    // A homeserver that is not ready: dashed amber while it starts, red when it failed.
+    // A homeserver that is not ready: dashed amber while it starts, dashed red while it waits
+    // to restart after a crash, red when it failed.
     const workloads = this.#events.workloads;
     if (workloads.size) {
       ctx.lineWidth = 2;
-      for (const [state, colour, dash] of [["starting", COLOURS.starting, [3, 3]], ["failed", COLOURS.failed, []]]) {
+      const rings = [
+        ["starting", COLOURS.starting, [3, 3]],
+        ["restarting", COLOURS.failed, [3, 3]],
+        ["failed", COLOURS.failed, []],
+      ];
+      for (const [state, colour, dash] of rings) {
         ctx.strokeStyle = colour;
         ctx.setLineDash(dash);
         ctx.beginPath();

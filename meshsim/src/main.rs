@@ -13,7 +13,10 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, V
 use meshsim::{
     run_config::Addressing,
     runtime::names::{DEFAULT_PREFIX, RunPrefix},
-    workload::synapse::{Database, Launch, SYNAPSE_VERSION, workers::Profile},
+    workload::{
+        restart::Restart,
+        synapse::{Database, Launch, SYNAPSE_VERSION, workers::Profile},
+    },
 };
 
 #[derive(Parser)]
@@ -176,6 +179,12 @@ struct RunOptions {
     /// start cold. Overrides the file's `launch`.
     #[arg(long, value_enum)]
     launch: Option<Launch>,
+    /// Whether a homeserver that ends on its own (exits, is killed) starts again:
+    /// `on-failure` (the default: after 1 s, doubling to 1 min, from its own data) or
+    /// `never`. The run's default; a node may choose its own (the file's `restart` in its
+    /// table, `PUT /api/nodes/{id}/restart`, the canvas). Overrides the file's `restart`.
+    #[arg(long, value_enum)]
+    restart: Option<Restart>,
     /// Let the kernel merge identical memory pages of node processes (KSM), for more
     /// homeservers per GiB; ksmd then uses some CPU. The host's KSM settings come back
     /// when the run ends (or with `meshsim down`). `meshsim check` says whether this
@@ -319,6 +328,7 @@ fn default_options() -> RunOptions {
         database: None,
         profile: None,
         launch: None,
+        restart: None,
         ksm: false,
         log_dir: None,
         prefix: RunPrefix::default(),

@@ -13,7 +13,10 @@ use meshsim::{
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
     topology_file::{self, RunTable, TopologyFile},
-    workload::{NodeWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix, synapse::Database},
+    workload::{
+        NodeWorkload, WorkloadKind, WorkloadStatus, matrix::Matrix, restart::RestartPolicies,
+        synapse::Database,
+    },
 };
 use tokio::{
     net::TcpListener,
@@ -90,6 +93,16 @@ impl RunChoice {
             ),
             (None, _) => {}
         }
+        match (options.restart.or(file.restart), &mut workload) {
+            (Some(restart), WorkloadKind::Synapse(synapse)) => synapse.restart = restart,
+            (Some(restart), other) => bail!(
+                "--restart {} says whether homeservers start again, but this run's workload is \
+                 {}: add `--workload synapse`",
+                restart.name(),
+                other.name()
+            ),
+            (None, _) => {}
+        }
         let image = options.image.clone().or_else(|| file.image.clone());
         if image.is_some() && backend == BackendKind::Netns {
             tracing::warn!(
@@ -144,6 +157,17 @@ pub async fn run_with(
             "{}: its steps send messages or wait for Matrix, so its nodes must run homeservers: \
              add workload = \"synapse\" to its [run] table, or give --workload synapse",
             job.scenario.path.display()
+        );
+    }
+    let node_restarts = file
+        .as_ref()
+        .map(|f| f.node_restarts.clone())
+        .unwrap_or_default();
+    if !node_restarts.is_empty() && !matches!(workload, WorkloadKind::Synapse(_)) {
+        bail!(
+            "nodes of the file say whether their homeserver restarts, but this run's workload \
+             is {}: add `--workload synapse`",
+            workload.name()
         );
     }
     let topology: Option<Start> = match file {
@@ -210,9 +234,16 @@ pub async fn run_with(
     let runtime = runtime::start(&run, &workload)
         .await
         .with_context(|| format!("starting the {} backend", run.backend))?;
+    let restarts = runtime.restarts();
+    if let Some(restarts) = &restarts {
+        for (&node, &policy) in &node_restarts {
+            restarts.set(node, Some(policy));
+        }
+    }
     let views = Views {
         matrix: runtime.matrix(),
         workloads: runtime.workload_status(),
+        restarts,
     };
     let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
 
@@ -229,6 +260,7 @@ pub async fn run_with(
 struct Views {
     matrix: Option<Arc<Matrix>>,
     workloads: watch::Receiver<WorkloadStatus>,
+    restarts: Option<RestartPolicies>,
 }
 
 /// A topology to start, with what its nodes run.
@@ -257,6 +289,7 @@ async fn serve_and_run(
         token: options.token.clone(),
         matrix: views.matrix,
         workloads: Some(views.workloads),
+        restarts: views.restarts,
         desk,
         results_dir: options.prefix.tmp_dir().join("scenarios"),
         version: crate::version(),

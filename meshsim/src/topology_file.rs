@@ -40,6 +40,7 @@ use crate::{
     run_config::BackendKind,
     workload::{
         NodeCommand, NodeWorkload, SynapseOptions, WorkloadKind, node_workload,
+        restart::Restart,
         synapse::{Database, Launch, workers::Profile},
     },
 };
@@ -168,6 +169,9 @@ pub struct TopologyFile {
     pub run: RunTable,
     /// The nodes whose table names a workload, in file order.
     pub node_workloads: Vec<NodeWorkloadEntry>,
+    /// The nodes whose table says whether their homeserver is restarted (`restart =
+    /// "on-failure" | "never"`).
+    pub node_restarts: BTreeMap<NodeId, Restart>,
 }
 
 /// The `[run]` table, checked as the flags are.
@@ -186,6 +190,8 @@ pub struct RunTable {
     pub profile: Option<Profile>,
     /// `launch = "fork" | "cold"`, for Synapse nodes.
     pub launch: Option<Launch>,
+    /// `restart = "on-failure" | "never"`, for Synapse nodes: the run's default.
+    pub restart: Option<Restart>,
 }
 
 /// `workload = "..."` in one node's table, with where it is written.
@@ -242,6 +248,8 @@ struct RunDoc {
     profile: Option<Spanned<Profile>>,
     #[serde(default)]
     launch: Option<Spanned<Launch>>,
+    #[serde(default)]
+    restart: Option<Spanned<Restart>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -297,6 +305,8 @@ struct RunParts {
 struct NodeRunDoc {
     #[serde(default)]
     workload: Option<Spanned<NodeWorkloadName>>,
+    #[serde(default)]
+    restart: Option<Restart>,
 }
 
 /// Reads and checks the topology file at `path` (see [`parse`]).
@@ -398,6 +408,18 @@ pub(crate) fn parse_file_with<X: serde::de::DeserializeOwned>(
             message,
         },
     )?;
+    // `validate` passed: the id, the name, or both (agreeing) say which node it is.
+    let id_of = |doc: &crate::model::NodeDoc| {
+        doc.id
+            .or_else(|| doc.name.as_deref()?.parse().ok())
+            .expect("a validated node has an id")
+    };
+    let node_restarts = topology
+        .nodes
+        .iter()
+        .zip(&parts.nodes)
+        .filter_map(|(doc, run_doc)| Some((id_of(doc), run_doc.restart?)))
+        .collect();
     let node_workloads = topology
         .nodes
         .iter()
@@ -405,11 +427,7 @@ pub(crate) fn parse_file_with<X: serde::de::DeserializeOwned>(
         .enumerate()
         .filter_map(|(i, (doc, run_doc))| {
             let name = run_doc.workload.as_ref()?;
-            // `validate` passed: the id, the name, or both (agreeing) say which node it is.
-            let node = doc
-                .id
-                .or_else(|| doc.name.as_deref()?.parse().ok())
-                .expect("a validated node has an id");
+            let node = id_of(doc);
             Some(NodeWorkloadEntry {
                 node,
                 name: name.get_ref().as_str().to_owned(),
@@ -423,6 +441,7 @@ pub(crate) fn parse_file_with<X: serde::de::DeserializeOwned>(
             topology,
             run,
             node_workloads,
+            node_restarts,
         },
         extra,
     ))
@@ -441,6 +460,7 @@ fn without_run_parts<'i>(tree: &Spanned<DeTable<'i>>) -> Spanned<DeTable<'i>> {
         for item in items.iter_mut() {
             if let DeValue::Table(node) = item.get_mut() {
                 node.remove("workload");
+                node.remove("restart");
             }
         }
     }
@@ -539,6 +559,19 @@ fn run_table(
             "`launch` says how homeservers start: add `workload = \"synapse\"`".to_owned(),
         ));
     }
+    if let Some(restart) = &doc.restart
+        && matches!(
+            workload,
+            Some(WorkloadKind::None | WorkloadKind::Command(_))
+        )
+    {
+        return Err(refuse(
+            restart.span(),
+            "restart",
+            "`restart` says whether homeservers start again: add `workload = \"synapse\"`"
+                .to_owned(),
+        ));
+    }
     // Postgres is for homeservers: with another workload named here it would do nothing.
     if let Some(db) = &doc.database
         && *db.get_ref() == Database::Postgres
@@ -563,6 +596,7 @@ fn run_table(
         database: doc.database.map(Spanned::into_inner),
         profile: doc.profile.map(Spanned::into_inner),
         launch: doc.launch.map(Spanned::into_inner),
+        restart: doc.restart.map(Spanned::into_inner),
     })
 }
 
@@ -1175,6 +1209,29 @@ y = 40
         );
         let text = with_run("node_cmd = \"sleep 1\"\nlaunch = \"cold\"\n");
         assert_refused(&text, 3, 10, "run.launch", "says how homeservers start");
+    }
+
+    #[test]
+    fn restarts_are_read_for_the_run_and_for_nodes() {
+        let text = with_run("workload = \"synapse\"\nrestart = \"never\"\n")
+            .replace("workload = \"none\"", "restart = \"on-failure\"");
+        let file = parse_file(Path::new(BAD), &text).unwrap();
+        assert_eq!(file.run.restart, Some(Restart::Never));
+        assert_eq!(
+            file.node_restarts,
+            BTreeMap::from([(NodeId(2), Restart::OnFailure)])
+        );
+        let text = with_run("node_cmd = \"sleep 1\"\nrestart = \"never\"\n");
+        assert_refused(
+            &text,
+            3,
+            11,
+            "run.restart",
+            "whether homeservers start again",
+        );
+        let text = with_run("workload = \"synapse\"\nrestart = \"always\"\n");
+        let err = parse_file(Path::new(BAD), &text).unwrap_err().to_string();
+        assert!(err.contains("on-failure") && err.contains("never"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use meshsim::{
     sim::{Sim, SimHandle},
     workload::{
         NodeState, RunWorkload, SynapseOptions, WorkloadKind, WorkloadStatus, matrix::Matrix,
+        restart::RestartPolicies,
     },
 };
 use tokio::sync::watch;
@@ -59,6 +60,8 @@ pub struct MeshLab {
     pub status: watch::Receiver<WorkloadStatus>,
     /// The run's Matrix view, when nodes run homeservers.
     pub matrix: Option<Arc<Matrix>>,
+    /// Every node's restart policy, when nodes run homeservers.
+    pub restarts: Option<RestartPolicies>,
     /// Whether delays are enforced (fq on the node ports).
     pub fq: bool,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -142,11 +145,13 @@ impl MeshLab {
         .unwrap();
         let status = runtime.workload_status();
         let matrix = runtime.matrix();
+        let restarts = runtime.restarts();
         let (sim, task) = Sim::spawn(runtime, dp, config.settings.clone()).unwrap();
         MeshLab {
             sim,
             status,
             matrix,
+            restarts,
             fq,
             task: Some(task),
             _lock: lock,
@@ -170,13 +175,14 @@ impl MeshLab {
         self.sim.load(doc, None).await.unwrap();
     }
 
-    /// Waits until `nodes` nodes' workloads are ready; panics with the reason if one fails.
+    /// Waits until `nodes` nodes' workloads are ready; panics with the reason if one fails
+    /// (or ended and is restarting: no test expects that while its mesh starts).
     pub async fn ready(&mut self, nodes: usize, timeout: Duration) -> WorkloadStatus {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let status = self.status.borrow_and_update().clone();
             for (id, s) in &status {
-                if let NodeState::Failed(why) = &s.state {
+                if let NodeState::Failed(why) | NodeState::Restarting { why, .. } = &s.state {
                     panic!("{id}: {why}");
                 }
             }

@@ -1,7 +1,12 @@
 //! A real mesh behind the real server, for the API, WebSocket and /metrics tests: a
 //! [`MeshLab`] (netns) and the server on 127.0.0.1:0.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use meshsim::{
     model::NodeId,
@@ -50,6 +55,7 @@ impl Lab {
         let sim = mesh.sim.clone();
         options.matrix = options.matrix.or_else(|| mesh.matrix.clone());
         options.workloads = options.workloads.or_else(|| Some(mesh.status.clone()));
+        options.restarts = options.restarts.or_else(|| mesh.restarts.clone());
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let token = options.token.clone();
         let server = Server::new(listener, sim.clone(), options).await.unwrap();
@@ -178,5 +184,31 @@ pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, field: Option
     assert!(
         keys.iter().all(|k| *k == "error" || *k == "field"),
         "unexpected keys in {body}"
+    );
+}
+
+/// `promtool check metrics` on `text`; panics with what it says.
+pub fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): install Debian's `prometheus` (./x setup does)")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- the metrics ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -115,6 +115,11 @@ impl<B: Backend> Runtime<B> {
         self.workload.status()
     }
 
+    /// Every node's restart policy, when nodes run homeservers.
+    pub fn restarts(&self) -> Option<crate::workload::restart::RestartPolicies> {
+        self.workload.restarts()
+    }
+
     /// The run's Matrix view, when nodes run homeservers.
     pub fn matrix(&self) -> Option<Arc<crate::workload::matrix::Matrix>> {
         self.workload.matrix()

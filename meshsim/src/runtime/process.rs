@@ -18,7 +18,7 @@ use nix::{
 };
 
 use super::confine::PrivateMounts;
-use crate::workload::host::NodeProcess;
+use crate::workload::{host::NodeProcess, restart::Exit};
 
 /// How long a process gets to exit after SIGTERM before it is killed.
 const GRACE: Duration = Duration::from_secs(3);
@@ -120,6 +120,15 @@ impl NodeProcess for ChildProcess {
     fn alive(&self) -> bool {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         matches!(child.try_wait(), Ok(None))
+    }
+
+    fn exit(&self) -> Option<Exit> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        match child.try_wait() {
+            Ok(Some(status)) => Some(Exit::of(status)),
+            Ok(None) => None,
+            Err(_) => Some(Exit::Unknown),
+        }
     }
 
     fn stop(&self) {

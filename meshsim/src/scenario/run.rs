@@ -496,6 +496,11 @@ impl StepRunner<'_> {
                     waiting.push(format!("{} failed ({why})", facts.name));
                     false
                 }
+                Some(NodeState::Restarting { why, .. }) => {
+                    let how = why.lines().next().unwrap_or_default();
+                    waiting.push(format!("{} restarting ({how})", facts.name));
+                    continue;
+                }
                 _ => false,
             };
             if !ready {

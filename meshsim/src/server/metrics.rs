@@ -30,7 +30,10 @@ use super::{ApiError, AppState};
 use crate::{
     model::{LinkParams, NodeId},
     sim::{MeshState, ReadCounters},
-    workload::matrix::{DELIVERY_BUCKETS, Matrix},
+    workload::{
+        NodeState, WorkloadStatus,
+        matrix::{DELIVERY_BUCKETS, Matrix},
+    },
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -50,6 +53,7 @@ impl Metrics {
         state: watch::Receiver<Arc<MeshState>>,
         reader: Box<dyn ReadCounters>,
         matrix: Option<Arc<Matrix>>,
+        workloads: Option<watch::Receiver<WorkloadStatus>>,
         limits: super::limits::LimitsCollector,
     ) -> Self {
         let mut registry = Registry::default();
@@ -57,6 +61,9 @@ impl Metrics {
         registry.register_collector(Box::new(limits));
         if let Some(matrix) = matrix {
             registry.register_collector(Box::new(MatrixCollector { matrix }));
+        }
+        if let Some(status) = workloads {
+            registry.register_collector(Box::new(WorkloadCollector { status }));
         }
         Self { registry }
     }
@@ -196,6 +203,50 @@ impl Collector for MatrixCollector {
         )?;
         for (node, seen) in self.matrix.seen_per_node() {
             ConstCounter::new(seen).encode(family.encode_family(&[("node", node.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every node's workload at scrape time: up or not, how often it ended on its own and was
+/// started again.
+#[derive(Debug)]
+struct WorkloadCollector {
+    status: watch::Receiver<WorkloadStatus>,
+}
+
+impl Collector for WorkloadCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.status.borrow().clone();
+        let mut family = encoder.encode_descriptor(
+            "meshsim_workload_up",
+            "1 while a node's workload is ready (a homeserver answers), 0 while it starts, restarts or has failed.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in status.values() {
+            let up = i64::from(s.state == NodeState::Ready);
+            ConstGauge::new(up).encode(family.encode_family(&[("node", s.name.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "meshsim_workload_crashes",
+            "Times a node's workload ended on its own (exited or was killed) since the node was made.",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in status.values() {
+            ConstCounter::new(u64::from(s.crashes))
+                .encode(family.encode_family(&[("node", s.name.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "meshsim_workload_restarts",
+            "Times a node's workload was started again after it ended on its own.",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in status.values() {
+            ConstCounter::new(u64::from(s.restarts))
+                .encode(family.encode_family(&[("node", s.name.as_str())])?)?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ mod settings;
 mod state;
 mod telemetry;
 mod topology;
+mod workloads;
 mod ws;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -41,7 +42,7 @@ use tokio::{
 use crate::{
     scenario::desk::Desk,
     sim::{SimError, SimHandle},
-    workload::{WorkloadStatus, matrix::Matrix},
+    workload::{WorkloadStatus, matrix::Matrix, restart::RestartPolicies},
 };
 
 /// The largest request body taken (413 above it). A topology document of a few thousand
@@ -75,6 +76,9 @@ pub struct ServerOptions {
     pub matrix: Option<Arc<Matrix>>,
     /// Every node's workload state (`runtime::Runtime::workload_status`).
     pub workloads: Option<watch::Receiver<WorkloadStatus>>,
+    /// Every node's restart policy (`runtime::Runtime::restarts`), when nodes run
+    /// homeservers.
+    pub restarts: Option<RestartPolicies>,
     /// The scenario desk (the timeline, the recording); shared with a headless run.
     pub desk: Arc<Desk>,
     /// Where scenarios started from the canvas write their results (a folder each).
@@ -91,6 +95,7 @@ impl Default for ServerOptions {
             traffic_interval: Duration::from_millis(50),
             matrix: None,
             workloads: None,
+            restarts: None,
             desk: Desk::new(),
             results_dir: std::env::temp_dir().join("meshsim-scenarios"),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -107,6 +112,7 @@ pub struct AppState {
     feed: broadcast::Sender<axum::extract::ws::Utf8Bytes>,
     matrix: Option<Arc<Matrix>>,
     workloads: Option<watch::Receiver<WorkloadStatus>>,
+    restarts: Option<RestartPolicies>,
     metrics: Arc<metrics::Metrics>,
     /// Turns true when the server stops, so WebSocket sessions end and the graceful shutdown
     /// does not wait for them forever.
@@ -188,6 +194,7 @@ impl Server {
             sim.state(),
             sim.counter_reader().await?,
             options.matrix.clone(),
+            options.workloads.clone(),
             limits::LimitsCollector {
                 seats: ws_seats.clone(),
                 refused: Arc::clone(&refused),
@@ -199,6 +206,7 @@ impl Server {
             feed,
             matrix: options.matrix.clone(),
             workloads: options.workloads.clone(),
+            restarts: options.restarts.clone(),
             metrics,
             shutdown: shutdown_rx,
             desk: options.desk,
@@ -260,6 +268,7 @@ fn router(app: AppState, security: Arc<Security>) -> Router {
         .merge(client::router())
         .merge(cuts::router())
         .merge(scenario::router())
+        .merge(workloads::router())
         .fallback(|uri: axum::extract::OriginalUri| async move {
             ApiError::NoRoute(format!(
                 "{}: the API's resources are /api/state, /api/nodes, /api/nodes/{{id}}, \

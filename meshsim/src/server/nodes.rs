@@ -18,7 +18,7 @@ use super::{
 use crate::{
     model::NodeId,
     scenario::step::Action,
-    workload::{NodeWorkload, node_workload},
+    workload::{NodeWorkload, node_workload, restart::Restart},
 };
 
 pub fn router() -> Router<AppState> {
@@ -47,6 +47,10 @@ struct NewNode {
     /// something, and none of the workloads is called null).
     #[serde(default, deserialize_with = "present")]
     workload: Option<String>,
+    /// Whether its homeserver starts again when it ends on its own; left out, the run's
+    /// default.
+    #[serde(default, deserialize_with = "present")]
+    restart: Option<Restart>,
 }
 
 async fn create(
@@ -60,7 +64,17 @@ async fn create(
             node_workload(name, run).map_err(|e| ApiError::invalid("workload", e.to_string()))?
         }
     };
+    if new.restart.is_some() && app.restarts.is_none() {
+        return Err(ApiError::invalid(
+            "restart",
+            "only homeservers are restarted, and this run has none: start meshsim with \
+             `--workload synapse`",
+        ));
+    }
     let node = app.sim.add_node_running(new.x, new.y, workload).await?;
+    if let (Some(policy), Some(restarts)) = (new.restart, &app.restarts) {
+        restarts.set(node.id, Some(policy));
+    }
     app.desk.record(Action::Add {
         id: node.id,
         x: new.x,

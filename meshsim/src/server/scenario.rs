@@ -97,6 +97,12 @@ async fn start(
             message: e.to_string(),
         })?;
     let dir = results_dir(&app.results_dir, &name)?;
+    // Its nodes' restart policies (a run without homeservers has none to follow).
+    if let Some(restarts) = &app.restarts {
+        for (&node, &policy) in &scenario.file.node_restarts {
+            restarts.set(node, Some(policy));
+        }
+    }
     app.sim
         .load_running(scenario.file.topology.clone(), workloads, None)
         .await?;

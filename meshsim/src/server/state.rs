@@ -1,7 +1,7 @@
 //! `GET /api/state`: the whole mesh as the canvas draws it, and the JSON forms of nodes that
 //! the other resources answer with. The WebSocket's `state` message is the same body.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::UNIX_EPOCH};
 
 use axum::{Json, Router, extract::State, routing::get};
 use serde::Serialize;
@@ -10,7 +10,7 @@ use super::AppState;
 use crate::{
     model::{ClientLinks, Link, Node, NodeId, Settings},
     sim::MeshState,
-    workload::{NodeState, NodeStatus, node_workload_name},
+    workload::{NodeState, NodeStatus, node_workload_name, restart::Exit},
 };
 
 pub fn router() -> Router<AppState> {
@@ -141,7 +141,9 @@ impl NodeBody {
     }
 }
 
-/// A node's workload as the canvas shows it: `starting`, `ready` or `failed` (with why).
+/// A node's workload as the canvas and `GET /api/workloads` show it: `starting`, `ready`,
+/// `restarting` (it ended on its own and starts again at `restart_at_ms`) or `failed`, with
+/// why (`detail`), how its process last ended (`exit`) and how often it ended and restarted.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadBody {
     pub id: NodeId,
@@ -149,20 +151,39 @@ pub struct WorkloadBody {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// When a restarting node starts again, ms since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// How its process last ended on its own: `{"code": N}`, `{"signal": N}` or `"unknown"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Exit>,
+    pub crashes: u32,
+    pub restarts: u32,
 }
 
 impl WorkloadBody {
     pub fn new(id: NodeId, status: &NodeStatus) -> Self {
-        let (state, detail) = match &status.state {
-            NodeState::Starting => ("starting", None),
-            NodeState::Ready => ("ready", None),
-            NodeState::Failed(why) => ("failed", Some(why.clone())),
+        let (state, detail, restart_at) = match &status.state {
+            NodeState::Starting => ("starting", None, None),
+            NodeState::Ready => ("ready", None, None),
+            NodeState::Restarting { why, at } => ("restarting", Some(why.clone()), Some(*at)),
+            NodeState::Failed(why) => ("failed", Some(why.clone()), None),
         };
         WorkloadBody {
             id,
             name: status.name.clone(),
             state,
             detail,
+            restart_at_ms: restart_at.map(|at| {
+                at.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            }),
+            pid: status.pid,
+            exit: status.exit,
+            crashes: status.crashes,
+            restarts: status.restarts,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! unprivileged user, confined to a directory of its own (`<tmp_dir>/nodes/<name>`, where it
 //! starts; `host::Confinement`); `--node-cmd-as-root` runs it as root, as meshsim is.
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::watch;
 
@@ -97,12 +97,8 @@ impl CommandRun {
             s.insert(
                 node.id,
                 NodeStatus {
-                    name: node.name.clone(),
                     state: NodeState::Ready,
-                    pid: Some(pid),
-                    spawned: Instant::now(),
-                    answered_after: None,
-                    log,
+                    ..NodeStatus::starting(&node.name, pid, log)
                 },
             );
         });

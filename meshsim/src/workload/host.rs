@@ -6,6 +6,7 @@
 
 use std::{future::Future, io, path::PathBuf, pin::Pin};
 
+use super::restart::Exit;
 use crate::{model::NodeId, net::NetNs};
 
 /// Node `nK`'s processes run as uid `NODE_UID_BASE + K`, in the group `NODE_GID`: ids no
@@ -188,6 +189,11 @@ pub trait NodeProcess: Send + Sync {
     fn pid(&self) -> u32;
     /// Whether it still runs (an exited one waiting to be reaped does not).
     fn alive(&self) -> bool;
+    /// How it ended, once it has; `None` while it runs. A process whose parent is not
+    /// meshsim may only say that it is gone ([`Exit::Unknown`]).
+    fn exit(&self) -> Option<Exit> {
+        (!self.alive()).then_some(Exit::Unknown)
+    }
     /// SIGTERM to it and what it started, SIGKILL after a grace period. Blocks.
     fn stop(&self);
 }

@@ -20,6 +20,7 @@ pub mod matrix;
 pub mod names;
 pub mod pki;
 pub mod postgres;
+pub mod restart;
 pub mod synapse;
 pub mod venv;
 
@@ -29,7 +30,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 pub use command::NODE_DIRS_MARKER;
@@ -200,7 +201,11 @@ pub enum NodeState {
     Starting,
     /// Answering (for Synapse: `/_matrix/federation/v1/version`, with the test user made).
     Ready,
-    /// It exited or never answered; the text says why and where its log is.
+    /// It ended on its own and is started again at `at` (its restart policy is
+    /// `on-failure`); the text says how it ended, with the end of its log.
+    Restarting { why: String, at: SystemTime },
+    /// It exited and is not restarted, or never answered; the text says why and where its
+    /// log is.
     Failed(String),
 }
 
@@ -217,6 +222,28 @@ pub struct NodeStatus {
     pub answered_after: Option<Duration>,
     /// Its output.
     pub log: PathBuf,
+    /// How many times it ended on its own in this run, and how many times it was started
+    /// again; how it ended the last time.
+    pub crashes: u32,
+    pub restarts: u32,
+    pub exit: Option<restart::Exit>,
+}
+
+impl NodeStatus {
+    /// A process just spawned, not answering yet.
+    pub fn starting(name: &str, pid: u32, log: PathBuf) -> Self {
+        NodeStatus {
+            name: name.to_owned(),
+            state: NodeState::Starting,
+            pid: Some(pid),
+            spawned: Instant::now(),
+            answered_after: None,
+            log,
+            crashes: 0,
+            restarts: 0,
+            exit: None,
+        }
+    }
 }
 
 /// Every node's workload, by node.
@@ -388,6 +415,15 @@ impl RunWorkload {
         self.status.subscribe()
     }
 
+    /// Every node's restart policy, when nodes run homeservers (the only workload that is
+    /// restarted).
+    pub fn restarts(&self) -> Option<restart::RestartPolicies> {
+        match &self.prepared {
+            Prepared::Synapse(synapse) => Some(synapse.restarts().clone()),
+            _ => None,
+        }
+    }
+
     /// The run's Matrix view (event log, observers, mesh room), when nodes run homeservers.
     pub fn matrix(&self) -> Option<Arc<matrix::Matrix>> {
         match &self.prepared {
@@ -440,6 +476,9 @@ impl RunWorkload {
     pub async fn stop(&self, node: &NodeInfo, running: Running) {
         if let Some(watcher) = running.watcher {
             watcher.abort();
+            // Until it has ended, it may still put a restarted process in place of the one
+            // stopped below.
+            let _ = watcher.await;
         }
         let process = running.process;
         let _ = tokio::task::spawn_blocking(move || process.stop()).await;

@@ -7,6 +7,7 @@ mod client;
 mod docker;
 mod events;
 mod postgres;
+mod restart;
 mod scenario;
 mod synapse;
 mod workers;

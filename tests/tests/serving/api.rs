@@ -212,6 +212,48 @@ async fn a_node_added_with_workload_none_runs_no_process() {
         .await;
     }
     assert_eq!(lab.processes_in(bare), Vec::<String>::new());
+    // Every workload node's state, as the WebSocket gives it; a command is ready once it
+    // runs, and only homeservers are restarted.
+    let (status, listed) = lab.get("/api/workloads").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let states: Vec<(&str, &str, u64)> = listed["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap(),
+                n["state"].as_str().unwrap(),
+                n["crashes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (runs.name().as_str(), "ready", 0),
+            (named.name().as_str(), "ready", 0)
+        ]
+    );
+    let path = format!("/api/nodes/{}/restart", runs.0);
+    assert_error(&lab.get(&path).await, StatusCode::CONFLICT, None);
+    assert_error(
+        &lab.get("/api/nodes/n99/restart").await,
+        StatusCode::NOT_FOUND,
+        Some("id"),
+    );
+    let refused = lab
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"x": 2.0, "y": 2.0, "restart": "never"})),
+        )
+        .await;
+    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, Some("restart"));
+    let refused = lab
+        .call(Method::PUT, &path, Some(json!({"restart": "always"})))
+        .await;
+    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, Some("restart"));
     // The bare node still forwards and answers.
     let out = lab.ping(runs, bare, 2);
     assert!(

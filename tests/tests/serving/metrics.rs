@@ -5,17 +5,13 @@
 //! Needs root (see tests/serving) and `promtool` (Debian's `prometheus`, which `./x` installs):
 //! `cargo xtask test` runs these.
 
-use std::{
-    collections::BTreeMap,
-    io::Write as _,
-    process::{Command, Stdio},
-};
+use std::collections::BTreeMap;
 
 use meshsim::{
     model::{HOST, NodeId},
     sim::Counters,
 };
-use meshsim_tests::serving::Lab;
+use meshsim_tests::serving::{Lab, promtool_check};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -44,31 +40,6 @@ fn link_series(name: &str, from: NodeId, to: NodeId, extra: &str) -> String {
         name_of(from),
         name_of(to)
     )
-}
-
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool ({e}): install Debian's `prometheus` (./x setup does)")
-        });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- the metrics ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn scrape(lab: &Lab) -> String {

@@ -20,6 +20,7 @@ use crate::{
         WorkloadError,
         pki::{NodeCert, RunCa},
         postgres::{DatabaseArgs, POOL_MAX, POOL_MAX_WORKERS, POOL_MIN},
+        restart::Restart,
         synapse::workers::{self, Profile},
         venv::{VenvError, VenvSpec},
     },
@@ -64,6 +65,9 @@ pub struct SynapseOptions {
     pub workers: Option<Profile>,
     /// How homeservers start on namespace nodes.
     pub launch: Launch,
+    /// Whether a homeserver that ends on its own starts again: the run's default, which a
+    /// node may override.
+    pub restart: Restart,
 }
 
 /// How a homeserver process starts.
@@ -141,6 +145,7 @@ impl Default for SynapseOptions {
             postgres_dir: PathBuf::from("/tmp/meshsim/postgres"),
             workers: None,
             launch: Launch::Fork,
+            restart: Restart::OnFailure,
         }
     }
 }

@@ -9,6 +9,7 @@
 
 mod config;
 mod register;
+mod supervise;
 pub mod workers;
 mod zygote;
 
@@ -19,19 +20,20 @@ use std::{
 };
 
 pub use config::*;
+use supervise::{CurrentProcess, NodeLaunch, StartOutcome};
 use tokio::sync::watch;
 use zygote::Zygote;
 pub use zygote::ZygoteError;
 
 use super::{
-    NodeInfo, NodeLogs, NodeState, NodeStatus, Running, WorkloadError, WorkloadStatus, dns,
+    NodeInfo, NodeLogs, NodeStatus, Running, WorkloadError, WorkloadStatus, dns,
     host::{Confinement, Cover, HostKind, NodeHost, NodeNeeds, NodeProcess, Program},
     http::NodeHttp,
-    log_tail,
     matrix::Matrix,
     names::MeshNames,
     pki::RunCa,
     postgres::Postgres,
+    restart::RestartPolicies,
     venv::VenvSpec,
 };
 use crate::{random::random_hex, run_config::Addressing};
@@ -67,6 +69,8 @@ pub struct SynapseRun {
     postgres: Option<Postgres>,
     /// What forks one-process homeservers into namespace nodes (`Launch::Fork`).
     zygote: Option<Zygote>,
+    /// Whether each node's homeserver starts again when it ends on its own.
+    restarts: RestartPolicies,
 }
 
 impl SynapseRun {
@@ -179,6 +183,7 @@ impl SynapseRun {
             matrix: Matrix::new(&options.user, &options.password),
             postgres,
             zygote: None,
+            restarts: RestartPolicies::new(options.restart),
         })
     }
 
@@ -288,29 +293,10 @@ impl SynapseRun {
                 return Err(e);
             }
         };
-        let argv = [
+        let argv = vec![
             "--config-path".to_owned(),
             dir.config().to_string_lossy().into_owned(),
         ];
-        let forked = match (&self.zygote, host.entry()) {
-            (Some(zygote), Some(entry)) => Some(
-                zygote
-                    .fork(
-                        &node.name,
-                        &entry,
-                        &dir.dir,
-                        confinement.as_ref(),
-                        &log,
-                        &argv,
-                    )
-                    .await
-                    .map_err(|e| {
-                        let what = format!("a fork of the zygote (pid {})", zygote.pid());
-                        (what, std::io::Error::other(e))
-                    }),
-            ),
-            _ => None,
-        };
         let program = match self.options.workers {
             None => Program::new(python, &["-m", "synapse.app.homeserver"], &log)
                 .with_arg(&argv[0])
@@ -341,14 +327,14 @@ impl SynapseRun {
             Some(c) => program.confined(c),
             None => program.in_dir(&dir.dir),
         };
-        let spawned = match forked {
-            Some(forked) => forked,
-            None => host
-                .spawn(&program)
-                .await
-                .map_err(|e| (program.describe(), e)),
+        let launch = NodeLaunch {
+            node: node.clone(),
+            host,
+            dir: dir.dir.clone(),
+            argv,
+            program,
         };
-        let process: Arc<dyn NodeProcess> = match spawned {
+        let process: Arc<dyn NodeProcess> = match self.spawn(&launch).await {
             Ok(process) => Arc::from(process),
             Err((program, source)) => {
                 dns.abort();
@@ -360,30 +346,21 @@ impl SynapseRun {
                 });
             }
         };
-        let at = Instant::now();
         status.send_modify(|s| {
             s.insert(
                 node.id,
-                NodeStatus {
-                    name: node.name.clone(),
-                    state: NodeState::Starting,
-                    pid: Some(process.pid()),
-                    spawned: at,
-                    answered_after: None,
-                    log: log.clone(),
-                },
+                NodeStatus::starting(&node.name, process.pid(), log.clone()),
             );
         });
-        let watcher = tokio::spawn(Arc::clone(self).watch_start(
-            node.clone(),
-            host,
-            Arc::clone(&process),
+        let current = Arc::new(CurrentProcess::new(process));
+        let watcher = tokio::spawn(supervise::supervise(
+            Arc::clone(self),
+            launch,
+            Arc::clone(&current),
             status.clone(),
-            log,
-            at,
         ));
         Ok(Running {
-            process,
+            process: current,
             watcher: Some(watcher),
             serving: vec![dns],
         })
@@ -414,20 +391,59 @@ impl SynapseRun {
         Ok(c)
     }
 
-    /// Asks the node until it answers `/_matrix/federation/v1/version`, makes its test user,
-    /// and publishes the outcome. Gives up when the process dies or the start timeout passes.
+    /// Starts the node's homeserver process: forked by the zygote into a namespace node
+    /// when the run has one, else the program itself. On failure, what was run and why.
+    async fn spawn(
+        &self,
+        launch: &NodeLaunch,
+    ) -> Result<Box<dyn NodeProcess>, (String, std::io::Error)> {
+        let log = &launch.program.log;
+        // Again at every start: what meshsim wrote into the directory since is root's.
+        let confinement = launch.program.confinement.as_ref();
+        if let Some(c) = confinement {
+            c.hand_over_dir().map_err(|e| {
+                (
+                    format!("handing {} to the node's user", launch.dir.display()),
+                    e,
+                )
+            })?;
+        }
+        match (&self.zygote, launch.host.entry()) {
+            (Some(zygote), Some(entry)) => zygote
+                .fork(
+                    &launch.node.name,
+                    &entry,
+                    &launch.dir,
+                    confinement,
+                    log,
+                    &launch.argv,
+                )
+                .await
+                .map_err(|e| {
+                    let what = format!("a fork of the zygote (pid {})", zygote.pid());
+                    (what, std::io::Error::other(e))
+                }),
+            _ => launch
+                .host
+                .spawn(&launch.program)
+                .await
+                .map_err(|e| (launch.program.describe(), e)),
+        }
+    }
+
+    /// Asks the node until it answers `/_matrix/federation/v1/version` and makes its test
+    /// user. Gives up when the process ends or the start timeout passes.
     async fn watch_start(
-        self: Arc<Self>,
-        node: NodeInfo,
-        host: Arc<dyn NodeHost>,
-        process: Arc<dyn NodeProcess>,
-        status: watch::Sender<WorkloadStatus>,
-        log: PathBuf,
+        &self,
+        node: &NodeInfo,
+        host: &dyn NodeHost,
+        process: &dyn NodeProcess,
+        log: &Path,
         at: Instant,
-    ) {
+    ) -> StartOutcome {
         let mut http = NodeHttp::new(host.netns().clone(), CLIENT_PORT);
         let deadline = at + self.options.start_timeout;
-        let outcome = loop {
+        let answered = loop {
             let answer = http
                 .get(
                     "/_matrix/federation/v1/version",
@@ -436,24 +452,13 @@ impl SynapseRun {
                 )
                 .await;
             if answer.is_ok_and(|a| a.ok()) {
-                break Ok(at.elapsed());
+                break at.elapsed();
             }
-            if !process.alive() {
-                // A node with workers says which process ended, with the end of its log.
-                let lines = if self.options.workers.is_some() {
-                    24
-                } else {
-                    12
-                };
-                break Err(format!(
-                    "synapse on {} exited while starting; the end of {}:\n{}",
-                    node.name,
-                    log.display(),
-                    log_tail(&log, lines)
-                ));
+            if let Some(exit) = process.exit() {
+                return StartOutcome::Ended(exit);
             }
             if Instant::now() >= deadline {
-                break Err(format!(
+                return StartOutcome::Failed(format!(
                     "synapse on {} did not answer within {} s: see {}",
                     node.name,
                     self.options.start_timeout.as_secs(),
@@ -462,45 +467,32 @@ impl SynapseRun {
             }
             tokio::time::sleep(PROBE_EVERY).await;
         };
-        let outcome = match outcome {
-            Ok(answered) => register::test_user(
-                &mut http,
-                &self.registration_secret,
-                &self.options.user,
-                &self.options.password,
-            )
-            .await
-            .map(|()| answered)
-            .map_err(|e| format!("synapse on {}: making the test user: {e}", node.name)),
-            Err(e) => Err(e),
-        };
-        match &outcome {
-            Ok(after) => tracing::info!(
-                node = %node.name,
-                "synapse answers after {:.1} s; @{}:{} is ready",
-                after.as_secs_f64(),
-                self.options.user,
-                node.name
-            ),
-            Err(why) => tracing::error!("{why}"),
-        }
-        let ready = outcome.is_ok();
-        status.send_modify(|s| {
-            if let Some(entry) = s.get_mut(&node.id) {
-                match outcome {
-                    Ok(after) => {
-                        entry.state = NodeState::Ready;
-                        entry.answered_after = Some(after);
-                    }
-                    Err(why) => entry.state = NodeState::Failed(why),
-                }
+        match register::test_user(
+            &mut http,
+            &self.registration_secret,
+            &self.options.user,
+            &self.options.password,
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    node = %node.name,
+                    "synapse answers after {:.1} s; @{}:{} is ready",
+                    answered.as_secs_f64(),
+                    self.options.user,
+                    node.name
+                );
+                StartOutcome::Ready(answered)
             }
-        });
-        // From now on this task observes the node, until its workload stops.
-        if ready {
-            Arc::clone(&self.matrix)
-                .observe(node.name.clone(), host.netns().clone())
-                .await;
+            // It may have ended meanwhile: then that is what happened.
+            Err(e) => match process.exit() {
+                Some(exit) => StartOutcome::Ended(exit),
+                None => StartOutcome::Failed(format!(
+                    "synapse on {}: making the test user: {e}",
+                    node.name
+                )),
+            },
         }
     }
 
@@ -512,6 +504,11 @@ impl SynapseRun {
         } else {
             Launch::Cold
         }
+    }
+
+    /// Every node's restart policy, which the API changes.
+    pub fn restarts(&self) -> &RestartPolicies {
+        &self.restarts
     }
 
     /// The run's Matrix view: event log, observers, mesh room.

@@ -21,7 +21,8 @@ node:
   - as the leader of a process group of its own, killed when this process dies.
 A child that cannot get there writes why to its log and exits with status 127.
 
-Children are reaped by the kernel (SIGCHLD ignored): meshsim watches them by pid.
+We reap the children ourselves and say how each ended, on a line of its own that may come
+between answers: {"exited": pid, "code": status} or {"exited": pid, "signal": number}.
 """
 
 import ctypes
@@ -29,6 +30,7 @@ import gc
 import json
 import os
 import random
+import select
 import signal
 import sys
 import time
@@ -174,6 +176,10 @@ def child(request, proxy, main):
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
     try:
+        # The zygote's wakeup pipe (see `serve`) is not the homeserver's.
+        signal.set_wakeup_fd(-1)
+        for fd in WAKEUP:
+            os.close(fd)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -231,27 +237,80 @@ def main():
         __import__(module)
     gc.collect()
     gc.freeze()
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     answer({"ready": round(time.monotonic() - started, 3)})
-    for line in sys.stdin:
-        if not line.strip():
-            continue
+    serve(proxy, homeserver.main)
+
+
+# The pipe a SIGCHLD wakes `serve` through: the signal's own handler (in C) writes to it,
+# so nothing is written to our stdout from inside a signal handler.
+WAKEUP = ()
+
+
+def reap():
+    """Says how every child that ended since the last call ended."""
+    while True:
         try:
-            request = json.loads(line)
-            for key in ("dir", "log", "argv"):
-                if key not in request:
-                    raise ValueError(f"the request has no {key!r}")
-        except ValueError as e:
-            answer({"error": f"bad request: {e}"})
-            continue
-        try:
-            pid = os.fork()
-        except OSError as e:
-            answer({"error": f"fork: {e}"})
-            continue
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
         if pid == 0:
-            child(request, proxy, homeserver.main)
-        answer({"pid": pid})
+            return
+        if os.WIFSIGNALED(status):
+            answer({"exited": pid, "signal": os.WTERMSIG(status)})
+        else:
+            answer({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def serve(proxy, main):
+    global WAKEUP
+    wake_r, wake_w = os.pipe()
+    WAKEUP = (wake_r, wake_w)
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    pending = b""
+    while True:
+        readable, _, _ = select.select([0, wake_r], [], [])
+        if wake_r in readable:
+            while True:
+                try:
+                    if not os.read(wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+            reap()
+        if 0 not in readable:
+            continue
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request_line(line.decode(), proxy, main)
+
+
+def request_line(line, proxy, main):
+    """Forks the homeserver one request line asks for, and answers."""
+    if not line.strip():
+        return
+    try:
+        request = json.loads(line)
+        for key in ("dir", "log", "argv"):
+            if key not in request:
+                raise ValueError(f"the request has no {key!r}")
+    except ValueError as e:
+        answer({"error": f"bad request: {e}"})
+        return
+    try:
+        pid = os.fork()
+    except OSError as e:
+        answer({"error": f"fork: {e}"})
+        return
+    if pid == 0:
+        child(request, proxy, main)
+    answer({"pid": pid})
 
 
 if __name__ == "__main__":

@@ -5,23 +5,32 @@
 //! of a cold start's memory (docs/benchmarks.md, "Density").
 //!
 //! meshsim writes one JSON request per line on the zygote's stdin and reads one answer per
-//! line from its stdout. The zygote is started like any node process: in a process group of
+//! line from its stdout, and between the answers the zygote says how each homeserver it
+//! forked ended (it reaps them). The zygote is started like any node process: in a process group of
 //! its own, killed by the kernel if meshsim dies, and so are the homeservers it forked.
 
 use std::{
+    collections::HashMap,
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{ChildStdin, ChildStdout, Command},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
 use serde::{Deserialize, Serialize};
 
-use super::super::host::{Confinement, NodeEntry, NodeProcess};
+use super::super::{
+    host::{Confinement, NodeEntry, NodeProcess},
+    restart::Exit,
+};
 use crate::runtime::{
     confine::Plan,
-    process::{ChildProcess, HostPid},
+    process::{ChildProcess, HostPid, pid_alive},
 };
 
 /// The script, written into the run directory at start.
@@ -65,28 +74,109 @@ struct Request<'a> {
     argv: &'a [String],
 }
 
-/// One line the zygote writes.
+/// One line the zygote writes: an answer, or how a child ended.
 #[derive(Deserialize)]
 struct Answer {
     ready: Option<f64>,
     pid: Option<u32>,
     error: Option<String>,
+    exited: Option<u32>,
+    code: Option<i32>,
+    signal: Option<i32>,
 }
 
-/// The pipes to a running zygote.
+/// How the zygote's children ended, by pid, as it reported them (it reaps them).
+type Exits = Arc<Mutex<HashMap<u32, Exit>>>;
+
+/// The pipes to a running zygote: requests go down `to`; a thread reads every line it
+/// writes, keeps the children's ends in `exits` and hands the answers to `answers` in order.
 struct Pipes {
     to: ChildStdin,
-    from: BufReader<ChildStdout>,
+    answers: mpsc::Receiver<Result<Answer, String>>,
 }
 
 impl Pipes {
     fn read(&mut self) -> Result<Answer, String> {
+        self.answers
+            .recv()
+            .unwrap_or_else(|_| Err("it exited".to_owned()))
+    }
+}
+
+/// Reads the zygote's lines until it closes its stdout.
+fn read_lines(from: ChildStdout, exits: Exits, answers: mpsc::Sender<Result<Answer, String>>) {
+    let mut from = BufReader::new(from);
+    loop {
         let mut line = String::new();
-        match self.from.read_line(&mut line) {
-            Ok(0) => Err("it exited".to_owned()),
-            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("it said {line:?}: {e}")),
+        let answer = match from.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                serde_json::from_str::<Answer>(&line).map_err(|e| format!("it said {line:?}: {e}"))
+            }
             Err(e) => Err(format!("reading its answer: {e}")),
+        };
+        if let Ok(Answer {
+            exited: Some(pid),
+            code,
+            signal,
+            ..
+        }) = answer
+        {
+            let exit = match (code, signal) {
+                (_, Some(signal)) => Exit::Signal(signal),
+                (Some(code), None) => Exit::Code(code),
+                (None, None) => Exit::Unknown,
+            };
+            lock(&exits).insert(pid, exit);
+            continue;
         }
+        let failed = answer.is_err();
+        if answers.send(answer).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// A homeserver the zygote forked: watched by its pid, its end as the zygote reported it.
+struct Forked {
+    pid: HostPid,
+    exits: Exits,
+    /// The zygote's pid.
+    zygote: u32,
+}
+
+impl NodeProcess for Forked {
+    fn pid(&self) -> u32 {
+        self.pid.pid()
+    }
+
+    fn alive(&self) -> bool {
+        self.exit().is_none()
+    }
+
+    fn exit(&self) -> Option<Exit> {
+        if let Some(exit) = lock(&self.exits).get(&self.pid.0) {
+            return Some(*exit);
+        }
+        // While the zygote lives it reports every end (a child it has reaped but not yet
+        // reported is ending, not gone); without it, the pid is all there is.
+        (!pid_alive(self.zygote) && !self.pid.alive()).then_some(Exit::Unknown)
+    }
+
+    fn stop(&self) {
+        if lock(&self.exits).contains_key(&self.pid.0) {
+            // Reaped: its pid may be another process's by now. What it started keeps its
+            // group's id reserved, so only the group is signalled.
+            let _ = killpg(Pid::from_raw(self.pid.0 as i32), Signal::SIGKILL);
+            return;
+        }
+        self.pid.stop();
+    }
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        lock(&self.exits).remove(&self.pid.0);
     }
 }
 
@@ -94,6 +184,7 @@ impl Pipes {
 pub struct Zygote {
     process: ChildProcess,
     pipes: Arc<Mutex<Pipes>>,
+    exits: Exits,
 }
 
 impl Zygote {
@@ -112,10 +203,14 @@ impl Zygote {
         let mut cmd = Command::new(python);
         cmd.arg(&script).current_dir(run_dir);
         let (process, to, from) = ChildProcess::spawn_piped(cmd, log).map_err(start_error)?;
-        let pipes = Arc::new(Mutex::new(Pipes {
-            to,
-            from: BufReader::new(from),
-        }));
+        let exits = Exits::default();
+        let (answered, answers) = mpsc::channel();
+        let reader_exits = Arc::clone(&exits);
+        std::thread::Builder::new()
+            .name("zygote-reader".into())
+            .spawn(move || read_lines(from, reader_exits, answered))
+            .map_err(start_error)?;
+        let pipes = Arc::new(Mutex::new(Pipes { to, answers }));
         let reading = Arc::clone(&pipes);
         let ready = tokio::time::timeout(
             READY_WITHIN,
@@ -128,7 +223,11 @@ impl Zygote {
                 ..
             }))) => {
                 tracing::info!("the homeserver zygote imported Synapse in {seconds:.1} s");
-                return Ok(Zygote { process, pipes });
+                return Ok(Zygote {
+                    process,
+                    pipes,
+                    exits,
+                });
             }
             Ok(Ok(Ok(_))) => "its first line was not `ready`".to_owned(),
             Ok(Ok(Err(why))) => why,
@@ -187,7 +286,11 @@ impl Zygote {
         .await
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
         match answer {
-            Ok(Answer { pid: Some(pid), .. }) => Ok(Box::new(HostPid(pid))),
+            Ok(Answer { pid: Some(pid), .. }) => Ok(Box::new(Forked {
+                pid: HostPid(pid),
+                exits: Arc::clone(&self.exits),
+                zygote: self.process.pid(),
+            })),
             Ok(Answer {
                 error: Some(why), ..
             }) => Err(ZygoteError::Fork(why)),
@@ -207,6 +310,6 @@ impl Zygote {
     }
 }
 
-fn lock(pipes: &Mutex<Pipes>) -> std::sync::MutexGuard<'_, Pipes> {
-    pipes.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
