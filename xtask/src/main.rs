@@ -134,6 +134,9 @@ fn main() -> Result<()> {
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "events"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "client"])?;
             cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "scenario"])?;
+            // The soak runs the real binary, for an hour.
+            cargo::run(&["build", "--release", "-p", "meshsim"])?;
+            cargo::run(&["bench", "-p", "meshsim-bench", "--bench", "soak"])?;
             // The seed's way needs netem, which only the VM's kernel has.
             vm::bench("mesh", &["vm"])
         }
