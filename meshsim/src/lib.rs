@@ -6,6 +6,8 @@
 //! `net` is the plumbing under them (namespaces, links, addresses, routes, qdiscs).
 
 pub mod datapath;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod model;
 pub mod net;
 pub mod random;

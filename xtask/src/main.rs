@@ -2,6 +2,7 @@
 
 mod cargo;
 mod fidelity;
+mod fuzz;
 mod images;
 mod install;
 mod vm;
@@ -19,11 +20,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The whole test suite: unit, BPF_PROG_TEST_RUN, network-namespace, Matrix, package
-    /// and VM tiers (the package tier needs cargo-deb: ./x test installs it).
+    /// and VM tiers, then the fuzz stage (the package tier needs cargo-deb, the fuzz stage
+    /// cargo-fuzz: ./x test installs both).
     Test {
         /// Skip the VM tier (which boots Debian's kernel under qemu, ~1-3 minutes).
         #[arg(long)]
         no_vm: bool,
+    },
+    /// The fuzz targets (fuzz/, cargo-fuzz): builds them and runs each for SECONDS, failing
+    /// on any crash; prints the executions per target.
+    Fuzz {
+        #[arg(long, default_value_t = fuzz::TEST_BUDGET_SECS)]
+        seconds: u64,
+        /// Only these targets (topology_file, scenario_file, model_ops, api, ws).
+        targets: Vec<String>,
     },
     /// Only the VM tier: tests that need sch_fq, in Debian's kernel under qemu.
     VmTest {
@@ -77,7 +87,7 @@ fn main() -> Result<()> {
             if !no_vm {
                 vm::test(None)?;
             }
-            Ok(())
+            fuzz::run(fuzz::TEST_BUDGET_SECS, &[])
         }
         Command::VmTest { filter } => {
             require_root("the VM tests load eBPF programs")?;
@@ -87,6 +97,7 @@ fn main() -> Result<()> {
             require_root("the report loads eBPF programs")?;
             fidelity::run()
         }
+        Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Command::Images => images::run(),
         Command::Install { prefix } => {
             require_root("installing writes under the prefix")?;

@@ -35,7 +35,7 @@ mod linkrule;
 mod node;
 mod routing;
 mod settings;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;

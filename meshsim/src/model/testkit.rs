@@ -1,12 +1,15 @@
-//! Test helpers: a seeded PRNG and an independent check of a routing table.
+//! Test helpers: a seeded PRNG and an independent check of a routing table (the model_ops
+//! fuzz target uses the check too).
 
 use std::collections::BTreeMap;
 
 use super::{NodeId, Pair, routing::RouteTable};
 
 /// SplitMix64: tiny, seeded, and good enough to spread test meshes around.
+#[cfg(test)]
 pub(crate) struct Rng(u64);
 
+#[cfg(test)]
 impl Rng {
     pub(crate) fn new(seed: u64) -> Self {
         Self(seed)

@@ -174,55 +174,29 @@ impl Server {
                 }
             );
         }
-        let (feed, _) = broadcast::channel(telemetry::BACKLOG);
-        let mut tasks = vec![AbortOnDrop(telemetry::spawn(
-            sim.counter_reader().await?,
-            sim.state(),
-            feed.clone(),
-            options.traffic_interval,
-        ))];
-        if let Some(matrix) = &options.matrix {
-            tasks.push(AbortOnDrop(events::spawn(
-                Arc::clone(matrix),
-                sim.state(),
-                feed.clone(),
-            )));
-        }
-        let ws_seats = limits::WsSeats::new(limits::MAX_WS_CLIENTS);
-        let refused = Arc::default();
-        let metrics = Arc::new(metrics::Metrics::new(
-            sim.state(),
-            sim.counter_reader().await?,
-            options.matrix.clone(),
-            options.workloads.clone(),
-            limits::LimitsCollector {
-                seats: ws_seats.clone(),
-                refused: Arc::clone(&refused),
-            },
-        ));
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let app = AppState {
-            sim,
-            feed,
-            matrix: options.matrix.clone(),
-            workloads: options.workloads.clone(),
-            restarts: options.restarts.clone(),
-            metrics,
-            shutdown: shutdown_rx,
-            desk: options.desk,
-            results_dir: Arc::new(options.results_dir),
-            version: options.version.into(),
-            ws_seats,
-            refused,
-            ws_state: Arc::default(),
-        };
-        let security = Arc::new(Security::new(addr, options.token));
+        let (router, tasks, shutdown) = build(addr, sim, options).await?;
         Ok(Self {
             listener,
             addr,
-            router: router(app, security),
+            router,
             tasks,
             shutdown,
+        })
+    }
+
+    /// The same router and tasks as [`Server::new`], answering as if bound to `addr`, with
+    /// no listener: requests go in through `tower` (the fuzz targets, their regression tests).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub async fn in_process(
+        addr: SocketAddr,
+        sim: SimHandle,
+        options: ServerOptions,
+    ) -> Result<InProcess, ServerError> {
+        let (router, tasks, shutdown) = build(addr, sim, options).await?;
+        Ok(InProcess {
+            router,
+            _tasks: tasks,
+            _shutdown: shutdown,
         })
     }
 
@@ -255,6 +229,68 @@ impl Server {
         drop(tasks);
         result
     }
+}
+
+/// The routes, the telemetry and events tasks, and the shutdown switch of a server
+/// answering on `addr`.
+async fn build(
+    addr: SocketAddr,
+    sim: SimHandle,
+    options: ServerOptions,
+) -> Result<(Router, Vec<AbortOnDrop>, watch::Sender<bool>), ServerError> {
+    let (feed, _) = broadcast::channel(telemetry::BACKLOG);
+    let mut tasks = vec![AbortOnDrop(telemetry::spawn(
+        sim.counter_reader().await?,
+        sim.state(),
+        feed.clone(),
+        options.traffic_interval,
+    ))];
+    if let Some(matrix) = &options.matrix {
+        tasks.push(AbortOnDrop(events::spawn(
+            Arc::clone(matrix),
+            sim.state(),
+            feed.clone(),
+        )));
+    }
+    let ws_seats = limits::WsSeats::new(limits::MAX_WS_CLIENTS);
+    let refused = Arc::default();
+    let metrics = Arc::new(metrics::Metrics::new(
+        sim.state(),
+        sim.counter_reader().await?,
+        options.matrix.clone(),
+        options.workloads.clone(),
+        limits::LimitsCollector {
+            seats: ws_seats.clone(),
+            refused: Arc::clone(&refused),
+        },
+    ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let app = AppState {
+        sim,
+        feed,
+        matrix: options.matrix.clone(),
+        workloads: options.workloads.clone(),
+        restarts: options.restarts.clone(),
+        metrics,
+        shutdown: shutdown_rx,
+        desk: options.desk,
+        results_dir: Arc::new(options.results_dir),
+        version: options.version.into(),
+        ws_seats,
+        refused,
+        ws_state: Arc::default(),
+    };
+    let security = Arc::new(Security::new(addr, options.token));
+    Ok((router(app, security), tasks, shutdown))
+}
+
+/// A server's router without a listener ([`Server::in_process`]); its tasks and WebSocket
+/// sessions live as long as this.
+#[cfg(any(test, feature = "fuzzing"))]
+pub struct InProcess {
+    pub router: Router,
+    _tasks: Vec<AbortOnDrop>,
+    _shutdown: watch::Sender<bool>,
 }
 
 fn router(app: AppState, security: Arc<Security>) -> Router {

@@ -58,11 +58,7 @@ async fn start(
     Query(query): Query<StartQuery>,
     body: String,
 ) -> Result<Response, ApiError> {
-    let name = query.name.unwrap_or_else(|| "scenario.toml".to_owned());
-    // Only the file's name: it names the scenario, it is never opened.
-    let name = Path::new(&name)
-        .file_name()
-        .map_or_else(|| PathBuf::from("scenario.toml"), PathBuf::from);
+    let name = scenario_name(query.name)?;
     let scenario = scenario::parse(&name, &body).map_err(|e| ApiError::Invalid {
         field: e.field().map(str::to_owned),
         message: e.to_string(),
@@ -124,6 +120,35 @@ async fn start(
     );
     tokio::spawn(run_in_background(scenario, ports, desk, dir, version));
     Ok((StatusCode::ACCEPTED, axum::Json(app.desk.snapshot())).into_response())
+}
+
+/// The longest `?name=` taken: its results folder, `<stem>-<n>`, must fit in a file name.
+const MAX_NAME: usize = 200;
+
+/// The scenario's name from `?name=`: only its last component (it names the scenario and
+/// its results folder; it is never opened). A name no folder can be made from is the
+/// client's mistake, so it is refused here rather than failing later as a 500.
+fn scenario_name(name: Option<String>) -> Result<PathBuf, ApiError> {
+    let name = name.unwrap_or_else(|| "scenario.toml".to_owned());
+    let invalid = |message: String| ApiError::Invalid {
+        field: Some("name".into()),
+        message,
+    };
+    if name.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{name:?} holds a control character: name the scenario with printable characters"
+        )));
+    }
+    let name = Path::new(&name)
+        .file_name()
+        .map_or_else(|| PathBuf::from("scenario.toml"), PathBuf::from);
+    if name.as_os_str().len() > MAX_NAME {
+        return Err(invalid(format!(
+            "is {} bytes long: at most {MAX_NAME} are taken",
+            name.as_os_str().len()
+        )));
+    }
+    Ok(name)
 }
 
 async fn run_in_background(
@@ -237,4 +262,41 @@ async fn stop_recording(State(app): State<AppState>) -> Result<Response, ApiErro
         .recorded(true)
         .map(toml_file)
         .ok_or_else(|| ApiError::Conflict("not recording".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the api fuzz target: a NUL in `?name=` made creating the results folder
+    /// fail, answered 500.
+    #[test]
+    fn names_no_folder_can_have_are_refused_as_the_clients_mistake() {
+        for bad in [
+            "a\0b.toml",
+            "\u{1}.toml",
+            "x\ny.toml",
+            &"a".repeat(MAX_NAME + 1),
+        ] {
+            let error = scenario_name(Some(bad.to_owned())).unwrap_err();
+            assert!(
+                matches!(&error, ApiError::Invalid { field: Some(f), .. } if f == "name"),
+                "{bad:?}: {error:?}"
+            );
+        }
+        assert_eq!(scenario_name(None).unwrap(), PathBuf::from("scenario.toml"));
+        assert_eq!(
+            scenario_name(Some("../../etc/flap.toml".into())).unwrap(),
+            PathBuf::from("flap.toml")
+        );
+        assert_eq!(
+            scenario_name(Some("..".into())).unwrap(),
+            PathBuf::from("scenario.toml")
+        );
+        let longest = "a".repeat(MAX_NAME);
+        assert_eq!(
+            scenario_name(Some(longest.clone())).unwrap(),
+            PathBuf::from(longest)
+        );
+    }
 }

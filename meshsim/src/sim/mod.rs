@@ -9,8 +9,8 @@
 
 mod apply;
 mod client;
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fake;
 mod ports;
 #[cfg(test)]
 mod tests;
