@@ -148,7 +148,12 @@ pub fn assert_nothing_of(prefix: &str, node_cmd_pattern: &str, round: &str) {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&format!("meshsim-{prefix}")) && Path::new("/tmp").join(n) != tmp)
+        // `meshsim-fltm` is the tmp directory of another prefix, `fltm`.
+        .filter(|n| {
+            n.strip_prefix(&format!("meshsim-{prefix}"))
+                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_alphanumeric()))
+                && Path::new("/tmp").join(n) != tmp
+        })
         .collect();
     assert_eq!(beside, Vec::<String>::new(), "{round}: paths left in /tmp");
     assert!(

@@ -180,3 +180,30 @@ fn kill_9_at_random_moments_then_down_or_the_next_start_leaves_nothing() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A run killed between making its directories and marking them left them empty: `down`
+/// removes them, and the next start is not refused (it once said "not made by meshsim").
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn empty_run_directories_of_a_run_killed_before_its_markers_are_removed() {
+    let _sweep = SweepPrefix(PREFIX);
+    let run: meshsim::runtime::names::RunPrefix = PREFIX.parse().unwrap();
+    for dir in [run.run_dir(), run.node_dirs()] {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    let said = down(PREFIX);
+    assert!(said.contains("/nodes") && said.contains("/run"), "{said}");
+    assert_nothing_of(PREFIX, NODE_CMD_PATTERN, "after down");
+    std::fs::create_dir_all(run.node_dirs()).unwrap();
+    let dir = TempDir::new("faults-empty");
+    let file = grid(&dir, 2);
+    let (mut meshsim, lines) = spawn_meshsim(&args(&[
+        "up",
+        file.to_str().unwrap(),
+        "--node-cmd",
+        NODE_CMD,
+    ]));
+    wait_for_line(&lines, "running:");
+    assert!(meshsim.terminate().success());
+    assert_nothing_of(PREFIX, NODE_CMD_PATTERN, "after the next run");
+}
