@@ -10,6 +10,8 @@
 //! - [`browser`]: the canvas in Chromium through chromedriver, on a meshsim process.
 //! - [`ws`]: a client of the canvas's WebSocket feed.
 //! - [`matrix`]: matrix-nio (a Matrix client that is not ours) in a cached venv.
+//! - [`faults`]: random moments to kill meshsim at, and the check that nothing of a run is
+//!   left.
 //! - [`dockerd`]: a Docker daemon for the Docker tier when none runs;
 //! - [`Running`]: a process a test started (meshsim, chromedriver), ended with its guard.
 //!
@@ -17,6 +19,7 @@
 
 pub mod browser;
 pub mod dockerd;
+pub mod faults;
 pub mod fixtures;
 pub mod hub;
 pub mod matrix;

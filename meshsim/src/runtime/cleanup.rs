@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     net::{NETNS_DIR, NetNs, Netlink, PROBE_PREFIX, scratch_owner},
-    workload::{NODE_DIRS_MARKER, WorkloadError, synapse::RUN_MARKER},
+    workload::{NODE_DIRS_MARKER, WorkloadError, marked, synapse::RUN_MARKER},
 };
 
 /// What was removed.
@@ -80,10 +80,12 @@ pub async fn remove_leftovers(prefix: &RunPrefix) -> Result<Removed, RuntimeErro
         removed.dirs.push(postgres);
     }
     // The homeservers' directory (their data, and the sockets of nodes with workers) is of
-    // no use to the next run, which empties it: only one meshsim marked as its own.
+    // no use to the next run, which empties it: only one meshsim marked as its own (or an
+    // empty one: a run killed before it wrote the marker). The marker goes last, so a
+    // removal killed half-way leaves it for the next.
     let run_dir = prefix.run_dir();
-    if run_dir.join(RUN_MARKER).is_file() {
-        std::fs::remove_dir_all(&run_dir).map_err(WorkloadError::io(
+    if marked::is_ours(&run_dir, RUN_MARKER) {
+        marked::remove(&run_dir, RUN_MARKER).map_err(WorkloadError::io(
             "remove the leftover run directory",
             &run_dir,
         ))?;
@@ -91,8 +93,8 @@ pub async fn remove_leftovers(prefix: &RunPrefix) -> Result<Removed, RuntimeErro
     }
     // The node commands' directories, as well.
     let node_dirs = prefix.node_dirs();
-    if node_dirs.join(NODE_DIRS_MARKER).is_file() {
-        std::fs::remove_dir_all(&node_dirs).map_err(WorkloadError::io(
+    if marked::is_ours(&node_dirs, NODE_DIRS_MARKER) {
+        marked::remove(&node_dirs, NODE_DIRS_MARKER).map_err(WorkloadError::io(
             "remove the leftover node directories",
             &node_dirs,
         ))?;

@@ -79,15 +79,22 @@ impl ChildProcess {
         cmd.process_group(0);
         // Read before the fork: the child must not touch shared state.
         let merge = super::ksm::merging();
+        let meshsim = std::process::id() as libc::pid_t;
         // SAFETY: the hook runs between fork and exec (after the hook that entered the
         // node's network namespace, registered before this one) and makes only
-        // async-signal-safe calls (prctl, and `enter`'s system calls on memory prepared
-        // before the fork) without allocating.
+        // async-signal-safe calls (prctl, getppid, and `enter`'s system calls on memory
+        // prepared before the fork) without allocating.
         unsafe {
             cmd.pre_exec(move || {
                 let die_with_meshsim = || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    // meshsim died before the death signal was set (killed right after
+                    // the fork): nothing would stop this process, which still holds the
+                    // run lock until exec. Give up instead.
+                    if libc::getppid() != meshsim {
+                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                     }
                     Ok(())
                 };

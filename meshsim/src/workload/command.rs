@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::{
     NodeCommand, NodeInfo, NodeLogs, NodeState, NodeStatus, Running, WorkloadError, WorkloadStatus,
     host::{Confinement, HostKind, NodeHost, NodeNeeds, Program},
+    marked,
 };
 
 /// Marks the nodes' directories as meshsim's, so a leftover one is emptied (or removed by
@@ -31,18 +32,20 @@ impl CommandRun {
         dirs: PathBuf,
     ) -> Result<Self, WorkloadError> {
         if dirs.exists() {
-            if !dirs.join(NODE_DIRS_MARKER).exists() {
+            if !marked::is_ours(&dirs, NODE_DIRS_MARKER) {
                 return Err(WorkloadError::ForeignRunDir {
                     path: dirs,
                     marker: NODE_DIRS_MARKER,
                 });
             }
-            std::fs::remove_dir_all(&dirs).map_err(WorkloadError::io("empty", &dirs))?;
+            marked::remove(&dirs, NODE_DIRS_MARKER).map_err(WorkloadError::io("empty", &dirs))?;
         }
-        std::fs::create_dir_all(&dirs).map_err(WorkloadError::io("create", &dirs))?;
-        let marker = dirs.join(NODE_DIRS_MARKER);
-        std::fs::write(&marker, "made by meshsim; removed when the run stops\n")
-            .map_err(WorkloadError::io("write", marker))?;
+        marked::make(
+            &dirs,
+            NODE_DIRS_MARKER,
+            "made by meshsim; removed when the run stops\n",
+        )
+        .map_err(WorkloadError::io("create", &dirs))?;
         Ok(CommandRun {
             command: command.clone(),
             logs,
@@ -111,7 +114,7 @@ impl CommandRun {
 
     /// When the run ends: the nodes' directories go.
     pub fn finish(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dirs) {
+        if let Err(e) = marked::remove(&self.dirs, NODE_DIRS_MARKER) {
             tracing::warn!("could not remove {}: {e}", self.dirs.display());
         }
     }

@@ -16,6 +16,7 @@ mod command;
 pub mod dns;
 pub mod host;
 pub mod http;
+pub mod marked;
 pub mod matrix;
 pub mod names;
 pub mod pki;

@@ -6,6 +6,7 @@ mod classifier;
 mod cli;
 mod client;
 mod confine;
+mod faults;
 mod mesh;
 mod net;
 mod scenario;

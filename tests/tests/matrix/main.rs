@@ -6,6 +6,7 @@ mod browser;
 mod client;
 mod docker;
 mod events;
+mod faults;
 mod postgres;
 mod restart;
 mod scenario;

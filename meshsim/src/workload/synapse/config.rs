@@ -17,7 +17,7 @@ use base64::Engine as _;
 use crate::{
     random::{random_bytes, random_hex},
     workload::{
-        WorkloadError,
+        WorkloadError, marked,
         pki::{NodeCert, RunCa},
         postgres::{DatabaseArgs, POOL_MAX, POOL_MAX_WORKERS, POOL_MIN},
         restart::Restart,
@@ -508,18 +508,25 @@ fn yaml_string(s: &str) -> String {
 /// meshsim made it), and marks it as meshsim's.
 pub fn prepare_run_dir(run_dir: &Path) -> Result<(), WorkloadError> {
     if run_dir.exists() {
-        if !run_dir.join(RUN_MARKER).exists() {
+        if !marked::is_ours(run_dir, RUN_MARKER) {
             return Err(WorkloadError::ForeignRunDir {
                 path: run_dir.to_owned(),
                 marker: RUN_MARKER,
             });
         }
-        fs::remove_dir_all(run_dir).map_err(WorkloadError::io("empty", run_dir))?;
+        marked::remove(run_dir, RUN_MARKER).map_err(WorkloadError::io("empty", run_dir))?;
     }
-    fs::create_dir_all(run_dir).map_err(WorkloadError::io("create", run_dir))?;
-    let marker = run_dir.join(RUN_MARKER);
-    fs::write(&marker, "made by meshsim; removed when the run stops\n")
-        .map_err(WorkloadError::io("write", marker))
+    marked::make(
+        run_dir,
+        RUN_MARKER,
+        "made by meshsim; removed when the run stops\n",
+    )
+    .map_err(WorkloadError::io("create", run_dir))
+}
+
+/// Removes the run directory, its marker last (see `workload::marked`).
+pub fn remove_run_dir(run_dir: &Path) -> std::io::Result<()> {
+    marked::remove(run_dir, RUN_MARKER)
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ impl SynapseRun {
                 {
                     Ok(cluster) => Some(cluster),
                     Err(e) => {
-                        let _ = std::fs::remove_dir_all(&options.run_dir);
+                        let _ = config::remove_run_dir(&options.run_dir);
                         return Err(e.into());
                     }
                 }
@@ -124,7 +124,7 @@ impl SynapseRun {
         };
         let made = Self::in_run_dir(options, venv, addressing, logs, postgres);
         if made.is_err() {
-            let _ = std::fs::remove_dir_all(&options.run_dir);
+            let _ = config::remove_run_dir(&options.run_dir);
         }
         let mut run = made?;
         if let Some(venv) = &run.venv
@@ -536,7 +536,7 @@ impl SynapseRun {
         if let Some(pg) = &self.postgres {
             pg.finish();
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.options.run_dir) {
+        if let Err(e) = config::remove_run_dir(&self.options.run_dir) {
             tracing::warn!("could not remove {}: {e}", self.options.run_dir.display());
         }
     }
