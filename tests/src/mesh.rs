@@ -72,7 +72,7 @@ pub struct MeshLab {
 pub async fn run_lock() -> RunLock {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        match lock::acquire(&RunPrefix::default()) {
+        match lock::try_acquire(&RunPrefix::default()) {
             Ok(lock) => return lock,
             Err(LockError::Held(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -5,6 +5,7 @@
 use std::{
     fs::{File, OpenOptions},
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use nix::fcntl::{Flock, FlockArg};
@@ -30,8 +31,27 @@ pub struct RunLock {
     _lock: Flock<File>,
 }
 
+/// How long a held lock is waited for before it counts as another run's. A meshsim killed
+/// the moment it forked a node process leaves that child holding the lock's descriptor
+/// until it notices and exits (or execs), a few milliseconds later: a `down` or start right
+/// after the kill must not take that for a live run.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// Takes the lock of runs with `prefix`.
 pub fn acquire(prefix: &RunPrefix) -> Result<RunLock, LockError> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match try_acquire(prefix) {
+            Err(LockError::Held(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Takes the lock if it is free now (for callers that wait their own way).
+pub fn try_acquire(prefix: &RunPrefix) -> Result<RunLock, LockError> {
     let path = prefix.lock_file();
     let io = |error: std::io::Error| LockError::Io {
         path: path.clone(),
