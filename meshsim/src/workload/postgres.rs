@@ -406,12 +406,43 @@ pub fn remove_leftover(dir: &Path) -> bool {
         }
         killed = true;
     }
-    if dir.exists()
-        && let Err(e) = std::fs::remove_dir_all(dir)
-    {
-        tracing::warn!("could not remove {}: {e}", dir.display());
+    // A cluster caught starting (no pid file yet) or a straggler of it can still write into
+    // the directory while it is removed: kill whatever postgres works in it, and remove
+    // until it stays gone.
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        for pid in crate::runtime::process::all_pids() {
+            if works_in(pid, dir) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                killed = true;
+            }
+        }
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) if !dir.exists() => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) if Instant::now() >= deadline => {
+                tracing::warn!("could not remove {}: {e}", dir.display());
+                break;
+            }
+            _ if Instant::now() >= deadline => {
+                tracing::warn!(
+                    "could not remove {}: something keeps writing in it",
+                    dir.display()
+                );
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
     killed
+}
+
+/// Whether `pid` is a Postgres program (the server, `initdb`, `pg_ctl`) working in `dir`.
+fn works_in(pid: u32, dir: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+        exe.file_name()
+            .is_some_and(|n| n == "postgres" || n == "initdb" || n == "pg_ctl")
+    }) && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
 }
 
 /// The first line of `postmaster.pid`.
