@@ -360,25 +360,8 @@ async fn moves_queued_while_the_sim_is_busy_fold_into_the_latest() {
     lab.sim.add_node(0.0, 0.0).await.unwrap();
     let version = lab.sim.state().borrow().version;
     // The Sim is busy making n2 (held at the gate) while 20 moves of n1 queue up.
-    let busy = {
-        let sim = lab.sim.clone();
-        tokio::spawn(async move { sim.add_node(500.0, 0.0).await })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let moves = {
-        let sim = lab.sim.clone();
-        tokio::spawn(async move {
-            // join_all polls in order, so the moves are sent in order.
-            futures_util::future::join_all(
-                (1..=20).map(|x| sim.move_node(NodeId(1), x as f64, 0.0)),
-            )
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    lab.gate.add_permits(1);
-    busy.await.unwrap().unwrap();
-    for answer in moves.await.unwrap() {
+    let moves = (1..=20).map(|x| (NodeId(1), f64::from(x))).collect();
+    for answer in queued_moves(&lab, moves).await {
         answer.expect("every mover gets its answer");
     }
     let state = lab.sim.state().borrow().clone();
@@ -392,7 +375,7 @@ async fn moves_queued_while_the_sim_is_busy_fold_into_the_latest() {
 }
 
 /// Sends `moves` while the Sim is busy adding a node (held at the gate), so they queue up
-/// together; their answers in order.
+/// together (`join_all` polls in order, so they are sent in order); their answers in order.
 async fn queued_moves(lab: &Lab, moves: Vec<(NodeId, f64)>) -> Vec<Result<(), SimError>> {
     let busy = {
         let sim = lab.sim.clone();
