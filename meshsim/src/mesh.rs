@@ -8,7 +8,7 @@ use meshsim::{
     model::{NodeId, Settings, Topology},
     net::{FqSupport, probe_fq},
     run_config::{BackendKind, RunConfig},
-    runtime::{self, cleanup::remove_leftovers, lock, names::RunPrefix},
+    runtime::{self, cleanup::remove_leftovers, docker_watch::DockerLost, lock, names::RunPrefix},
     scenario::{desk::Desk, run::Ports},
     server::{self, Server, ServerOptions},
     sim::{Progress, Sim, SimHandle},
@@ -241,6 +241,7 @@ pub async fn run_with(
         }
     }
     let views = Views {
+        lost: runtime.lost(),
         matrix: runtime.matrix(),
         workloads: runtime.workload_status(),
         restarts,
@@ -258,6 +259,8 @@ pub async fn run_with(
 
 /// What the server shows beside the Sim's state, taken from the runtime before the Sim owns it.
 struct Views {
+    /// Set when the backend's nodes went away behind meshsim's back (Docker).
+    lost: Option<watch::Receiver<Option<DockerLost>>>,
     matrix: Option<Arc<Matrix>>,
     workloads: watch::Receiver<WorkloadStatus>,
     restarts: Option<RestartPolicies>,
@@ -321,6 +324,7 @@ async fn serve_and_run(
     // One pair of listeners for the whole run: a signal that arrives between two listeners
     // (say, right after "running:" is printed) would otherwise be lost.
     let mut stop_signals = StopSignals::new()?;
+    let mut lost = views.lost;
     let result = tokio::select! {
         r = start(sim, topology) => match (r, then) {
             (Ok(()), Then::Serve) => {
@@ -328,16 +332,19 @@ async fn serve_and_run(
                 tokio::select! {
                     () = stop_signals.wait() => Ok(()),
                     r = &mut serving => server_ended(r),
+                    why = backend_lost(&mut lost, &options.prefix) => Err(why),
                 }
             }
             (Ok(()), Then::Scenario(job)) => tokio::select! {
                 r = job.run(ports, &mut stop_signals) => r,
                 r = &mut serving => server_ended(r),
+                why = backend_lost(&mut lost, &options.prefix) => Err(why),
             },
             (Err(e), _) => Err(e),
         },
         () = stop_signals.wait() => Ok(()),
         r = &mut serving => server_ended(r),
+        why = backend_lost(&mut lost, &options.prefix) => Err(why),
     };
     let _ = stop.send(());
     if !serving.is_finished() {
@@ -354,6 +361,33 @@ async fn serve_and_run(
         }
     }
     result
+}
+
+/// Waits until the backend's nodes went away behind meshsim's back, and says so; never
+/// returns for a backend that cannot lose them.
+async fn backend_lost(
+    lost: &mut Option<watch::Receiver<Option<DockerLost>>>,
+    prefix: &RunPrefix,
+) -> anyhow::Error {
+    let Some(rx) = lost else {
+        return std::future::pending().await;
+    };
+    let why = match rx.wait_for(Option::is_some).await {
+        Ok(why) => why.clone().expect("waited for Some"),
+        Err(_) => return std::future::pending().await,
+    };
+    eprintln!("meshsim: {why}: stopping the run and removing what it made");
+    let hint = if why == DockerLost::Gone {
+        let down = if prefix.is_default() {
+            "sudo meshsim down".to_owned()
+        } else {
+            format!("sudo meshsim down --prefix {prefix}")
+        };
+        format!("; once dockerd runs again, `{down}` removes the containers and network left")
+    } else {
+        String::new()
+    };
+    anyhow!("the run stopped: {why}{hint}")
 }
 
 /// The server task ends only when asked to, or when serving failed.

@@ -63,3 +63,117 @@ impl Drop for Dockerd {
         }
     }
 }
+
+/// A Docker daemon of one test's own, on its own socket and roots, that the test may stop
+/// and start again (the shared one is not the test's to restart). Its data root stays
+/// between runs, so the image is copied into it once. Stopped when dropped.
+pub struct OwnDockerd {
+    root: std::path::PathBuf,
+    socket: String,
+    child: Option<Child>,
+}
+
+impl OwnDockerd {
+    /// Starts the daemon `name` (`live_restore`: containers outlive its restarts) with
+    /// `image` copied from the shared daemon when it lacks it.
+    pub async fn start(name: &str, live_restore: bool, image: &str) -> OwnDockerd {
+        let shared = Dockerd::ensure().await;
+        let mut own = OwnDockerd {
+            root: Path::new(&format!("{DOCKERD_ROOT}-{name}")).to_path_buf(),
+            socket: format!("unix:///run/meshsim-test-dockerd-{name}.sock"),
+            child: None,
+        };
+        own.run(live_restore).await;
+        let docker = own.connect().await;
+        if docker.inspect_image(image).await.is_err() {
+            use bollard::query_parameters::ImportImageOptionsBuilder;
+            use futures_util::StreamExt as _;
+            let from = docker::connect().await.expect("the shared daemon");
+            let tar = from.export_image(image);
+            let mut loading = docker.import_image_stream(
+                ImportImageOptionsBuilder::new().quiet(true).build(),
+                tar,
+                None,
+            );
+            while let Some(step) = loading.next().await {
+                step.unwrap_or_else(|e| panic!("copying {image} into the test's dockerd: {e}"));
+            }
+        }
+        drop(shared);
+        own
+    }
+
+    /// Its socket, for `DOCKER_HOST`.
+    pub fn host(&self) -> &str {
+        &self.socket
+    }
+
+    pub async fn connect(&self) -> bollard::Docker {
+        docker::connect_to(&self.socket)
+            .await
+            .unwrap_or_else(|e| panic!("the test's dockerd: {e}"))
+    }
+
+    /// Stops the daemon (as `systemctl stop docker` would: SIGTERM, and a wait) and starts
+    /// it again.
+    pub async fn restart(&mut self, live_restore: bool) {
+        self.stop();
+        self.run(live_restore).await;
+    }
+
+    async fn run(&mut self, live_restore: bool) {
+        for dir in ["data", "exec"] {
+            std::fs::create_dir_all(self.root.join(dir)).unwrap();
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("dockerd.log"))
+            .unwrap();
+        let mut command = Command::new("dockerd");
+        command
+            .args(["-H", &self.socket])
+            .arg("--data-root")
+            .arg(self.root.join("data"))
+            .arg("--exec-root")
+            .arg(self.root.join("exec"))
+            .arg("--pidfile")
+            .arg(self.root.join("dockerd.pid"))
+            .args(["--iptables=false", "--bridge=none"]);
+        if live_restore {
+            command.arg("--live-restore");
+        }
+        let child = command
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("dockerd (Debian: apt-get install docker.io)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while docker::connect_to(&self.socket).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the test's dockerd did not answer within 60 s: see {}/dockerd.log",
+                self.root.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnDockerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

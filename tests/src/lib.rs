@@ -30,7 +30,7 @@ pub mod tc;
 mod util;
 pub mod ws;
 
-pub use process::{Running, spawn_meshsim, wait_for_line};
+pub use process::{Running, spawn_meshsim, spawn_meshsim_with, wait_for_exit, wait_for_line};
 pub use util::{
     Sweep, TempDir, assert_carried, assert_runs_as_node, eventually, growth, id, leftovers,
     leftovers_of, meshsim_bin, pgrep, processes_in, target_dir,

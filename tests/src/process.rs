@@ -111,11 +111,20 @@ impl Drop for Running {
 /// Starts `meshsim ARGS` with its stderr piped (stdout dropped), swept on drop; returns its
 /// guard and its stderr lines as they come.
 pub fn spawn_meshsim(args: &[&str]) -> (Running, std::sync::mpsc::Receiver<String>) {
+    spawn_meshsim_with(args, &[])
+}
+
+/// [`spawn_meshsim`] with these environment variables set (`DOCKER_HOST`, say).
+pub fn spawn_meshsim_with(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Running, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead as _, BufReader};
     let mut meshsim = Running::spawn(
         "meshsim",
         Command::new(meshsim_bin())
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
         Duration::from_secs(20),
@@ -129,6 +138,22 @@ pub fn spawn_meshsim(args: &[&str]) -> (Running, std::sync::mpsc::Receiver<Strin
         }
     });
     (meshsim, rx)
+}
+
+/// Waits (`within` at most) for the process to end, and its exit status.
+pub fn wait_for_exit(process: &mut Running, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = process.child.try_wait().expect("wait for the process") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not end within {within:?}",
+            process.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits (a minute at most) for a line containing `text`; panics with what came instead.

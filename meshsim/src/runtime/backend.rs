@@ -4,7 +4,9 @@
 
 use std::{future::Future, sync::Arc};
 
-use super::{RuntimeError, node::NodeNet};
+use tokio::sync::watch;
+
+use super::{RuntimeError, docker_watch::DockerLost, node::NodeNet};
 use crate::{
     model::NodeId,
     workload::host::{NodeHost, NodeNeeds},
@@ -39,6 +41,11 @@ pub trait Backend: Send {
     /// frames are shaped; `None` where the host talks through the bridge itself (no client
     /// links: Docker for now).
     fn host_port(&self) -> Option<u32> {
+        None
+    }
+    /// Set when the nodes went away behind meshsim's back and the run cannot go on: only
+    /// containers can (their daemon stops them), so `None` elsewhere.
+    fn lost(&self) -> Option<watch::Receiver<Option<DockerLost>>> {
         None
     }
     /// After the last node: the bridge or network the backend made at its start.

@@ -47,10 +47,12 @@ use bollard::{
     },
 };
 use futures_util::StreamExt as _;
+use tokio::sync::watch;
 
 use super::{
     RuntimeError,
     backend::{Backend, BackendNode},
+    docker_watch::{self, DaemonWatch, DockerLost, Expected},
     host_link::HostLink,
     names::{PREFIX_LABEL, RunPrefix},
     node::NodeNet,
@@ -75,6 +77,8 @@ pub const BASE_IMAGE: &str = "meshsim/base";
 pub const BUILD_IMAGES: &str = "cargo xtask images";
 /// The command of a node whose processes meshsim starts: it idles until removed.
 const IDLE: [&str; 2] = ["sleep", "infinity"];
+/// How long the end of a run waits for a daemon that does not answer (one restarting).
+const REMOVAL_GRACE: Duration = Duration::from_secs(30);
 /// A Docker network is one Linux bridge, which takes at most this many ports.
 pub const BRIDGE_PORTS: usize = 1023;
 
@@ -152,6 +156,9 @@ pub struct DockerBackend {
     network: String,
     root: Netlink,
     nodes: HashMap<NodeId, DockerNode>,
+    /// The containers that run, for the watch of the daemon.
+    expected: Expected,
+    watch: DaemonWatch,
 }
 
 struct DockerNode {
@@ -212,7 +219,11 @@ impl DockerBackend {
             }
         };
         tracing::info!(%image, run = %run_id, "docker backend: containers on network {network}");
+        let expected = Expected::default();
+        let watch = DaemonWatch::spawn(docker.clone(), run_id.clone(), expected.clone());
         Ok(DockerBackend {
+            expected,
+            watch,
             docker,
             host,
             addressing,
@@ -376,6 +387,7 @@ impl Backend for DockerBackend {
         let ns_name = self.prefix.node(id);
         match self.build(id, &container, &ns_name, needs).await {
             Ok(node) => {
+                self.expected.insert(&container);
                 self.nodes.insert(id, DockerNode { container, ns_name });
                 Ok(node)
             }
@@ -395,6 +407,7 @@ impl Backend for DockerBackend {
             .nodes
             .remove(&id)
             .ok_or(RuntimeError::UnknownNode(id))?;
+        self.expected.remove(&node.container);
         NetNs::delete(&node.ns_name)?;
         remove_container(&self.docker, &node.container).await?;
         Ok(())
@@ -403,9 +416,18 @@ impl Backend for DockerBackend {
     /// Every container at once (a few requests in flight at a time: the daemon does the
     /// work), after their namespaces' names.
     async fn remove_all(&mut self) -> Result<(), RuntimeError> {
+        self.expected.clear();
         let nodes: Vec<DockerNode> = self.nodes.drain().map(|(_, node)| node).collect();
         for node in &nodes {
             NetNs::delete(&node.ns_name)?;
+        }
+        // A daemon that restarts is back within seconds; its containers would stay otherwise.
+        if !nodes.is_empty() && !docker_watch::wait_for(&self.docker, REMOVAL_GRACE).await {
+            return Err(DockerError::Unreachable(format!(
+                "its {} containers were not removed",
+                nodes.len()
+            ))
+            .into());
         }
         let removals = futures_util::stream::iter(nodes.into_iter().map(|node| node.container))
             .map(|container| {
@@ -421,6 +443,10 @@ impl Backend for DockerBackend {
 
     fn host_port(&self) -> Option<u32> {
         Some(self.host.port)
+    }
+
+    fn lost(&self) -> Option<watch::Receiver<Option<DockerLost>>> {
+        Some(self.watch.lost())
     }
 
     async fn finish(&mut self) -> Result<(), RuntimeError> {

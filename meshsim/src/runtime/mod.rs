@@ -8,6 +8,7 @@ mod backend;
 pub mod cleanup;
 pub mod confine;
 pub mod docker;
+pub mod docker_watch;
 mod host_link;
 pub mod ksm;
 pub mod lock;
@@ -132,6 +133,11 @@ impl<B: Backend> Runtime<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Set when the backend's nodes went away behind meshsim's back (see [`Backend::lost`]).
+    pub fn lost(&self) -> Option<watch::Receiver<Option<docker_watch::DockerLost>>> {
+        self.backend.lost()
     }
 
     async fn start_workload(
@@ -261,9 +267,12 @@ impl<B: Backend> NodeRuntime for Runtime<B> {
         futures_util::future::join_all(stopping).await;
         // The namespaces' handles (and the netlink sockets inside) would keep them alive.
         drop(nets);
-        self.backend.remove_all().await?;
-        self.backend.finish().await?;
+        // What the run made for itself goes even when a node would not (a daemon gone).
+        let removed = self.backend.remove_all().await;
+        let finished = self.backend.finish().await;
         self.workload.finish();
+        removed?;
+        finished?;
         Ok(())
     }
 }
@@ -318,6 +327,13 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Netns(b) => b.remove_all().await,
             AnyBackend::Docker(b) => b.remove_all().await,
+        }
+    }
+
+    fn lost(&self) -> Option<watch::Receiver<Option<docker_watch::DockerLost>>> {
+        match self {
+            AnyBackend::Netns(b) => b.lost(),
+            AnyBackend::Docker(b) => b.lost(),
         }
     }
 

@@ -5,6 +5,7 @@
 mod browser;
 mod client;
 mod docker;
+mod dockerd;
 mod events;
 mod faults;
 mod postgres;
