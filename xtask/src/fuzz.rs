@@ -63,6 +63,43 @@ fn cargo_fuzz() -> Command {
     command
 }
 
+/// How long each target runs: for a time, for a number of executions, or until either.
+#[derive(Clone, Copy)]
+pub struct Budget {
+    seconds: Option<u64>,
+    runs: Option<u64>,
+}
+
+impl Budget {
+    /// `cargo xtask test`'s budget.
+    pub fn test() -> Budget {
+        Budget {
+            seconds: Some(TEST_BUDGET_SECS),
+            runs: None,
+        }
+    }
+
+    /// As asked on the command line: the test budget when nothing is asked, no time limit
+    /// when only executions are.
+    pub fn new(seconds: Option<u64>, runs: Option<u64>) -> Budget {
+        match (seconds, runs) {
+            (None, None) => Budget::test(),
+            (seconds, runs) => Budget { seconds, runs },
+        }
+    }
+
+    fn libfuzzer_flags(self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(seconds) = self.seconds {
+            flags.push(format!("-max_total_time={seconds}"));
+        }
+        if let Some(runs) = self.runs {
+            flags.push(format!("-runs={runs}"));
+        }
+        flags
+    }
+}
+
 /// What one target's run did.
 struct Outcome {
     target: &'static str,
@@ -71,8 +108,8 @@ struct Outcome {
     seconds: f64,
 }
 
-/// Builds every target, then runs each for `seconds` (only those named in `only`, if any).
-pub fn run(seconds: u64, only: &[String]) -> Result<()> {
+/// Builds every target, then runs each within `budget` (only those named in `only`, if any).
+pub fn run(budget: Budget, only: &[String]) -> Result<()> {
     let which = cargo_fuzz().arg("--version").output();
     if !which.is_ok_and(|o| o.status.success()) {
         bail!("cargo-fuzz is missing: cargo install --locked cargo-fuzz (./x test installs it)");
@@ -100,7 +137,7 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
     );
     let mut outcomes = Vec::new();
     for target in targets {
-        outcomes.push(run_one(target, seconds, &target_dir)?);
+        outcomes.push(run_one(target, budget, &target_dir)?);
     }
     println!(
         "fuzz: {:<14} {:>12} {:>9} {:>6}",
@@ -116,7 +153,7 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn run_one(target: &'static str, seconds: u64, target_dir: &Path) -> Result<Outcome> {
+fn run_one(target: &'static str, budget: Budget, target_dir: &Path) -> Result<Outcome> {
     let corpus = target_dir.join("corpus").join(target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
     let seeds = root().join("fuzz/seeds").join(target);
@@ -134,9 +171,9 @@ fn run_one(target: &'static str, seconds: u64, target_dir: &Path) -> Result<Outc
         command.arg(&regressions);
     }
     let output = command
+        .arg("--")
+        .args(budget.libfuzzer_flags())
         .args([
-            "--",
-            &format!("-max_total_time={seconds}"),
             // A hang is a finding too (every input runs in well under a second).
             "-timeout=30",
             "-print_final_stats=1",

@@ -27,11 +27,15 @@ enum Command {
         #[arg(long)]
         no_vm: bool,
     },
-    /// The fuzz targets (fuzz/, cargo-fuzz): builds them and runs each for SECONDS, failing
-    /// on any crash; prints the executions per target.
+    /// The fuzz targets (fuzz/, cargo-fuzz): builds them and runs each for SECONDS (or until
+    /// RUNS executions), failing on any crash; prints the executions per target.
     Fuzz {
-        #[arg(long, default_value_t = fuzz::TEST_BUDGET_SECS)]
-        seconds: u64,
+        /// Seconds per target: 20 by default, no limit when only --runs is given.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Executions per target (such as 1000000, the goal the README's figures meet).
+        #[arg(long)]
+        runs: Option<u64>,
         /// Only these targets (topology_file, scenario_file, model_ops, api, ws).
         targets: Vec<String>,
     },
@@ -87,7 +91,7 @@ fn main() -> Result<()> {
             if !no_vm {
                 vm::test(None)?;
             }
-            fuzz::run(fuzz::TEST_BUDGET_SECS, &[])
+            fuzz::run(fuzz::Budget::test(), &[])
         }
         Command::VmTest { filter } => {
             require_root("the VM tests load eBPF programs")?;
@@ -97,7 +101,11 @@ fn main() -> Result<()> {
             require_root("the report loads eBPF programs")?;
             fidelity::run()
         }
-        Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
+        Command::Fuzz {
+            seconds,
+            runs,
+            targets,
+        } => fuzz::run(fuzz::Budget::new(seconds, runs), &targets),
         Command::Images => images::run(),
         Command::Install { prefix } => {
             require_root("installing writes under the prefix")?;
