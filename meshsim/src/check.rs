@@ -87,6 +87,17 @@ pub async fn run() -> Result<()> {
         },
         FqSupport::Unknown(why) => Line { ok: false, soft: true, what: "sch_fq", detail: format!("unknown: {why}") },
     });
+    let confinable = mount_setattr_exists();
+    lines.push(Line {
+        ok: confinable,
+        soft: true,
+        what: "confinement",
+        detail: if confinable {
+            "mount_setattr(2) present: processes in namespace nodes run as their node's user on a read-only host".into()
+        } else {
+            "mount_setattr(2) missing (Linux before 5.12): homeservers and node commands on namespace nodes cannot be confined and will not start; use a newer kernel (`--node-cmd-as-root` runs a node command unconfined)".into()
+        },
+    });
     let docker = std::os::unix::net::UnixStream::connect("/var/run/docker.sock");
     lines.push(Line {
         ok: docker.is_ok(),
@@ -127,6 +138,24 @@ pub async fn run() -> Result<()> {
         bail!("some checks failed: see the lines above for what to do");
     }
     Ok(())
+}
+
+/// Whether the kernel has `mount_setattr(2)` (5.12), which confinement makes the host
+/// read-only with (`runtime/confine.rs`).
+fn mount_setattr_exists() -> bool {
+    // SAFETY: an invalid call on purpose (no path, no attributes): the kernel refuses it
+    // before touching anything, with ENOSYS only when the call does not exist.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    !(r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
 }
 
 /// Where meshsim's own files are: the binary, the man page, the completions, the examples
@@ -249,6 +278,20 @@ fn bridge_filter_warnings(forward_policy: Option<&str>, bridge_nf: Option<bool>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_setattr_is_found_on_kernels_that_have_it() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut numbers = release
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = (numbers.next().unwrap(), numbers.next().unwrap());
+        assert_eq!(
+            mount_setattr_exists(),
+            version >= (5, 12),
+            "kernel {release}"
+        );
+    }
 
     #[test]
     fn the_forward_policy_is_read_from_iptables_listing() {
