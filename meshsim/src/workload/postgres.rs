@@ -4,11 +4,18 @@
 //! shaped link; namespace nodes share the host's files, containers get the directory
 //! mounted), one database per node. The host's own Postgres, if any, is never touched.
 //!
+//! Who may connect (`pg_hba.conf`): the superuser `postgres` only as root or the `postgres`
+//! system user (peer authentication: meshsim and its tests); each node as its own role
+//! (named as the node) with a password of its own, made for the run and written only in the
+//! node's configuration, to its own database only (`CONNECT` is revoked from everyone
+//! else). A homeserver can reach the socket, but not another node's data.
+//!
 //! Postgres refuses to run as root, so the cluster runs as the `postgres` system user the
 //! Debian package makes. Its postmaster is the leader of its own process group; `stop` ends
 //! it, and a run killed with -9 leaves its pid file, which [`remove_leftover`] reads.
 
 use std::{
+    collections::HashMap,
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -23,8 +30,17 @@ use nix::{
 
 use super::host::NODE_GID;
 
-/// The role every homeserver connects as: owns the node databases, nothing else.
-pub const ROLE: &str = "synapse";
+/// Who may connect, and how: see the module's comment. Peer authentication maps the
+/// connecting process's system user through `pg_ident.conf`'s `meshsim` map.
+const HBA: &str = "\
+# Written by meshsim for this run's cluster (unix socket only).
+local all postgres peer map=meshsim
+local sameuser all scram-sha-256
+";
+const IDENT: &str = "\
+meshsim root postgres
+meshsim postgres postgres
+";
 /// Where Debian installs each major version's binaries.
 const DEBIAN_BIN_DIRS: &str = "/usr/lib/postgresql";
 /// The system user the cluster runs as.
@@ -95,7 +111,9 @@ pub struct DatabaseArgs {
     /// The directory with the cluster's socket (libpq's `host`).
     pub socket_dir: PathBuf,
     pub dbname: String,
-    pub user: &'static str,
+    /// The node's own role, and its password for the run.
+    pub user: String,
+    pub password: String,
 }
 
 /// The run's cluster, running.
@@ -104,6 +122,8 @@ pub struct Postgres {
     socket_dir: PathBuf,
     log: PathBuf,
     postmaster: Mutex<Option<Child>>,
+    /// Each node's role's password, made the first time the node is asked for.
+    passwords: Mutex<HashMap<String, String>>,
 }
 
 /// The newest Postgres Debian installed: its `bin` directory.
@@ -157,8 +177,8 @@ impl Postgres {
         }
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         // Only the cluster's user, root and the nodes' group (homeservers run as their
-        // node's user, `host::NODE_GID`) may reach the socket: its roles trust whoever
-        // connects. The group may only pass through (no listing, no writing).
+        // node's user, `host::NODE_GID`) may reach the socket. The group may only pass
+        // through (no listing, no writing).
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))
             .map_err(io("restrict", &dir))?;
         chown(&dir, Some(user.uid), Some(Gid::from_raw(NODE_GID)))
@@ -182,7 +202,7 @@ impl Postgres {
             .arg(&data)
             .args([
                 "--username=postgres",
-                "--auth-local=trust",
+                "--auth-local=peer",
                 "--auth-host=reject",
                 "--encoding=UTF8",
                 "--locale=C",
@@ -200,6 +220,10 @@ impl Postgres {
                 tail: super::log_tail(&log, 12),
                 log,
             });
+        }
+        for (file, text) in [("pg_hba.conf", HBA), ("pg_ident.conf", IDENT)] {
+            let path = data.join(file);
+            std::fs::write(&path, text).map_err(io("write", &path))?;
         }
         let mut postgres = as_postgres("postgres");
         postgres
@@ -226,18 +250,12 @@ impl Postgres {
             dir,
             log,
             postmaster: Mutex::new(Some(child)),
+            passwords: Mutex::new(HashMap::new()),
         };
         if let Err(e) = cluster.wait_ready().await {
             cluster.stop();
             return Err(e);
         }
-        cluster
-            .execute(
-                &format!("CREATE ROLE {ROLE} LOGIN"),
-                "make the homeservers' role",
-            )
-            .await
-            .inspect_err(|_| cluster.stop())?;
         tracing::info!(
             socket = %cluster.socket_dir.display(),
             log = %cluster.log.display(),
@@ -291,31 +309,41 @@ impl Postgres {
         Ok(client)
     }
 
-    async fn execute(&self, statement: &str, what: &str) -> Result<(), PostgresError> {
-        let client = self
-            .connect("postgres")
-            .await
-            .map_err(sql(what.to_owned()))?;
-        client
-            .batch_execute(statement)
-            .await
-            .map_err(sql(what.to_owned()))
-    }
-
-    /// How node `name` reaches its database.
+    /// How node `name` reaches its database: as its own role, with its password.
     pub fn args(&self, name: &str) -> DatabaseArgs {
+        let password = self
+            .passwords
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_insert_with(|| crate::random::random_hex(16))
+            .clone();
         DatabaseArgs {
             socket_dir: self.socket_dir.clone(),
             dbname: name.to_owned(),
-            user: ROLE,
+            user: name.to_owned(),
+            password,
         }
     }
 
-    /// Makes the database of node `name`, or keeps the one there is when `keep` (the node
-    /// comes back as itself). Synapse needs the C collation.
+    /// Makes the role and database of node `name`, or keeps the database there is when
+    /// `keep` (the node comes back as itself). Synapse needs the C collation.
     pub async fn ensure_database(&self, name: &str, keep: bool) -> Result<(), PostgresError> {
         let sql_error = sql(format!("make the database of {name}"));
         let client = self.connect("postgres").await.map_err(&sql_error)?;
+        let role = quote_ident(name);
+        // Hex: nothing to escape in the literal.
+        let password = self.args(name).password;
+        let has_role = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(&sql_error)?
+            .is_some();
+        let verb = if has_role { "ALTER" } else { "CREATE" };
+        client
+            .batch_execute(&format!("{verb} ROLE {role} LOGIN PASSWORD '{password}'"))
+            .await
+            .map_err(&sql_error)?;
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
             .await
@@ -336,9 +364,14 @@ impl Postgres {
         }
         client
             .batch_execute(&format!(
-                "CREATE DATABASE {quoted} OWNER {ROLE} TEMPLATE template0 ENCODING 'UTF8' \
+                "CREATE DATABASE {quoted} OWNER {role} TEMPLATE template0 ENCODING 'UTF8' \
                  LC_COLLATE 'C' LC_CTYPE 'C'"
             ))
+            .await
+            .map_err(&sql_error)?;
+        // Every role may connect to a new database; only its node's may to this one.
+        client
+            .batch_execute(&format!("REVOKE ALL ON DATABASE {quoted} FROM PUBLIC"))
             .await
             .map_err(&sql_error)
     }

@@ -2,13 +2,18 @@
 //! the run's directory, a database per node. A real client's conversation n1 -> n2 -> n3 ends
 //! up in n1's and n3's own databases (and not n2's, which is not in the room); a removed
 //! node's database stays for the run; the cluster goes with the run, and `meshsim down`
-//! removes it after `kill -9`.
+//! removes it after `kill -9`. Each node connects as its own role with its own password, to
+//! its own database only; a node's user cannot connect as the superuser.
 
-use std::{path::Path, time::Instant};
+use std::{os::unix::process::CommandExt as _, path::Path, time::Instant};
 
 use meshsim::{
     runtime::process::{ProcStat, all_pids, pid_alive},
-    workload::{SynapseOptions, WorkloadKind, postgres::ROLE, synapse::Database},
+    workload::{
+        SynapseOptions, WorkloadKind,
+        host::{NODE_GID, node_uid},
+        synapse::Database,
+    },
 };
 use meshsim_tests::{
     Sweep, assert_carried, assert_runs_as_node,
@@ -54,19 +59,69 @@ async fn connect(options: &SynapseOptions, dbname: &str) -> tokio_postgres::Clie
     client
 }
 
-async fn databases(options: &SynapseOptions) -> Vec<String> {
+/// The nodes' databases, each with its owner.
+async fn databases(options: &SynapseOptions) -> Vec<(String, String)> {
     connect(options, "postgres")
         .await
         .query(
-            "SELECT datname FROM pg_database WHERE datdba = \
-             (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY datname",
-            &[&ROLE],
+            "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r \
+             ON r.oid = d.datdba WHERE r.rolname <> 'postgres' ORDER BY d.datname",
+            &[],
         )
         .await
         .unwrap()
         .into_iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1)))
         .collect()
+}
+
+/// The Postgres password in node `name`'s homeserver.yaml.
+fn password_of(options: &SynapseOptions, name: &str) -> String {
+    let config = options.run_dir.join(name).join("homeserver.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.lines()
+        .find_map(|l| l.trim().strip_prefix("password: \""))
+        .and_then(|p| p.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no database password in {}", config.display()))
+        .to_owned()
+}
+
+/// Connects to `dbname` as `user` with `password`, as root; the error if refused.
+async fn connect_as(
+    options: &SynapseOptions,
+    user: &str,
+    password: &str,
+    dbname: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host_path(&options.postgres_dir)
+        .user(user)
+        .password(password)
+        .dbname(dbname)
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.map(drop)
+}
+
+/// `psql` run as node `node`'s user, connecting as the superuser: whether it got in, and
+/// what it said.
+fn psql_as_superuser_from(
+    options: &SynapseOptions,
+    node: meshsim::model::NodeId,
+) -> (bool, String) {
+    let out = std::process::Command::new("psql")
+        .args(["-w", "-h"])
+        .arg(&options.postgres_dir)
+        .args(["-U", "postgres", "-d", "n1", "-c", "SELECT 1"])
+        .uid(node_uid(node))
+        .gid(NODE_GID)
+        .output()
+        .expect("psql (Debian's postgresql-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The pid in the cluster's `postmaster.pid`, if there is one.
@@ -119,7 +174,28 @@ async fn a_conversation_over_postgres_is_in_each_servers_own_database() {
         "3 Synapse nodes on Postgres ready {:.1} s after the load",
         up.elapsed().as_secs_f64()
     );
-    assert_eq!(databases(&options).await, ["n1", "n2", "n3"]);
+    let own = |n: &str| (n.to_owned(), n.to_owned());
+    assert_eq!(databases(&options).await, [own("n1"), own("n2"), own("n3")]);
+    // Each node reaches its own database with its password, and nothing else.
+    let n1_password = password_of(&options, "n1");
+    assert_ne!(n1_password, password_of(&options, "n2"));
+    connect_as(&options, "n1", &n1_password, "n1")
+        .await
+        .expect("n1 connects to its own database");
+    for (user, password, db) in [
+        ("n1", n1_password.as_str(), "n2"),
+        ("n1", "wrong", "n1"),
+        ("n2", n1_password.as_str(), "n2"),
+    ] {
+        let refused = connect_as(&options, user, password, db).await;
+        assert!(
+            refused.is_err(),
+            "{user} with {password} must not reach {db}"
+        );
+    }
+    let (got_in, said) = psql_as_superuser_from(&options, n2);
+    assert!(!got_in, "a node's user is not let in as the superuser");
+    assert!(said.contains("authentication failed"), "{said}");
 
     let before = mesh.sim.counters().await.unwrap();
     let room = nio.step(&mesh, n1, "invite", "@meshsim:n3", "").await;

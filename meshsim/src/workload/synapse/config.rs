@@ -477,9 +477,10 @@ fn database_yaml(postgres: Option<&DatabaseArgs>, sqlite_path: &str, cp_max: u32
     match postgres {
         None => format!("database:\n  name: sqlite3\n  args:\n    database: {sqlite_path}\n"),
         Some(db) => format!(
-            "database:\n  name: psycopg2\n  args:\n    user: {user}\n    dbname: {dbname}\n    \
-             host: {host}\n    cp_min: {POOL_MIN}\n    cp_max: {cp_max}\n",
-            user = yaml_string(db.user),
+            "database:\n  name: psycopg2\n  args:\n    user: {user}\n    password: {password}\n    \
+             dbname: {dbname}\n    host: {host}\n    cp_min: {POOL_MIN}\n    cp_max: {cp_max}\n",
+            user = yaml_string(&db.user),
+            password = yaml_string(&db.password),
             dbname = yaml_string(&db.dbname),
             host = yaml_string(&db.socket_dir.to_string_lossy()),
         ),
@@ -575,7 +576,8 @@ mod tests {
         let db = DatabaseArgs {
             socket_dir: PathBuf::from("/tmp/meshsim/postgres"),
             dbname: "n3".to_owned(),
-            user: "synapse",
+            user: "n3".to_owned(),
+            password: "0123abcd".to_owned(),
         };
         let node = NodeConfig {
             name: "n3",
@@ -586,8 +588,8 @@ mod tests {
             workers: None,
         };
         let y = homeserver_yaml(&node, Path::new("/tmp/meshsim/run/n3"), &Secrets::fixed());
-        let want = "database:\n  name: psycopg2\n  args:\n    user: \"synapse\"\n    \
-                    dbname: \"n3\"\n    host: \"/tmp/meshsim/postgres\"\n    cp_min: 1\n    \
+        let want = "database:\n  name: psycopg2\n  args:\n    user: \"n3\"\n    \
+                    password: \"0123abcd\"\n    dbname: \"n3\"\n    host: \"/tmp/meshsim/postgres\"\n    cp_min: 1\n    \
                     cp_max: 4\n";
         assert!(y.contains(want), "missing {want:?} in\n{y}");
         assert!(!y.contains("sqlite3"));
