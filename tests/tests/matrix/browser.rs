@@ -3,7 +3,9 @@
 //! canvas, types a message into its send box and sends it; the page then draws bubbles
 //! along the routes and lists the message with its delivery time to n2 and n3; clicking the
 //! message in the list replays its journey. The screenshot (`target/browser/events.png`)
-//! is the README's.
+//! is the README's. Then n3's homeserver is killed: selected on the canvas, n3 says it
+//! crashed and counts down to its restart (`target/browser/restart.png`), then is ready
+//! again.
 //!
 //! Needs root, chromium and chromium-driver, Python 3 with venv and PyPI the first time:
 //! `cargo xtask test` runs it.
@@ -169,6 +171,50 @@ async fn events_travel_and_pop_on_the_canvas() {
         replayed >= 2,
         "a replay sends a bubble to n2 and to n3: {replayed}"
     );
+
+    // A homeserver that crashes: the canvas says so, counts down, and shows it back.
+    let pid_of_n3 = async || -> Option<i32> {
+        let w: Value = api.get("/api/workloads").await?.json().await.ok()?;
+        w["nodes"].as_array()?.iter().find(|n| n["name"] == "n3")?["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+    };
+    let pid = pid_of_n3().await.expect("n3's homeserver pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill n3's homeserver");
+    click_at(page, client_point(page, 800.0, 300.0).await).await;
+    let state = async || -> Option<String> {
+        page.find(Locator::Id("node-hs-state"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    let crashed = eventually(
+        "n3's panel to say it crashed and when it restarts",
+        Duration::from_secs(20),
+        async || {
+            state()
+                .await
+                .filter(|t| t.contains("crashed, restarting in"))
+        },
+    )
+    .await;
+    println!("n3: {crashed}");
+    assert!(crashed.contains("crashed 1×"), "{crashed}");
+    screenshot(page, "restart.png").await;
+    let back = eventually(
+        "n3 ready again on the canvas",
+        Duration::from_secs(60),
+        async || state().await.filter(|t| t.starts_with("ready")),
+    )
+    .await;
+    assert!(back.contains("restarted 1×"), "{back}");
+    assert_ne!(pid_of_n3().await, Some(pid), "a new homeserver process");
 
     browser.close().await;
 }
