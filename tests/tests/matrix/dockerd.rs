@@ -18,30 +18,12 @@ use meshsim::runtime::{
     names::{PREFIX_LABEL, RunPrefix},
 };
 use meshsim_tests::{
-    TempDir, dockerd::OwnDockerd, faults::assert_nothing_of, mesh::run_lock, meshsim_bin,
-    spawn_meshsim_with, wait_for_exit, wait_for_line,
+    TempDir, dockerd::OwnDockerd, faults::assert_nothing_of, fixtures::LINE, mesh::run_lock,
+    meshsim_bin, spawn_meshsim_with, wait_for_exit, wait_for_line,
 };
 
 const PREFIX: &str = "dkr";
 const NODE_CMD: &str = "sleep 7301";
-
-/// Three nodes in a line, n1 - n2 - n3.
-const TOPOLOGY: &str = r#"
-[[nodes]]
-name = "n1"
-x = 100
-y = 100
-
-[[nodes]]
-name = "n2"
-x = 300
-y = 100
-
-[[nodes]]
-name = "n3"
-x = 500
-y = 100
-"#;
 
 /// `meshsim down --prefix dkr` against the test's daemon when dropped, so a failed
 /// assertion leaves nothing.
@@ -94,7 +76,7 @@ async fn a_dockerd_restart_or_a_killed_container_is_reported_and_nothing_is_left
     let _down = Down(host.clone());
     let dir = TempDir::new("dockerd-restart");
     let file = dir.path().join("line.toml");
-    std::fs::write(&file, TOPOLOGY).unwrap();
+    std::fs::write(&file, LINE).unwrap();
     let file = file.to_str().unwrap();
     let args = [
         "up",
