@@ -164,11 +164,15 @@ async fn follow(docker: &Docker, run_id: &str, expected: &Expected) -> Option<Do
                     .unwrap_or_else(|| "unknown".to_owned()),
             });
         }
-        // The stream ended: the daemon went away (or the connection did).
-        if !wait_for(docker, DAEMON_GRACE).await {
+        // The stream ended: the daemon went away, or only the connection did (then the
+        // loop listens again, a moment later, and says nothing).
+        came_back = docker.ping().await.is_err();
+        if came_back && !wait_for(docker, DAEMON_GRACE).await {
             return Some(DockerLost::Gone);
         }
-        came_back = true;
+        if !came_back {
+            tokio::time::sleep(PING_EVERY).await;
+        }
     }
 }
 
