@@ -233,6 +233,9 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file (a service, CI, the tests)
+        // stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = parse();
     if Command::needs_root(cli.command.as_ref()) && !nix::unistd::geteuid().is_root() {
