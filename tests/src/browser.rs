@@ -189,12 +189,12 @@ impl Browser {
 /// What the page says of itself when it is not ready: its frames, its connection badge,
 /// its load state, and every file it fetched with its HTTP status (0: no answer) and time,
 /// so a module that failed to load is named.
-const PAGE_REPORT: &str = "return JSON.stringify({stats: window.meshsimStats || null, \
+const PAGE_REPORT: &str = "return {stats: window.meshsimStats || null, \
     connection: (document.getElementById('connection') || {}).textContent, \
     readyState: document.readyState, url: location.href, \
     fetched: performance.getEntriesByType('resource').map(e => \
         `${e.name.replace(location.origin, '')} ${e.responseStatus ?? '?'} \
-         ${Math.round(e.duration)}ms`)});";
+         ${Math.round(e.duration)}ms`)};";
 /// How long a page may take to draw and connect (Chromium's first start on a busy machine
 /// is the slow part).
 const READY_WITHIN: Duration = Duration::from_secs(45);
@@ -218,9 +218,11 @@ async fn open_canvas(page: &Client, url: &str, logs: &Path) {
         };
         let never_ran = report
             .as_ref()
-            .ok()
-            .and_then(|r| serde_json::from_str::<Value>(r.as_str()?).ok())
-            .is_some_and(|r| r["stats"].is_null() && r["readyState"] == "complete");
+            .is_ok_and(|r| r["stats"].is_null() && r["readyState"] == "complete");
+        let report = match report {
+            Ok(r) => r.to_string(),
+            Err(e) => format!("nothing ({e})"),
+        };
         let shot = logs.join(format!("not-ready-{attempt}.png"));
         if let Ok(png) = page.screenshot().await {
             let _ = std::fs::write(&shot, png);
@@ -228,7 +230,7 @@ async fn open_canvas(page: &Client, url: &str, logs: &Path) {
         let driver_log = logs.join("chromedriver.log");
         let text = format!(
             "timed out after {READY_WITHIN:?} waiting for the page to draw and connect: the \
-             last check said {ready:?}; the page reports {report:?}; screenshot {}, \
+             last check said {ready:?}; the page reports {report}; screenshot {}, \
              chromedriver's log {}, whose lines about the page say:\n{}\nmeshsim's \
              warnings:\n{}",
             shot.display(),
