@@ -4,12 +4,23 @@
 //!
 //! The setting lives in sysfs (`/sys/class/net/IF/queues/rx-N/rps_cpus`), and a sysfs
 //! instance shows the interfaces of the namespace that mounted it. So the write happens on a
-//! thread that enters the namespace, takes a mount namespace of its own (the thread's only:
-//! made slave first, so nothing propagates back to the host), mounts a sysfs there over
-//! `/sys` (writable, also for a container's namespace, whose own mount of it is read-only),
-//! writes, and ends, taking its mounts with it.
+//! thread that enters the namespace and makes a sysfs there, mounted nowhere (the mount API
+//! of Linux 5.2: `fsopen`, `fsmount`); the write goes through its descriptor, and closing it
+//! unmounts it.
+//!
+//! Where that sysfs is read-only (a container's runtime mounted its namespace's sysfs so,
+//! and the new mount shares that superblock) or the kernel lacks the mount API, the thread
+//! instead takes a mount namespace of its own (the thread's only: made slave first, so
+//! nothing propagates back to the host), mounts a sysfs there over `/sys`, makes it
+//! writable, writes, and ends, taking its mounts with it. That is the slower way: a new mount
+//! namespace copies every mount of the host, a thousand namespaces' among them.
 
-use std::{ffi::CStr, io};
+use std::{
+    ffi::CStr,
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    path::{Path, PathBuf},
+};
 
 use super::{
     names::{NameError, check_ifname},
@@ -51,6 +62,30 @@ pub fn steer_off(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
     write_rps_cpus(ns, ifname, "0")
 }
 
+/// Each receive queue's `rps_cpus` of `ifname` in `ns`, as sysfs shows it (`3` for CPUs 0
+/// and 1, `0` for none).
+pub fn steering(ns: &NetNs, ifname: &str) -> Result<Vec<String>, RpsError> {
+    check_ifname(ifname)?;
+    let fail = |(what, source)| RpsError::Io {
+        what,
+        ifname: ifname.to_owned(),
+        ns: ns.name().to_owned(),
+        source,
+    };
+    ns.run(|| {
+        let sysfs = detached_sysfs().map_err(|e| fail(("make a sysfs of the namespace", e)))?;
+        let root = PathBuf::from(format!("/proc/thread-self/fd/{}", sysfs.as_raw_fd()));
+        let mut masks = Vec::new();
+        for_each_queue(&root, ifname, |rps_cpus| {
+            let mask = std::fs::read_to_string(rps_cpus).map_err(|e| ("read rps_cpus", e))?;
+            masks.push(mask.trim_end().to_owned());
+            Ok(())
+        })
+        .map_err(fail)?;
+        Ok(masks)
+    })?
+}
+
 fn write_rps_cpus(ns: &NetNs, ifname: &str, mask: &str) -> Result<(), RpsError> {
     check_ifname(ifname)?;
     let fail = |what, source| RpsError::Io {
@@ -60,30 +95,110 @@ fn write_rps_cpus(ns: &NetNs, ifname: &str, mask: &str) -> Result<(), RpsError> 
         source,
     };
     ns.run(|| -> Result<(), RpsError> {
-        private_sysfs().map_err(|e| fail("mount a sysfs of the namespace", e))?;
-        write_queues(ifname, mask, ns.name())
+        let detached = detached_sysfs()
+            .map_err(|e| ("make a sysfs of the namespace", e))
+            .and_then(|sysfs| {
+                let root = PathBuf::from(format!("/proc/thread-self/fd/{}", sysfs.as_raw_fd()));
+                write_queues_under(&root, ifname, mask)
+            });
+        match detached {
+            Ok(()) => Ok(()),
+            Err((_, e)) if needs_private_sysfs(&e) => {
+                private_sysfs().map_err(|e| fail("mount a sysfs of the namespace", e))?;
+                write_queues(ifname, mask, ns.name())
+            }
+            Err((what, e)) => Err(fail(what, e)),
+        }
     })?
+}
+
+/// Whether the detached sysfs failed for a reason the slower way gets around.
+fn needs_private_sysfs(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EROFS | libc::ENOSYS | libc::EPERM | libc::EACCES)
+    )
 }
 
 /// Writes `mask` into every receive queue's `rps_cpus` of `ifname`, as the calling thread's
 /// `/sys` shows it; `ns` names the namespace in errors.
 fn write_queues(ifname: &str, mask: &str, ns: &str) -> Result<(), RpsError> {
-    let fail = |what, source| RpsError::Io {
+    write_queues_under(Path::new("/sys"), ifname, mask).map_err(|(what, source)| RpsError::Io {
         what,
         ifname: ifname.to_owned(),
         ns: ns.to_owned(),
         source,
-    };
-    let queues = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
-        .map_err(|e| fail("list the receive queues", e))?;
+    })
+}
+
+/// Writes `mask` into every receive queue's `rps_cpus` of `ifname` in the sysfs at `root`.
+fn write_queues_under(
+    root: &Path,
+    ifname: &str,
+    mask: &str,
+) -> Result<(), (&'static str, io::Error)> {
+    for_each_queue(root, ifname, |rps_cpus| {
+        std::fs::write(rps_cpus, mask).map_err(|e| ("write rps_cpus", e))
+    })
+}
+
+/// Calls `f` with the `rps_cpus` file of each receive queue of `ifname` in the sysfs at
+/// `root`.
+fn for_each_queue(
+    root: &Path,
+    ifname: &str,
+    mut f: impl FnMut(&Path) -> Result<(), (&'static str, io::Error)>,
+) -> Result<(), (&'static str, io::Error)> {
+    let list = |e| ("list the receive queues", e);
+    let queues =
+        std::fs::read_dir(root.join(format!("class/net/{ifname}/queues"))).map_err(list)?;
     for queue in queues {
-        let queue = queue.map_err(|e| fail("list the receive queues", e))?;
+        let queue = queue.map_err(list)?;
         if queue.file_name().to_string_lossy().starts_with("rx-") {
-            std::fs::write(queue.path().join("rps_cpus"), mask)
-                .map_err(|e| fail("write rps_cpus", e))?;
+            f(&queue.path().join("rps_cpus"))?;
         }
     }
     Ok(())
+}
+
+/// A sysfs of the calling thread's network namespace, mounted nowhere: the descriptor of its
+/// root. Closing it unmounts it.
+fn detached_sysfs() -> io::Result<OwnedFd> {
+    let fd = |r: libc::c_long| {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+        }
+    };
+    let null = std::ptr::null::<libc::c_char>();
+    // SAFETY: plain syscalls with a static C string, descriptors we own, and null pointers
+    // where FSCONFIG_CMD_CREATE takes no key or value.
+    unsafe {
+        let context = fd(libc::syscall(
+            libc::SYS_fsopen,
+            c"sysfs".as_ptr(),
+            libc::FSOPEN_CLOEXEC,
+        ))?;
+        if libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            libc::FSCONFIG_CMD_CREATE,
+            null,
+            null,
+            0,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        fd(libc::syscall(
+            libc::SYS_fsmount,
+            context.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            0,
+        ))
+    }
 }
 
 /// Gives the calling thread a mount namespace of its own with a sysfs of its network

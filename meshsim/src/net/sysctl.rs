@@ -1,16 +1,27 @@
-//! IPv4 sysctls of a network namespace.
+//! Network sysctls of a namespace.
 //!
 //! `/proc/sys/net/...` resolves to the namespace of the thread that opens the file, so
 //! every read and write happens on a thread that has entered the namespace
 //! ([`NetNs::run`]); a file opened anywhere else would change another namespace.
 
-use std::{fs, io, path::PathBuf};
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    fcntl::{self, OFlag},
+    sys::stat::Mode,
+};
 
 use super::{
     names::{NameError, check_ifname},
     netns::{NetNs, NetNsError},
 };
 
+const NET: &str = "/proc/sys/net";
 const IPV4: &str = "/proc/sys/net/ipv4";
 
 /// What went wrong with a sysctl, and what to do about it.
@@ -63,54 +74,117 @@ impl SysctlError {
     }
 }
 
-/// Turns on IPv4 forwarding in `ns`. Writing `ip_forward` is the same as
-/// `conf/all/forwarding`, and the kernel copies it to `default` and every interface.
+/// Settings below `/proc/sys/net` to write into one namespace, in order, on one trip.
 ///
-/// Any change of `ip_forward` also sets `conf/all/accept_redirects` to its opposite
-/// (`inet_forward_change`), so call [`disable_redirects`] after it, not before.
-pub fn enable_forwarding(ns: &NetNs) -> Result<(), SysctlError> {
-    write_ipv4_all(ns, &[("ip_forward".to_owned(), "1")])
+/// Every namespace has its own `/proc/sys/net`, and all of them hang under the one
+/// `/proc/sys`: each lookup of `net` there compares against every namespace's entry, so with
+/// thousands of nodes a full path costs milliseconds. One trip opens `net` once and finds the
+/// rest from it.
+#[derive(Debug, Default)]
+pub struct NetSettings {
+    /// Paths relative to `/proc/sys/net`, and their values.
+    writes: Vec<(PathBuf, String)>,
 }
 
-/// Stops `ns` from sending or accepting ICMP redirects, on `all`, `default` and each of
-/// `ifnames`.
-///
-/// A meshsim node forwards out of the same interface it received on (everything hangs on
-/// one bridge), which is exactly when the kernel sends redirects telling the sender to
-/// skip the hop, and the sender would take that shortcut around the configured topology.
-/// `send_redirects` is on if `all` *or* the interface says so (IN_DEV_ORCONF), hence
-/// every interface; `default` covers interfaces created later.
-pub fn disable_redirects(ns: &NetNs, ifnames: &[&str]) -> Result<(), SysctlError> {
-    let mut scopes = vec!["all", "default"];
-    for name in ifnames {
-        check_ifname(name)?;
-        scopes.push(name);
+impl NetSettings {
+    /// Turns on IPv4 forwarding. Writing `ip_forward` is the same as `conf/all/forwarding`,
+    /// and the kernel copies it to `default` and every interface.
+    ///
+    /// Any change of `ip_forward` also sets `conf/all/accept_redirects` to its opposite
+    /// (`inet_forward_change`), so add [`NetSettings::disable_redirects`] after it.
+    pub fn enable_forwarding(self) -> Self {
+        self.push("ipv4/ip_forward", "1")
     }
-    let writes: Vec<(String, &str)> = scopes
-        .iter()
-        .flat_map(|scope| {
-            ["send_redirects", "accept_redirects"].map(|key| (format!("conf/{scope}/{key}"), "0"))
-        })
-        .collect();
-    write_ipv4_all(ns, &writes)
+
+    /// No ICMP redirects sent or accepted, on `all`, `default` and each of `ifnames`.
+    ///
+    /// A meshsim node forwards out of the same interface it received on (everything hangs
+    /// on one bridge), which is exactly when the kernel sends redirects telling the sender
+    /// to skip the hop, and the sender would take that shortcut around the configured
+    /// topology. `send_redirects` is on if `all` *or* the interface says so (IN_DEV_ORCONF),
+    /// hence every interface; `default` covers interfaces created later.
+    pub fn disable_redirects(mut self, ifnames: &[&str]) -> Result<Self, SysctlError> {
+        let mut scopes = vec!["all", "default"];
+        for name in ifnames {
+            check_ifname(name)?;
+            scopes.push(name);
+        }
+        for scope in scopes {
+            for key in ["send_redirects", "accept_redirects"] {
+                self = self.push(&format!("ipv4/conf/{scope}/{key}"), "0");
+            }
+        }
+        Ok(self)
+    }
+
+    /// IPv6 off (all, default and lo). Nodes talk IPv4; IPv6 would add router solicitations
+    /// and neighbour discovery that nobody asked to see on the links.
+    pub fn disable_ipv6(mut self) -> Self {
+        for scope in ["all", "default", "lo"] {
+            self = self.push(&format!("ipv6/conf/{scope}/disable_ipv6"), "1");
+        }
+        self
+    }
+
+    /// `value` for `/proc/sys/net/ipv4/KEY`.
+    pub fn ipv4(self, key: &str, value: &str) -> Result<Self, SysctlError> {
+        ipv4_path(key)?;
+        Ok(self.push(&format!("ipv4/{key}"), value))
+    }
+
+    fn push(mut self, path: &str, value: &str) -> Self {
+        self.writes.push((PathBuf::from(path), value.to_owned()));
+        self
+    }
+
+    /// Writes every setting in `ns`, in order; stops at the first failure.
+    pub fn write(&self, ns: &NetNs) -> Result<(), SysctlError> {
+        let full = |path: &PathBuf| PathBuf::from(NET).join(path);
+        ns.run(|| {
+            let net = open(None, Path::new(NET), OFlag::O_DIRECTORY | OFlag::O_RDONLY)
+                .map_err(|e| SysctlError::io("open".to_owned(), PathBuf::from(NET), ns, e))?;
+            for (path, value) in &self.writes {
+                let action = || format!("write {value} to");
+                let file = open(Some(&net), path, OFlag::O_WRONLY)
+                    .map_err(|e| SysctlError::io(action(), full(path), ns, e))?;
+                fs::File::from(file)
+                    .write_all(value.as_bytes())
+                    .map_err(|e| SysctlError::io(action(), full(path), ns, e))?;
+            }
+            Ok(())
+        })?
+    }
 }
 
-/// Turns IPv6 off in `ns` (all, default and lo). Nodes talk IPv4; IPv6 would add router
-/// solicitations and neighbour discovery that nobody asked to see on the links.
+/// Opens `path`, relative to `dir` if given.
+fn open(dir: Option<&OwnedFd>, path: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+    let flags = flags | OFlag::O_CLOEXEC;
+    let fd = match dir {
+        Some(dir) => fcntl::openat(dir, path, flags, Mode::empty()),
+        None => fcntl::open(path, flags, Mode::empty()),
+    };
+    fd.map_err(io::Error::from)
+}
+
+/// Turns on IPv4 forwarding in `ns` (see [`NetSettings::enable_forwarding`]).
+pub fn enable_forwarding(ns: &NetNs) -> Result<(), SysctlError> {
+    NetSettings::default().enable_forwarding().write(ns)
+}
+
+/// Stops `ns` from sending or accepting ICMP redirects (see
+/// [`NetSettings::disable_redirects`]).
+pub fn disable_redirects(ns: &NetNs, ifnames: &[&str]) -> Result<(), SysctlError> {
+    NetSettings::default().disable_redirects(ifnames)?.write(ns)
+}
+
+/// Turns IPv6 off in `ns` (see [`NetSettings::disable_ipv6`]).
 pub fn disable_ipv6(ns: &NetNs) -> Result<(), SysctlError> {
-    ns.run(|| {
-        for scope in ["all", "default", "lo"] {
-            let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"));
-            fs::write(&path, "1")
-                .map_err(|e| SysctlError::io("write 1 to".to_owned(), path.clone(), ns, e))?;
-        }
-        Ok(())
-    })?
+    NetSettings::default().disable_ipv6().write(ns)
 }
 
 /// Writes `value` to `/proc/sys/net/ipv4/KEY` in `ns`.
 pub fn write_ipv4(ns: &NetNs, key: &str, value: &str) -> Result<(), SysctlError> {
-    write_ipv4_all(ns, &[(key.to_owned(), value)])
+    NetSettings::default().ipv4(key, value)?.write(ns)
 }
 
 /// Reads `/proc/sys/net/ipv4/KEY` in `ns`, without the trailing newline.
@@ -119,21 +193,6 @@ pub fn read_ipv4(ns: &NetNs, key: &str) -> Result<String, SysctlError> {
     ns.run(|| fs::read_to_string(&path))?
         .map(|text| text.trim_end().to_owned())
         .map_err(|e| SysctlError::io("read".to_owned(), path.clone(), ns, e))
-}
-
-/// All writes on one trip into the namespace; stops at the first failure.
-fn write_ipv4_all(ns: &NetNs, writes: &[(String, &str)]) -> Result<(), SysctlError> {
-    let writes = writes
-        .iter()
-        .map(|(key, value)| Ok((ipv4_path(key)?, *value)))
-        .collect::<Result<Vec<_>, SysctlError>>()?;
-    ns.run(|| {
-        for (path, value) in &writes {
-            fs::write(path, value)
-                .map_err(|e| SysctlError::io(format!("write {value} to"), path.clone(), ns, e))?;
-        }
-        Ok(())
-    })?
 }
 
 fn ipv4_path(key: &str) -> Result<PathBuf, SysctlError> {

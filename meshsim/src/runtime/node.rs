@@ -17,7 +17,7 @@ use std::{collections::HashSet, net::Ipv4Addr};
 use super::RuntimeError;
 use crate::{
     model::NodeId,
-    net::{NetNs, Netlink, rps, sysctl},
+    net::{NetNs, Netlink, rps, sysctl::NetSettings},
     run_config::Addressing,
     sim::RouteChange,
     workload::host::NODE_GID,
@@ -61,21 +61,21 @@ impl NodeNet {
         if let Some(lo) = self.nl.link_by_name("lo").await? {
             self.nl.set_up(lo.index).await?;
         }
-        // IPv6 would add router solicitations and neighbour discovery to the links.
-        sysctl::disable_ipv6(&self.ns)?;
+        // All before eth0 is up: IPv6 would add router solicitations and neighbour discovery
+        // to the links.
+        NetSettings::default()
+            .disable_ipv6()
+            .enable_forwarding()
+            // After forwarding: changing ip_forward resets accept_redirects.
+            .disable_redirects(&["eth0"])?
+            // Its confined processes have no capability and cannot gain one (no new
+            // privileges, so not ping's file capability either): ICMP echo sockets let them
+            // ping.
+            .ipv4("ping_group_range", &format!("{NODE_GID} {NODE_GID}"))?
+            .write(&self.ns)?;
+        rps::steer_by_flow(&self.ns, "eth0")?;
         self.nl.set_up(self.eth0).await?;
         self.nl.add_address(self.eth0, ip, 32).await?;
-        sysctl::enable_forwarding(&self.ns)?;
-        // After forwarding: changing ip_forward resets accept_redirects.
-        sysctl::disable_redirects(&self.ns, &["eth0"])?;
-        rps::steer_by_flow(&self.ns, "eth0")?;
-        // Its confined processes have no capability and cannot gain one (no new privileges,
-        // so not ping's file capability either): ICMP echo sockets let them ping.
-        sysctl::write_ipv4(
-            &self.ns,
-            "ping_group_range",
-            &format!("{NODE_GID} {NODE_GID}"),
-        )?;
         self.nl
             .set_neighbour(self.eth0, host, Addressing::host_mac())
             .await?;

@@ -16,7 +16,7 @@ use std::{
 
 use meshsim::net::{
     FqOptions, FqSupport, NetNs, NetNsError, Netlink, NetlinkError, PROBE_PREFIX, Route4, probe_fq,
-    sysctl,
+    rps, sysctl,
 };
 
 /// A base name unique to this test: `ms-t` + 7-digit pid + 2-digit counter is 13 bytes,
@@ -271,6 +271,40 @@ async fn two_nodes_on_a_bridge_reach_each_other() {
     assert!(
         !unrouted.status.success(),
         "ping to an address with no route must fail"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs root and a kernel with netns: run with cargo xtask test"]
+async fn receive_steering_is_written_in_the_namespace_and_mounts_nothing() {
+    let lab = Lab::new(1).await;
+    let ns = &lab.nodes[0].ns;
+    let mounts = || std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let before = mounts();
+    let all_cpus = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => "1",
+        2 => "3",
+        4 => "f",
+        n => panic!("this test knows the masks of 1, 2 and 4 CPUs, not {n}"),
+    };
+
+    assert_eq!(
+        rps::steering(ns, "eth0").expect("read"),
+        vec!["0"],
+        "the default"
+    );
+    rps::steer_by_flow(ns, "eth0").expect("steer");
+    assert_eq!(rps::steering(ns, "eth0").expect("read"), vec![all_cpus]);
+    rps::steer_off(ns, "eth0").expect("steer off");
+    assert_eq!(rps::steering(ns, "eth0").expect("read"), vec!["0"]);
+    assert_eq!(mounts(), before, "no mount is left on the host");
+
+    let err = rps::steer_by_flow(ns, "nosuch0").expect_err("no such interface");
+    assert!(
+        err.to_string()
+            .contains("could not list the receive queues")
+            && err.to_string().contains("nosuch0"),
+        "{err}"
     );
 }
 
