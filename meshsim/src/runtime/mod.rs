@@ -20,6 +20,7 @@ pub mod process;
 use std::{collections::HashMap, sync::Arc};
 
 pub use backend::{Backend, BackendNode};
+use futures_util::{StreamExt as _, stream};
 use tokio::sync::watch;
 
 use self::{docker::DockerBackend, netns::NetnsBackend, node::NodeNet};
@@ -91,6 +92,10 @@ struct RuntimeNode {
     net: NodeNet,
     running: Option<Running>,
 }
+
+/// How many nodes' routes are written at once. More than the cores, so that each core has
+/// a write to do while another node's reply is on its way back.
+const ROUTE_WRITERS: usize = 8;
 
 /// A backend with the run's workload: the Sim's [`NodeRuntime`].
 pub struct Runtime<B> {
@@ -244,6 +249,34 @@ impl<B: Backend> NodeRuntime for Runtime<B> {
             .get_mut(&id)
             .ok_or(RuntimeError::UnknownNode(id))?;
         node.net.set_routes(&self.addressing, changes).await?;
+        Ok(())
+    }
+
+    /// Up to [`ROUTE_WRITERS`] nodes at once: a route write is the kernel's work, done
+    /// inside the write call, and each node has its own netlink connection driven by a task
+    /// of its own, so the writes of different nodes run on every core.
+    async fn set_routes_of(
+        &mut self,
+        batches: &[(NodeId, Vec<RouteChange>)],
+    ) -> Result<(), HostError> {
+        if let Some((id, _)) = batches.iter().find(|(id, _)| !self.nodes.contains_key(id)) {
+            return Err(RuntimeError::UnknownNode(*id).into());
+        }
+        let wanted: HashMap<NodeId, &[RouteChange]> = batches
+            .iter()
+            .map(|(id, changes)| (*id, changes.as_slice()))
+            .collect();
+        let addressing = &self.addressing;
+        let mut writes = Vec::with_capacity(wanted.len());
+        for (id, node) in &mut self.nodes {
+            if let Some(changes) = wanted.get(id) {
+                writes.push(node.net.set_routes(addressing, changes));
+            }
+        }
+        let mut written = stream::iter(writes).buffer_unordered(ROUTE_WRITERS);
+        while let Some(result) = written.next().await {
+            result?;
+        }
         Ok(())
     }
 

@@ -193,21 +193,25 @@ impl<R: NodeRuntime, S: Shaper> Sim<R, S> {
         t.datapath += started.elapsed();
 
         let started = Instant::now();
-        for (node, changes) in self.route_changes(diff) {
+        let batches: Vec<(NodeId, Vec<RouteChange>)> =
+            self.route_changes(diff).into_iter().collect();
+        for (node, changes) in &batches {
             let undo = changes
                 .iter()
                 .map(|c| {
                     let dst = match c {
                         RouteChange::Replace { dst, .. } | RouteChange::Delete { dst } => *dst,
                     };
-                    restore_route(before, node, dst)
+                    restore_route(before, *node, dst)
                 })
                 .collect();
-            // Journaled first: a batch that fails half-way is undone as a whole.
-            journal.push(Step::Routes { node, undo });
+            // Journaled first: the nodes are written at once, and any of them may fail
+            // half-way; every batch is then undone as a whole (putting back a route that was
+            // not changed yet changes nothing).
+            journal.push(Step::Routes { node: *node, undo });
             t.routes_written += changes.len();
-            self.runtime.set_routes(node, &changes).await?;
         }
+        self.runtime.set_routes_of(&batches).await?;
         t.routes += started.elapsed();
 
         let started = Instant::now();

@@ -123,6 +123,20 @@ pub trait NodeRuntime: Send {
         id: NodeId,
         changes: &[RouteChange],
     ) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Applies several nodes' route changes (one batch per node), each node's in order;
+    /// a runtime may write different nodes at once. After a failure, any batch may have
+    /// been written wholly, in part or not at all.
+    fn set_routes_of(
+        &mut self,
+        batches: &[(NodeId, Vec<RouteChange>)],
+    ) -> impl Future<Output = Result<(), HostError>> + Send {
+        async move {
+            for (id, changes) in batches {
+                self.set_routes(*id, changes).await?;
+            }
+            Ok(())
+        }
+    }
     /// Removes every node and what the runtime made for them.
     fn shutdown(&mut self) -> impl Future<Output = Result<(), HostError>> + Send;
 }
