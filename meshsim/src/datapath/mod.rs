@@ -15,7 +15,10 @@ use std::collections::HashMap as StdHashMap;
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, tc,
+        tc::{NlOptions, SchedClassifierLinkId, TcAttach},
+    },
     util::nr_cpus,
 };
 use meshsim_common::{
@@ -203,15 +206,18 @@ impl Datapath {
             return Ok(());
         }
         let prog = classifier(&mut self.ebpf, EGRESS_PROGRAM)?;
-        // aya uses TCX where the kernel has it (6.6+); older kernels hang tc programs off a
-        // clsact qdisc, which must exist first (it may already: then adding it fails, fine).
-        let id = match prog.attach(ifindex, TcAttachType::Egress) {
-            Ok(id) => id,
-            Err(_) => {
-                let _ = tc::qdisc_add_clsact(ifindex);
-                prog.attach(ifindex, TcAttachType::Egress)?
-            }
-        };
+        // A filter on a clsact qdisc, not TCX: a TCX attach, and a TCX device's removal,
+        // each wait a full RCU grace period under the rtnl lock (~12 ms here), which made
+        // bringing up and taking down a big mesh mostly waiting. The clsact qdisc may exist
+        // already (a port whose classifier was detached): then adding it fails, fine.
+        let _ = tc::qdisc_add_clsact(ifindex);
+        let id = prog.attach(
+            ifindex,
+            TcAttach::Netlink {
+                parent: TcAttachType::Egress.into(),
+                options: NlOptions::default(),
+            },
+        )?;
         self.attached.insert(ifindex, id);
         Ok(())
     }
