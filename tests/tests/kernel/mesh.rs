@@ -5,11 +5,12 @@
 //! These need root and use the real names (`ms-*`), so they take meshsim's run lock: they
 //! refuse to run while a meshsim is running. `cargo xtask test` runs them.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use meshsim::{
     model::{Model, NodeId, Topology},
-    net::Netlink,
+    net::{Netlink, rps, sysctl},
+    workload::host::NODE_GID,
 };
 use meshsim_tests::{
     fixtures::mesh6,
@@ -143,6 +144,84 @@ async fn ping_follows_the_shortest_path_and_reroutes() {
         );
     } else {
         panic!("the example has no middle node whose removal keeps n1 and n6 connected");
+    }
+    mesh.stop().await;
+}
+
+/// What the runtime gives every node: its sysctls (one trip into the namespace), receive
+/// steering on every CPU, and a routing table equal to the model's next hops (the routes of
+/// all nodes are written several nodes at once).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: run with cargo xtask test"]
+async fn every_node_gets_its_settings_and_exactly_the_models_routes() {
+    let topology = mesh6();
+    let model = Model::from_topology(&topology).unwrap();
+    let mesh = start(&topology).await;
+    let state = mesh.sim.state().borrow().clone();
+    let ip_of = |id: NodeId| state.nodes[&id].ip;
+    let node_ips: Vec<Ipv4Addr> = state.nodes.values().map(|n| n.ip).collect();
+    let all_cpus = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => "1",
+        2 => "3",
+        4 => "f",
+        n => panic!("this test knows the masks of 1, 2 and 4 CPUs, not {n}"),
+    };
+    for node in model.nodes() {
+        let ns = mesh.ns(node.id);
+        let read = |key: &str| sysctl::read_ipv4(&ns, key).expect("read a sysctl");
+        assert_eq!(read("ip_forward"), "1", "{}", node.id);
+        for scope in ["all", "default", "eth0"] {
+            for key in ["send_redirects", "accept_redirects"] {
+                assert_eq!(
+                    read(&format!("conf/{scope}/{key}")),
+                    "0",
+                    "{} {scope}/{key}",
+                    node.id
+                );
+            }
+        }
+        assert_eq!(
+            read("ping_group_range"),
+            format!("{NODE_GID}\t{NODE_GID}"),
+            "{}",
+            node.id
+        );
+        let ipv6_off = ns
+            .run(|| std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ipv6_off.trim(), "1", "{}", node.id);
+        assert_eq!(
+            rps::steering(&ns, "eth0").unwrap(),
+            vec![all_cpus],
+            "{}",
+            node.id
+        );
+
+        let routes: BTreeMap<Ipv4Addr, Option<Ipv4Addr>> = Netlink::connect_in(&ns)
+            .unwrap()
+            .routes_v4()
+            .await
+            .unwrap()
+            .into_iter()
+            // The main table's routes to nodes (the other one is to the host).
+            .filter(|r| r.prefix_len == 32 && node_ips.contains(&r.dst))
+            .map(|r| (r.dst, r.gateway))
+            .collect();
+        let want: BTreeMap<Ipv4Addr, Option<Ipv4Addr>> = model
+            .nodes()
+            .filter(|other| other.id != node.id)
+            .filter_map(|other| {
+                let via = model.next_hop(node.id, other.id)?;
+                Some((ip_of(other.id), Some(ip_of(via))))
+            })
+            .collect();
+        assert_eq!(
+            want.len(),
+            model.nodes().len() - 1,
+            "the example is connected"
+        );
+        assert_eq!(routes, want, "{}'s routing table", node.id);
     }
     mesh.stop().await;
 }
