@@ -43,6 +43,18 @@ pub enum RpsError {
     },
 }
 
+impl RpsError {
+    /// A failed step (what, and why) on `ifname` in the namespace `ns`.
+    fn io(ifname: &str, ns: &str, (what, source): (&'static str, io::Error)) -> Self {
+        RpsError::Io {
+            what,
+            ifname: ifname.to_owned(),
+            ns: ns.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Lets every CPU of the machine process `ifname`'s received packets, each flow on one CPU
 /// (its receive queues' `rps_cpus`).
 pub fn steer_by_flow(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
@@ -66,17 +78,11 @@ pub fn steer_off(ns: &NetNs, ifname: &str) -> Result<(), RpsError> {
 /// and 1, `0` for none).
 pub fn steering(ns: &NetNs, ifname: &str) -> Result<Vec<String>, RpsError> {
     check_ifname(ifname)?;
-    let fail = |(what, source)| RpsError::Io {
-        what,
-        ifname: ifname.to_owned(),
-        ns: ns.name().to_owned(),
-        source,
-    };
+    let fail = |step| RpsError::io(ifname, ns.name(), step);
     ns.run(|| {
         let sysfs = detached_sysfs().map_err(|e| fail(("make a sysfs of the namespace", e)))?;
-        let root = PathBuf::from(format!("/proc/thread-self/fd/{}", sysfs.as_raw_fd()));
         let mut masks = Vec::new();
-        for_each_queue(&root, ifname, |rps_cpus| {
+        for_each_queue(&mount_path(&sysfs), ifname, |rps_cpus| {
             let mask = std::fs::read_to_string(rps_cpus).map_err(|e| ("read rps_cpus", e))?;
             masks.push(mask.trim_end().to_owned());
             Ok(())
@@ -88,26 +94,18 @@ pub fn steering(ns: &NetNs, ifname: &str) -> Result<Vec<String>, RpsError> {
 
 fn write_rps_cpus(ns: &NetNs, ifname: &str, mask: &str) -> Result<(), RpsError> {
     check_ifname(ifname)?;
-    let fail = |what, source| RpsError::Io {
-        what,
-        ifname: ifname.to_owned(),
-        ns: ns.name().to_owned(),
-        source,
-    };
+    let fail = |step| RpsError::io(ifname, ns.name(), step);
     ns.run(|| -> Result<(), RpsError> {
         let detached = detached_sysfs()
             .map_err(|e| ("make a sysfs of the namespace", e))
-            .and_then(|sysfs| {
-                let root = PathBuf::from(format!("/proc/thread-self/fd/{}", sysfs.as_raw_fd()));
-                write_queues_under(&root, ifname, mask)
-            });
+            .and_then(|sysfs| write_queues_under(&mount_path(&sysfs), ifname, mask));
         match detached {
             Ok(()) => Ok(()),
             Err((_, e)) if needs_private_sysfs(&e) => {
-                private_sysfs().map_err(|e| fail("mount a sysfs of the namespace", e))?;
+                private_sysfs().map_err(|e| fail(("mount a sysfs of the namespace", e)))?;
                 write_queues(ifname, mask, ns.name())
             }
-            Err((what, e)) => Err(fail(what, e)),
+            Err(step) => Err(fail(step)),
         }
     })?
 }
@@ -123,12 +121,8 @@ fn needs_private_sysfs(e: &io::Error) -> bool {
 /// Writes `mask` into every receive queue's `rps_cpus` of `ifname`, as the calling thread's
 /// `/sys` shows it; `ns` names the namespace in errors.
 fn write_queues(ifname: &str, mask: &str, ns: &str) -> Result<(), RpsError> {
-    write_queues_under(Path::new("/sys"), ifname, mask).map_err(|(what, source)| RpsError::Io {
-        what,
-        ifname: ifname.to_owned(),
-        ns: ns.to_owned(),
-        source,
-    })
+    write_queues_under(Path::new("/sys"), ifname, mask)
+        .map_err(|step| RpsError::io(ifname, ns, step))
 }
 
 /// Writes `mask` into every receive queue's `rps_cpus` of `ifname` in the sysfs at `root`.
@@ -159,6 +153,11 @@ fn for_each_queue(
         }
     }
     Ok(())
+}
+
+/// A path to the root of the mount `fd` (open in this thread).
+fn mount_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/thread-self/fd/{}", fd.as_raw_fd()))
 }
 
 /// A sysfs of the calling thread's network namespace, mounted nowhere: the descriptor of its

@@ -7,8 +7,7 @@
 use std::{
     fs,
     io::{self, Write as _},
-    os::fd::OwnedFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use nix::{
@@ -141,12 +140,17 @@ impl NetSettings {
     pub fn write(&self, ns: &NetNs) -> Result<(), SysctlError> {
         let full = |path: &PathBuf| PathBuf::from(NET).join(path);
         ns.run(|| {
-            let net = open(None, Path::new(NET), OFlag::O_DIRECTORY | OFlag::O_RDONLY)
+            let net = fs::File::open(NET)
                 .map_err(|e| SysctlError::io("open".to_owned(), PathBuf::from(NET), ns, e))?;
             for (path, value) in &self.writes {
                 let action = || format!("write {value} to");
-                let file = open(Some(&net), path, OFlag::O_WRONLY)
-                    .map_err(|e| SysctlError::io(action(), full(path), ns, e))?;
+                let file = fcntl::openat(
+                    &net,
+                    path,
+                    OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| SysctlError::io(action(), full(path), ns, e.into()))?;
                 fs::File::from(file)
                     .write_all(value.as_bytes())
                     .map_err(|e| SysctlError::io(action(), full(path), ns, e))?;
@@ -154,16 +158,6 @@ impl NetSettings {
             Ok(())
         })?
     }
-}
-
-/// Opens `path`, relative to `dir` if given.
-fn open(dir: Option<&OwnedFd>, path: &Path, flags: OFlag) -> io::Result<OwnedFd> {
-    let flags = flags | OFlag::O_CLOEXEC;
-    let fd = match dir {
-        Some(dir) => fcntl::openat(dir, path, flags, Mode::empty()),
-        None => fcntl::open(path, flags, Mode::empty()),
-    };
-    fd.map_err(io::Error::from)
 }
 
 /// Turns on IPv4 forwarding in `ns` (see [`NetSettings::enable_forwarding`]).
