@@ -478,3 +478,81 @@ fn a_killed_meshsim_takes_its_zygote_and_every_forked_homeserver_with_it() {
         "down removes the run directory"
     );
 }
+
+/// The zygote's `keep_code_unspecialised` (what `--ksm` asks of it), run in the Synapse
+/// venv's own Python: a function that existed when it ran is still unspecialised after 100
+/// calls, while one compiled afterwards is specialised within them, as 3.11 does; and the
+/// count it answers covers the code it found.
+#[tokio::test]
+#[ignore = "needs the Synapse venv (PyPI the first time); cargo xtask test runs it"]
+async fn the_zygote_keeps_the_code_it_has_unspecialised_and_no_other() {
+    let options = SynapseOptions::default();
+    let venv = tokio::task::spawn_blocking(move || options.prepare(&mut |_| {}))
+        .await
+        .unwrap()
+        .expect("the Synapse venv");
+    let zygote = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../meshsim/src/workload/synapse/zygote.py")
+        .canonicalize()
+        .unwrap();
+    let script = format!(
+        r#"
+import dis, importlib.util, sys
+spec = importlib.util.spec_from_file_location("zygote", {zygote:?})
+zygote = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(zygote)
+
+def specialised(f):
+    return sorted({{i.opname for i in dis.get_instructions(f, adaptive=True)}}
+                  - {{i.opname for i in dis.get_instructions(f)}})
+
+def before(xs):
+    return sum(x.real for x in xs) + len(xs)
+
+kept = zygote.keep_code_unspecialised()
+
+# Compiled only now (this script's own functions were compiled with it, before the call).
+namespace = {{}}
+exec("def after(xs):\n    return sum(x.real for x in xs) + len(xs)\n", namespace)
+after = namespace["after"]
+
+for _ in range(100):
+    before([1, 2, 3])
+    after([1, 2, 3])
+import json
+print(json.dumps({{"version": list(sys.version_info[:2]), "kept": kept,
+                  "before": specialised(before), "after": specialised(after)}}))
+"#
+    );
+    let out = std::process::Command::new(venv.python_bin())
+        .args(["-c", &script])
+        .output()
+        .expect("run the venv's python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON line");
+    if answer["version"] != serde_json::json!([3, 11]) {
+        // Another Python's code objects differ: it must do nothing, and say why.
+        let why = answer["kept"].as_str().unwrap_or_default();
+        assert!(why.contains("3.11"), "it says why it did nothing: {answer}");
+        eprintln!("this venv's Python is not 3.11: {why}");
+        return;
+    }
+    let kept = answer["kept"].as_u64().expect("a count");
+    // Every function of the modules the interpreter imported at start, and of zygote.py.
+    assert!(kept > 100, "it found the code there was: {answer}");
+    assert_eq!(
+        answer["before"],
+        serde_json::json!([]),
+        "kept code runs unspecialised: {answer}"
+    );
+    assert_ne!(
+        answer["after"],
+        serde_json::json!([]),
+        "later code is specialised as usual: {answer}"
+    );
+}

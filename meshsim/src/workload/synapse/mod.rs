@@ -135,6 +135,7 @@ impl SynapseRun {
                 &venv.python_bin(),
                 &options.run_dir,
                 &logs_dir.join("zygote.log"),
+                crate::runtime::ksm::merging(),
             )
             .await
             {

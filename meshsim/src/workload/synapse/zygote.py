@@ -5,7 +5,9 @@ to them, which is what lets many homeservers fit in little memory. `gc.freeze()`
 first fork keeps the collector from touching (and so copying) every shared object.
 
 Protocol, one JSON object per line: meshsim writes requests on our stdin, we answer on our
-stdout. The first line we write is {"ready": seconds_spent_importing}. A request
+stdout. The first line we write is {"ready": seconds_spent_importing, "unspecialised": n}
+(n: code objects kept from specialising, see `keep_code_unspecialised`; null without
+`--unspecialised`, or a text saying why it could not be done). A request
 {"name", "netns", "covers", "dir", "confinement", "log", "argv"} is answered {"pid": n} once the
 child is forked, or {"error": text}. The child runs `synapse.app.homeserver` with `argv` in the
 node:
@@ -209,6 +211,58 @@ def child(request, proxy, main):
     os._exit(code)
 
 
+# CPython 3.11's code object (Include/cpython/code.h): after the object's header, three
+# pointers (co_consts, co_names, co_exceptiontable), then `int co_flags` and `short co_warmup`.
+CO_FLAGS_OFFSET = 48
+CO_WARMUP_OFFSET = 52
+# What co_warmup starts at (QUICKENING_INITIAL_WARMUP_VALUE); it counts up to 0.
+CO_WARMUP_START = -8
+
+
+def keep_code_unspecialised():
+    """Keeps every code object imported so far from being specialised, in this process and
+    in the children it forks; answers how many, or why none.
+
+    Python 3.11 counts a function's calls in its code object and, on the eighth, rewrites
+    the function's bytecode in place into its adaptive form, whose inline caches it then
+    keeps writing. A forked homeserver would so copy every page of code it runs, each copy
+    different (the caches hold numbers each process hands out in its own order), which no
+    page merging can share again. With the counter at 0 the interpreter runs the bytecode
+    as it is, and a page of code that a child only reads, or whose reference counts go back
+    to what they were, stays identical to the zygote's, so ksmd merges it back. The cost is
+    the specialising interpreter's speed-up for this code (docs/benchmarks.md, "Density").
+    """
+    if sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11):
+        return f"only on CPython 3.11, not {sys.implementation.name} {sys.version.split()[0]}"
+    code_type = type(keep_code_unspecialised.__code__)
+
+    def fields(code):
+        flags = ctypes.c_int.from_address(id(code) + CO_FLAGS_OFFSET).value
+        warmup = ctypes.c_short.from_address(id(code) + CO_WARMUP_OFFSET)
+        return flags, warmup
+
+    # A code object that has never run: the layout is the one above only if both read right.
+    probe = compile("pass", "<probe>", "exec")
+    flags, warmup = fields(probe)
+    if flags != probe.co_flags or warmup.value != CO_WARMUP_START:
+        return "this Python's code objects are not laid out as 3.11's"
+    codes = {}
+    stack = [f.__code__ for f in gc.get_objects() if type(f).__name__ == "function"]
+    while stack:
+        code = stack.pop()
+        if id(code) in codes:
+            continue
+        codes[id(code)] = code
+        stack.extend(c for c in code.co_consts if type(c) is code_type)
+    kept = 0
+    for code in codes.values():
+        flags, warmup = fields(code)
+        if flags == code.co_flags and CO_WARMUP_START <= warmup.value <= 0:
+            warmup.value = 0
+            kept += 1
+    return kept
+
+
 def answer(value):
     sys.stdout.write(json.dumps(value) + "\n")
     sys.stdout.flush()
@@ -236,8 +290,9 @@ def main():
     ):
         __import__(module)
     gc.collect()
+    unspecialised = keep_code_unspecialised() if "--unspecialised" in sys.argv[1:] else None
     gc.freeze()
-    answer({"ready": round(time.monotonic() - started, 3)})
+    answer({"ready": round(time.monotonic() - started, 3), "unspecialised": unspecialised})
     serve(proxy, homeserver.main)
 
 

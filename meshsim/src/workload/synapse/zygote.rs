@@ -74,10 +74,20 @@ struct Request<'a> {
     argv: &'a [String],
 }
 
+/// What the zygote did to its code before forking (`--unspecialised`): how many code
+/// objects it kept from specialising, or why it could not.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Unspecialised {
+    Kept(u64),
+    Not(String),
+}
+
 /// One line the zygote writes: an answer, or how a child ended.
 #[derive(Deserialize)]
 struct Answer {
     ready: Option<f64>,
+    unspecialised: Option<Unspecialised>,
     pid: Option<u32>,
     error: Option<String>,
     exited: Option<u32>,
@@ -191,9 +201,18 @@ impl Zygote {
     /// Writes the script into `run_dir`, starts it with `python` (the venv's), and waits
     /// until it has imported Synapse. Its own output goes to `log`.
     ///
+    /// With `unspecialised` (the run merges pages, `--ksm`) it keeps the code it imported
+    /// from being specialised by the interpreter, which would write a private copy of every
+    /// page of code a homeserver runs (`keep_code_unspecialised` in zygote.py).
+    ///
     /// Call it where [`ChildProcess::spawn`] may be called: from a thread that lives as long
     /// as the run.
-    pub async fn start(python: &Path, run_dir: &Path, log: &Path) -> Result<Self, ZygoteError> {
+    pub async fn start(
+        python: &Path,
+        run_dir: &Path,
+        log: &Path,
+        unspecialised: bool,
+    ) -> Result<Self, ZygoteError> {
         let start_error = |source| ZygoteError::Start {
             python: python.to_owned(),
             source,
@@ -202,6 +221,9 @@ impl Zygote {
         std::fs::write(&script, SCRIPT).map_err(start_error)?;
         let mut cmd = Command::new(python);
         cmd.arg(&script).current_dir(run_dir);
+        if unspecialised {
+            cmd.arg("--unspecialised");
+        }
         let (process, to, from) = ChildProcess::spawn_piped(cmd, log).map_err(start_error)?;
         let exits = Exits::default();
         let (answered, answers) = mpsc::channel();
@@ -220,9 +242,21 @@ impl Zygote {
         let why = match ready {
             Ok(Ok(Ok(Answer {
                 ready: Some(seconds),
+                unspecialised,
                 ..
             }))) => {
                 tracing::info!("the homeserver zygote imported Synapse in {seconds:.1} s");
+                match unspecialised {
+                    Some(Unspecialised::Kept(n)) => tracing::info!(
+                        "--ksm: the zygote keeps {n} code objects unspecialised, so that \
+                         homeservers' pages of code stay mergeable"
+                    ),
+                    Some(Unspecialised::Not(why)) => tracing::warn!(
+                        "--ksm: the zygote could not keep its code unspecialised ({why}); \
+                         homeservers share less memory"
+                    ),
+                    None => {}
+                }
                 return Ok(Zygote {
                     process,
                     pipes,
