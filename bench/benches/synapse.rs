@@ -14,7 +14,9 @@
 //! data, `--workers small|full` lays them out with workers (on Postgres); `--launch
 //! fork|cold` (default fork) forks one-process homeservers from the run's zygote or starts
 //! each cold; `--ksm` lets ksmd merge their pages, and then waits after each step until
-//! what ksmd merges has settled (`ksm_settles`) before measuring; `--cap N` stops at N nodes. A node's
+//! what ksmd merges has settled (`ksm_settles`) before measuring; `--cap N` stops at N nodes;
+//! `--idle SECS` leaves the last step's mesh idle that long and measures it again (what idle
+//! homeservers settle to, KSM merging a little more with every scan). A node's
 //! memory is its whole process group's proportional set size (a page shared by n processes
 //! counts 1/n). MemAvailable used per node is measured from before the runtime started, so
 //! the run's Postgres cluster and the zygote count too.
@@ -73,6 +75,8 @@ const KSM_SETTLED: f64 = 0.02;
 const MEM_FLOOR: u64 = 2 << 30;
 /// The whole bench, bring-up of the last step included.
 const BUDGET: Duration = Duration::from_secs(15 * 60);
+/// `--idle`, the wait after the last step before the figures are taken again, at most.
+const IDLE_MAX: Duration = Duration::from_secs(60 * 60);
 /// Nodes sit on a grid this many px apart, `COLUMNS` to a row: near enough to link.
 const SPACING: f64 = 80.0;
 const COLUMNS: usize = 8;
@@ -84,6 +88,7 @@ struct Args {
     launch: Launch,
     ksm: bool,
     cap: usize,
+    idle: Duration,
 }
 
 /// `--database sqlite|postgres` and `--cap N`; cargo's own `--bench` is passed through.
@@ -94,6 +99,7 @@ fn args() -> Result<Args> {
         launch: Launch::Fork,
         ksm: false,
         cap: CAP,
+        idle: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -128,10 +134,18 @@ fn args() -> Result<Args> {
                 }
             }
             "--ksm" => parsed.ksm = true,
+            "--idle" => {
+                parsed.idle = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n <= IDLE_MAX.as_secs())
+                    .map(Duration::from_secs)
+                    .with_context(|| format!("--idle takes seconds, 0 to {}", IDLE_MAX.as_secs()))?
+            }
             "--bench" => {}
             other => bail!(
                 "unknown argument {other:?}: --database sqlite|postgres, --workers small|full, \
-                 --launch fork|cold, --ksm, --cap N"
+                 --launch fork|cold, --ksm, --cap N, --idle SECS"
             ),
         }
     }
@@ -182,12 +196,14 @@ async fn main() -> Result<()> {
         options.version,
         secs(started.elapsed())
     );
-    isolated(grow(options, args.cap, args.ksm)).await
+    isolated(grow(options, args.cap, args.ksm, args.idle)).await
 }
 
 /// One row of the table.
 struct StepFigures {
     nodes: usize,
+    /// `Some` for the figures taken again after the last step, idle this long (`--idle`).
+    idle: Option<Duration>,
     /// From the step's first `add_node` to every node ready and answering over TLS.
     to_ready: Duration,
     worst: Duration,
@@ -207,7 +223,7 @@ enum Stop {
 
 /// Starts the Sim, grows the mesh step by step, prints the table; the Sim is shut down
 /// whatever happened.
-async fn grow(options: SynapseOptions, cap: usize, ksm: bool) -> Result<()> {
+async fn grow(options: SynapseOptions, cap: usize, ksm: bool, idle: Duration) -> Result<()> {
     // After the leftovers are gone (which puts the host's KSM settings back) and before any
     // process starts; the host's settings come back when this is dropped.
     let _ksm = ksm
@@ -229,7 +245,27 @@ async fn grow(options: SynapseOptions, cap: usize, ksm: bool) -> Result<()> {
         .context("starting the netns runtime")?;
     let status = runtime.workload_status();
     let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
-    let result = steps(&sim, status, &options, cap, ksm).await;
+    let mut result = steps(&sim, status.clone(), &options, cap, ksm).await;
+    if let Ok((rows, stop)) = &mut result
+        && !idle.is_zero()
+        && !rows.is_empty()
+        && !matches!(stop, Stop::Failed(_))
+    {
+        println!("\nidle for {} after the last step", secs(idle));
+        tokio::time::sleep(idle).await;
+        let ips = node_ips(&sim);
+        let ca = options.run_dir.join("ca.pem");
+        let to_ready = rows.last().map_or(Duration::ZERO, |r| r.to_ready);
+        match measure(&ca, &ips, &status, ksm, to_ready, Some(idle)).await {
+            Ok((row, slow)) => {
+                rows.push(row);
+                if let Some(why) = slow {
+                    *stop = Stop::Failed(why);
+                }
+            }
+            Err(e) => result = Err(e),
+        }
+    }
     let stopped = sim.shutdown().await;
     let joined = task.await;
     let (rows, stop) = result?;
@@ -273,13 +309,7 @@ async fn steps(
         if let Err(why) = all_ready(&mut status, nodes, started).await {
             return Ok((rows, Stop::Failed(why)));
         }
-        let ips: BTreeMap<NodeId, Ipv4Addr> = sim
-            .state()
-            .borrow()
-            .nodes
-            .iter()
-            .map(|(id, facts)| (*id, facts.ip))
-            .collect();
+        let ips = node_ips(sim);
         // Ready means the plain port answers; federating means TLS on 8448 answers too.
         let deadline = started + READY_BOUND;
         for (id, ip) in &ips {
@@ -296,52 +326,7 @@ async fn steps(
             "  all {nodes} ready and answering over TLS {} after the step began; probing",
             secs(to_ready)
         );
-        let mut latencies = Vec::new();
-        let mut slow = None;
-        for _ in 0..PROBES {
-            for (id, ip) in &ips {
-                match probe(&ca, *id, *ip).await {
-                    Ok(took) => {
-                        if took > LATENCY_LIMIT && slow.is_none() {
-                            slow = Some(format!("{id} answered in {}", ms(took)));
-                        }
-                        latencies.push(took);
-                    }
-                    Err(why) => {
-                        slow.get_or_insert(format!("{id}: {why}"));
-                    }
-                }
-            }
-        }
-        latencies.sort();
-        if ksm {
-            ksm_settles().await?;
-        }
-        // A node's process leads its group: with workers, the group is all of its processes.
-        let pids: Vec<u32> = status.borrow().values().filter_map(|s| s.pid).collect();
-        let groups = pss_by_group();
-        let mut pss_mib: Vec<f64> = pids
-            .iter()
-            .map(|pid| groups.get(pid).copied().unwrap_or(0) as f64 / 1024.0)
-            .collect();
-        pss_mib.sort_by(f64::total_cmp);
-        let row = StepFigures {
-            nodes,
-            to_ready,
-            worst: *latencies.last().context("no probe answered")?,
-            median: latencies[latencies.len() / 2],
-            pss_mib,
-            mem_available: meminfo("MemAvailable")?,
-        };
-        println!(
-            "  version latency p50 {}, worst {}; PSS total {:.0} MiB (median {:.0}, max {:.0} per node); MemAvailable {:.1} GiB",
-            ms(row.median),
-            ms(row.worst),
-            row.pss_mib.iter().sum::<f64>(),
-            median(&row.pss_mib),
-            row.pss_mib.last().copied().unwrap_or(0.0),
-            gib(row.mem_available)
-        );
+        let (row, slow) = measure(&ca, &ips, &status, ksm, to_ready, None).await?;
         let low_memory = row.mem_available < MEM_FLOOR;
         if let Some(why) = slow {
             rows.push(row);
@@ -352,6 +337,75 @@ async fn steps(
             return Ok((rows, Stop::Memory));
         }
     }
+}
+
+fn node_ips(sim: &SimHandle) -> BTreeMap<NodeId, Ipv4Addr> {
+    sim.state()
+        .borrow()
+        .nodes
+        .iter()
+        .map(|(id, facts)| (*id, facts.ip))
+        .collect()
+}
+
+/// Probes every node `PROBES` times, waits for ksmd to settle (`--ksm`), and takes the
+/// memory figures; the second value says which node was too slow, if one was.
+async fn measure(
+    ca: &Path,
+    ips: &BTreeMap<NodeId, Ipv4Addr>,
+    status: &watch::Receiver<WorkloadStatus>,
+    ksm: bool,
+    to_ready: Duration,
+    idle: Option<Duration>,
+) -> Result<(StepFigures, Option<String>)> {
+    let mut latencies = Vec::new();
+    let mut slow = None;
+    for _ in 0..PROBES {
+        for (id, ip) in ips {
+            match probe(ca, *id, *ip).await {
+                Ok(took) => {
+                    if took > LATENCY_LIMIT && slow.is_none() {
+                        slow = Some(format!("{id} answered in {}", ms(took)));
+                    }
+                    latencies.push(took);
+                }
+                Err(why) => {
+                    slow.get_or_insert(format!("{id}: {why}"));
+                }
+            }
+        }
+    }
+    latencies.sort();
+    if ksm {
+        ksm_settles().await?;
+    }
+    // A node's process leads its group: with workers, the group is all of its processes.
+    let pids: Vec<u32> = status.borrow().values().filter_map(|s| s.pid).collect();
+    let groups = pss_by_group();
+    let mut pss_mib: Vec<f64> = pids
+        .iter()
+        .map(|pid| groups.get(pid).copied().unwrap_or(0) as f64 / 1024.0)
+        .collect();
+    pss_mib.sort_by(f64::total_cmp);
+    let row = StepFigures {
+        nodes: ips.len(),
+        idle,
+        to_ready,
+        worst: *latencies.last().context("no probe answered")?,
+        median: latencies[latencies.len() / 2],
+        pss_mib,
+        mem_available: meminfo("MemAvailable")?,
+    };
+    println!(
+        "  version latency p50 {}, worst {}; PSS total {:.0} MiB (median {:.0}, max {:.0} per node); MemAvailable {:.1} GiB",
+        ms(row.median),
+        ms(row.worst),
+        row.pss_mib.iter().sum::<f64>(),
+        median(&row.pss_mib),
+        row.pss_mib.last().copied().unwrap_or(0.0),
+        gib(row.mem_available)
+    );
+    Ok((row, slow))
 }
 
 /// Waits until what ksmd merges has settled: full scans, one after another, until one adds
@@ -495,7 +549,7 @@ fn report(rows: &[StepFigures], stop: &Stop, baseline: u64) -> Result<()> {
     for r in rows {
         println!(
             "| {} | {} | {} | {} | {:.0} MiB | {:.0} / {:.0} MiB | {:.1} GiB | {:.0} MiB |",
-            r.nodes,
+            nodes_label(r),
             secs(r.to_ready),
             ms(r.median),
             ms(r.worst),
@@ -518,7 +572,7 @@ fn report(rows: &[StepFigures], stop: &Stop, baseline: u64) -> Result<()> {
             let per_node = used_per_node(baseline, last);
             println!(
                 "the last step that passed: {} Synapse nodes, every one answering within {} s (worst {}); PSS per node median {:.0} MiB, max {:.0} MiB; MemAvailable used {per_node:.0} MiB per node, so about {:.0} would fit above the {:.0} GiB floor",
-                last.nodes,
+                nodes_label(last),
                 LATENCY_LIMIT.as_secs_f64(),
                 ms(last.worst),
                 median(&last.pss_mib),
@@ -536,6 +590,14 @@ fn report(rows: &[StepFigures], stop: &Stop, baseline: u64) -> Result<()> {
         bail!("no step passed: {}", describe(stop));
     }
     Ok(())
+}
+
+/// `48`, or `48, idle 300 s` for the figures taken again after `--idle`.
+fn nodes_label(row: &StepFigures) -> String {
+    match row.idle {
+        Some(idle) => format!("{}, idle {}", row.nodes, secs(idle)),
+        None => row.nodes.to_string(),
+    }
 }
 
 fn describe(stop: &Stop) -> String {
