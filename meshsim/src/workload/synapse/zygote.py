@@ -36,6 +36,7 @@ import select
 import signal
 import sys
 import time
+import types
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
@@ -234,7 +235,6 @@ def keep_code_unspecialised():
     """
     if sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11):
         return f"only on CPython 3.11, not {sys.implementation.name} {sys.version.split()[0]}"
-    code_type = type(keep_code_unspecialised.__code__)
 
     def fields(code):
         flags = ctypes.c_int.from_address(id(code) + CO_FLAGS_OFFSET).value
@@ -247,13 +247,13 @@ def keep_code_unspecialised():
     if flags != probe.co_flags or warmup.value != CO_WARMUP_START:
         return "this Python's code objects are not laid out as 3.11's"
     codes = {}
-    stack = [f.__code__ for f in gc.get_objects() if type(f).__name__ == "function"]
+    stack = [f.__code__ for f in gc.get_objects() if type(f) is types.FunctionType]
     while stack:
         code = stack.pop()
         if id(code) in codes:
             continue
         codes[id(code)] = code
-        stack.extend(c for c in code.co_consts if type(c) is code_type)
+        stack.extend(c for c in code.co_consts if type(c) is types.CodeType)
     kept = 0
     for code in codes.values():
         flags, warmup = fields(code)
