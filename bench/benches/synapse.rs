@@ -245,7 +245,8 @@ async fn grow(options: SynapseOptions, cap: usize, ksm: bool, idle: Duration) ->
         .context("starting the netns runtime")?;
     let status = runtime.workload_status();
     let (sim, task) = Sim::spawn(runtime, dp, Settings::default())?;
-    let mut result = steps(&sim, status.clone(), &options, cap, ksm).await;
+    let ca = options.ca_path();
+    let mut result = steps(&sim, status.clone(), &ca, cap, ksm).await;
     if let Ok((rows, stop)) = &mut result
         && !idle.is_zero()
         && !rows.is_empty()
@@ -254,7 +255,6 @@ async fn grow(options: SynapseOptions, cap: usize, ksm: bool, idle: Duration) ->
         println!("\nidle for {} after the last step", secs(idle));
         tokio::time::sleep(idle).await;
         let ips = node_ips(&sim);
-        let ca = options.run_dir.join("ca.pem");
         let to_ready = rows.last().map_or(Duration::ZERO, |r| r.to_ready);
         match measure(&ca, &ips, &status, ksm, to_ready, Some(idle)).await {
             Ok((row, slow)) => {
@@ -277,12 +277,11 @@ async fn grow(options: SynapseOptions, cap: usize, ksm: bool, idle: Duration) ->
 async fn steps(
     sim: &SimHandle,
     mut status: watch::Receiver<WorkloadStatus>,
-    options: &SynapseOptions,
+    ca: &Path,
     cap: usize,
     ksm: bool,
 ) -> Result<(Vec<StepFigures>, Stop)> {
     let bench = Instant::now();
-    let ca = options.run_dir.join("ca.pem");
     let mut rows: Vec<StepFigures> = Vec::new();
     loop {
         let have = rows.last().map_or(0, |r| r.nodes);
@@ -313,7 +312,7 @@ async fn steps(
         // Ready means the plain port answers; federating means TLS on 8448 answers too.
         let deadline = started + READY_BOUND;
         for (id, ip) in &ips {
-            while probe(&ca, *id, *ip).await.is_err() {
+            while probe(ca, *id, *ip).await.is_err() {
                 if Instant::now() > deadline {
                     let why = format!("{id} never answered over TLS");
                     return Ok((rows, Stop::Failed(why)));
@@ -326,7 +325,7 @@ async fn steps(
             "  all {nodes} ready and answering over TLS {} after the step began; probing",
             secs(to_ready)
         );
-        let (row, slow) = measure(&ca, &ips, &status, ksm, to_ready, None).await?;
+        let (row, slow) = measure(ca, &ips, &status, ksm, to_ready, None).await?;
         let low_memory = row.mem_available < MEM_FLOOR;
         if let Some(why) = slow {
             rows.push(row);

@@ -168,6 +168,12 @@ impl SynapseOptions {
         }
     }
 
+    /// The run's CA certificate: every node's TLS certificate is signed by it, so a client
+    /// of the mesh (`curl --cacert`, a test, a bench) trusts the nodes through it.
+    pub fn ca_path(&self) -> PathBuf {
+        self.run_dir.join("ca.pem")
+    }
+
     /// The cached venv for this version.
     pub fn venv(&self) -> VenvSpec {
         VenvSpec {

@@ -166,7 +166,7 @@ impl SynapseRun {
         postgres: Option<Postgres>,
     ) -> Result<Self, WorkloadError> {
         let ca = RunCa::new(&format!("pid {} {}", std::process::id(), random_hex(4)))?;
-        let ca_path = options.run_dir.join("ca.pem");
+        let ca_path = options.ca_path();
         std::fs::write(&ca_path, ca.cert_pem()).map_err(WorkloadError::io("write", &ca_path))?;
         let names = MeshNames::create(&options.run_dir).map_err(WorkloadError::io(
             "write the name files in",
